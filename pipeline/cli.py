@@ -1,0 +1,85 @@
+"""The ``newsletter`` command.
+
+Each stage keeps its commands next to its code; this module only gathers them.
+A ``NewsletterError`` is printed as one line (``file:line: reason``) with a
+non-zero exit, never as a traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.errors import NewsletterError
+
+# name -> "module:attribute" of a click command; loaded only when used, so
+# `newsletter --help` stays fast and one stage's import error cannot break the rest.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("pipeline.content_cli:check", "Validate the whole library (articles, authors, site settings)."),
+    "import": ("pipeline.content_cli:import_page", "Convert a library page (text or HTML) into an article."),
+    "settings": ("pipeline.content_cli:settings_cmd", "List every setting with its value, default and help."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in COMMANDS:
+            module, _, attr = COMMANDS[name][0].partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # one-line help without importing every stage
+        rows = [(name, COMMANDS[name][1]) for name in sorted(COMMANDS)]
+        rows += [(name, cmd.get_short_help_str()) for name, cmd in self.commands.items() if name not in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(sorted(rows))
+
+
+class Context:
+    """What every command gets: where the content lives."""
+
+    def __init__(self, content_dir: Path):
+        self.content_dir = content_dir
+
+    def settings(self):
+        from pipeline.settings import load_settings
+        return load_settings(self.content_dir)
+
+    def library(self):
+        from pipeline.content import load_library
+        return load_library(self.content_dir)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--content", "content_dir", type=click.Path(path_type=Path), default="content", show_default=True,
+              envvar="NEWSLETTER_CONTENT", help="The content folder (articles, authors, site.yaml).")
+@click.pass_context
+def cli(ctx: click.Context, content_dir: Path) -> None:
+    """library-newsletter: a health library's articles as a daily email and feeds."""
+    ctx.obj = Context(content_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="newsletter", standalone_mode=False)
+    except NewsletterError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

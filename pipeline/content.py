@@ -1,0 +1,376 @@
+"""Content stage: load and check the whole library, the way a compiler would.
+
+``load_library(content_dir)`` reads ``site.yaml``, ``authors/*.yaml`` and
+``articles/*.md`` and returns a frozen ``Library``.  Every problem found is a
+``Problem`` with file, line and reason; any error fails the whole load
+(``LibraryError``), so nothing is built or sent from a half-valid library.
+``check_library`` returns the problems without raising, for ``newsletter check``.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from pipeline import markup
+from pipeline.article import Article, Author, Reference
+from pipeline.errors import ContentError
+from pipeline.settings import Settings, load_settings
+
+ARTICLE_REQUIRED = ("title", "slug", "summary", "published", "author")
+ARTICLE_FIELDS = set(ARTICLE_REQUIRED) | {"updated", "topics", "references"}
+AUTHOR_FIELDS = {"name", "credentials", "bio", "photo"}
+REFERENCE_FIELDS = {"text", "url", "cited"}
+PUBLISHER_FIELDS = ("company_name", "registered_office", "vat_number", "company_number", "phone", "email")
+SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+LINK_RE = re.compile(r"\]\(([^)\s]+)")
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    line: int | None
+    message: str
+    level: str = "error"  # or "warning"
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else str(self.path)
+        return f"{where}: {self.level}: {self.message}"
+
+
+class LibraryError(ContentError):
+    """The library has errors; ``problems`` lists all of them (warnings too)."""
+
+    def __init__(self, problems: list[Problem]):
+        errors = [p for p in problems if p.level == "error"]
+        first = errors[0] if errors else None
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"{first.message}{more}" if first else "library has errors",
+                         path=first.path if first else None, line=first.line if first else None)
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Library:
+    settings: Settings
+    authors: dict[str, Author]
+    articles: tuple[Article, ...]  # oldest published first: the queue order
+    warnings: tuple[Problem, ...] = field(default=(), compare=False)
+
+    def article(self, slug: str) -> Article:
+        for article in self.articles:
+            if article.slug == slug:
+                return article
+        raise ContentError(f"no article with slug {slug!r}")
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def error(self, path: Path, line: int | None, message: str) -> None:
+        self.problems.append(Problem(path, line, message, "error"))
+
+    def warning(self, path: Path, line: int | None, message: str) -> None:
+        self.problems.append(Problem(path, line, message, "warning"))
+
+
+# -- YAML with line numbers -----------------------------------------------------
+
+def _key_lines(text: str, first_line: int = 1) -> dict[str, int]:
+    """Line of each top-level key, and of each list item under ``references``
+    (as ``references.N``), for error messages."""
+    lines: dict[str, int] = {}
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if not isinstance(node, yaml.MappingNode):
+        return lines
+    for key, value in node.value:
+        lines[str(key.value)] = key.start_mark.line + first_line
+        if isinstance(value, yaml.SequenceNode):
+            for i, item in enumerate(value.value, 1):
+                lines[f"{key.value}.{i}"] = item.start_mark.line + first_line
+                if isinstance(item, yaml.MappingNode):
+                    for k, v in item.value:
+                        lines[f"{key.value}.{i}.{k.value}"] = k.start_mark.line + first_line
+    return lines
+
+
+def _load_yaml(text: str, path: Path, first_line: int, out: _Collector) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + first_line if mark is not None else first_line
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        out.error(path, line, f"bad YAML: {problem}")
+        return None
+
+
+def _as_date(value: Any) -> date | None:
+    if isinstance(value, datetime):
+        return None  # a date is wanted, not a time
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            return None
+    return None
+
+
+def is_absolute_http_url(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and not any(c.isspace() for c in url)
+
+
+# -- site and authors --------------------------------------------------------------
+
+def _check_site(settings: Settings, out: _Collector) -> None:
+    path = settings.source or Path("site.yaml")
+    for name in ("disclaimer", "privacy_notice"):
+        if not str(settings[name] or "").strip():
+            out.error(path, None, f"site settings lack the {name.replace('_', ' ')}")
+    publisher = settings.publisher
+    if not isinstance(publisher, dict):
+        out.error(path, None, "site settings lack the publisher footer (a mapping)")
+        return
+    for name in PUBLISHER_FIELDS:
+        if not publisher.get(name):
+            out.error(path, None, f"publisher footer lacks {name}")
+    if not is_absolute_http_url(settings.base_url) or not settings.base_url.startswith("https://"):
+        out.error(path, None, f"base_url must be an absolute https URL, got {settings.base_url!r}")
+    if not isinstance(settings.topics, dict):
+        out.error(path, None, "topics must be a mapping of topic id -> {name, sensitive}")
+
+
+def _load_author(path: Path, out: _Collector) -> Author | None:
+    text = path.read_text(encoding="utf-8")
+    data = _load_yaml(text, path, 1, out)
+    if data is None and not any(p.path == path for p in out.problems):
+        out.error(path, 1, "author file is empty")
+    if not isinstance(data, dict):
+        if data is not None:
+            out.error(path, 1, "author file must be a mapping")
+        return None
+    lines = _key_lines(text)
+    ok = True
+    for key in sorted(set(data) - AUTHOR_FIELDS):
+        out.error(path, lines.get(key), f"unknown author field {key!r}")
+    for key in ("name", "credentials", "bio"):
+        if not str(data.get(key) or "").strip():
+            out.error(path, lines.get(key, 1), f"author has no {key}")
+            ok = False
+    if not ok:
+        return None
+    photo = data.get("photo")
+    if photo and not is_absolute_http_url(str(photo)):
+        out.error(path, lines.get("photo"), f"photo must be an absolute http(s) URL: {photo!r}")
+    return Author(id=path.stem, name=str(data["name"]).strip(), credentials=str(data["credentials"]).strip(),
+                  bio=str(data["bio"]).strip(), photo=str(photo) if photo else None)
+
+
+# -- articles ---------------------------------------------------------------------
+
+def split_front_matter(text: str) -> tuple[str, str, int] | None:
+    """Return (front matter, body, line number of the body's first line), or None."""
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != "---":
+        return None
+    for i in range(1, len(lines)):
+        if lines[i].strip() == "---":
+            return "".join(lines[1:i]), "".join(lines[i + 1:]), i + 2
+    return None
+
+
+def _load_article(path: Path, authors: dict[str, Author], topics: dict, out: _Collector) -> Article | None:
+    text = path.read_text(encoding="utf-8")
+    parts = split_front_matter(text)
+    if parts is None:
+        out.error(path, 1, "no YAML front matter (the file must start with a '---' line and close it with another)")
+        return None
+    front, body, body_line = parts
+    data = _load_yaml(front, path, 2, out)
+    if data is None:
+        if not any(p.path == path for p in out.problems):
+            out.error(path, 2, "front matter is empty")
+        return None
+    if not isinstance(data, dict):
+        out.error(path, 2, "front matter must be a mapping")
+        return None
+    lines = _key_lines(front, 2)
+    before = len([p for p in out.problems if p.level == "error"])
+
+    for key in sorted(set(data) - ARTICLE_FIELDS):
+        out.error(path, lines.get(key), f"unknown front matter field {key!r}")
+    for key in ARTICLE_REQUIRED:
+        if data.get(key) in (None, ""):
+            out.error(path, lines.get(key, 1), f"front matter is missing required field {key!r}")
+
+    slug = str(data.get("slug") or "")
+    if slug and not SLUG_RE.match(slug):
+        out.error(path, lines.get("slug"), f"slug {slug!r} must be lowercase letters, digits and hyphens")
+
+    published = _as_date(data.get("published")) if data.get("published") is not None else None
+    if data.get("published") is not None and published is None:
+        out.error(path, lines.get("published"), f"published must be a date (YYYY-MM-DD), got {data['published']!r}")
+    updated = None
+    if data.get("updated") is not None:
+        updated = _as_date(data["updated"])
+        if updated is None:
+            out.error(path, lines.get("updated"), f"updated must be a date (YYYY-MM-DD), got {data['updated']!r}")
+        elif published and updated < published:
+            out.error(path, lines.get("updated"), "updated is earlier than published")
+
+    author = None
+    author_id = data.get("author")
+    if author_id:
+        author = authors.get(str(author_id))
+        if author is None:
+            out.error(path, lines.get("author"), f"unknown author {author_id!r} (no content/authors/{author_id}.yaml, or it has errors)")
+
+    raw_topics = data.get("topics") or []
+    if not isinstance(raw_topics, list):
+        out.error(path, lines.get("topics"), "topics must be a list")
+        raw_topics = []
+    for topic in raw_topics:
+        if str(topic) not in topics:
+            out.error(path, lines.get("topics"), f"unknown topic {topic!r} (not in site settings)")
+
+    references = _load_references(data.get("references"), path, lines, out)
+
+    if not body.strip():
+        out.error(path, body_line, "the article body is empty")
+    else:
+        _check_body(body, body_line, len(references) if references is not None else None, path, out)
+    if references:
+        cited = {n for _, n in markup.citations(body)}
+        for ref in references:
+            if ref.number not in cited:
+                out.warning(path, lines.get(f"references.{ref.number}"), f"reference {ref.number} is never cited")
+
+    if len([p for p in out.problems if p.level == "error"]) > before or author is None or published is None:
+        return None
+    return Article(slug=slug, title=" ".join(str(data["title"]).split()), summary=" ".join(str(data["summary"]).split()),
+                   published=published, updated=updated, author=author, body=body,
+                   topics=tuple(str(t) for t in raw_topics), references=tuple(references or ()),
+                   source=path, body_line=body_line)
+
+
+def _load_references(raw: Any, path: Path, lines: dict[str, int], out: _Collector) -> list[Reference] | None:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        out.error(path, lines.get("references"), "references must be a list")
+        return None
+    refs: list[Reference] = []
+    for i, item in enumerate(raw, 1):
+        line = lines.get(f"references.{i}")
+        if isinstance(item, str):
+            item = {"text": item}
+        if not isinstance(item, dict):
+            out.error(path, line, f"reference {i} must be a mapping with text, url and cited")
+            continue
+        for key in sorted(set(item) - REFERENCE_FIELDS):
+            out.error(path, lines.get(f"references.{i}.{key}", line), f"reference {i} has unknown field {key!r}")
+        text = str(item.get("text") or "").strip()
+        url = str(item.get("url") or "").strip() or None
+        if not text and not url:
+            out.error(path, line, f"reference {i} has neither text nor URL")
+        if url and not is_absolute_http_url(url):
+            out.error(path, lines.get(f"references.{i}.url", line), f"reference {i} URL is not absolute http(s): {url!r}")
+        cited = None
+        if item.get("cited") is not None:
+            cited = _as_date(item["cited"])
+            if cited is None:
+                out.error(path, lines.get(f"references.{i}.cited", line), f"reference {i} cited must be a date, got {item['cited']!r}")
+        refs.append(Reference(number=i, text=" ".join(text.split()), url=url, cited=cited))
+    return refs
+
+
+def _check_body(body: str, body_line: int, reference_count: int | None, path: Path, out: _Collector) -> None:
+    toks = markup.tokens(body)
+    # headings: no h1 (the title is the h1), no skipped levels, no empty sections
+    last_level = 1
+    open_heading: tuple[int, int] | None = None  # (level, line) of a heading with nothing under it yet
+    for token in toks:
+        line = body_line + (token.map[0] if token.map else 0)
+        if token.type == "heading_open":
+            level = int(token.tag[1])
+            if level == 1:
+                out.error(path, line, "the body must not contain a level-1 heading: the title is the page's only h1")
+            elif level > last_level + 1:
+                out.error(path, line, f"heading level skips from h{last_level} to h{level}")
+            if open_heading and open_heading[0] >= level:
+                out.error(path, open_heading[1], "empty section: a heading with no content before the next heading")
+            open_heading = (level, line)
+            last_level = level
+        elif token.type in ("paragraph_open", "bullet_list_open", "ordered_list_open", "table_open",
+                            "blockquote_open", "fence", "code_block", "html_block"):
+            open_heading = None
+    if open_heading:
+        out.error(path, open_heading[1], "empty section: a heading with no content after it")
+    for offset, number in markup.citations(body):
+        if reference_count is not None and not 1 <= number <= reference_count:
+            out.error(path, body_line + offset,
+                      f"citation [{number}] points to a reference that does not exist (there are {reference_count})")
+    for i, text_line in enumerate(body.splitlines()):
+        for url in LINK_RE.findall(text_line):
+            if not is_absolute_http_url(url) and not url.startswith("mailto:"):
+                out.error(path, body_line + i, f"link URL is not absolute http(s): {url!r}")
+
+
+# -- the library --------------------------------------------------------------------
+
+def check_library(content_dir: Path | str = "content", settings: Settings | None = None) -> tuple[Library | None, list[Problem]]:
+    """Load everything and return (library or None, every problem found)."""
+    content_dir = Path(content_dir)
+    out = _Collector()
+    if settings is None:
+        try:
+            settings = load_settings(content_dir)
+        except ContentError as exc:
+            out.error(exc.path or content_dir / "site.yaml", exc.line, exc.message)
+            return None, out.problems
+    _check_site(settings, out)
+    authors: dict[str, Author] = {}
+    for path in sorted((content_dir / "authors").glob("*.yaml")):
+        author = _load_author(path, out)
+        if author:
+            authors[author.id] = author
+    articles: list[Article] = []
+    seen: dict[str, Path] = {}
+    article_paths = sorted((content_dir / "articles").glob("*.md"))
+    if not article_paths:
+        out.warning(content_dir / "articles", None, "no articles")
+    topics = settings.topics if isinstance(settings.topics, dict) else {}
+    for path in article_paths:
+        article = _load_article(path, authors, topics, out)
+        if article is None:
+            continue
+        if article.slug in seen:
+            out.error(path, None, f"duplicate slug {article.slug!r} (also in {seen[article.slug]})")
+            continue
+        seen[article.slug] = path
+        articles.append(article)
+    articles.sort(key=lambda a: (a.published, a.slug))
+    if any(p.level == "error" for p in out.problems):
+        return None, out.problems
+    warnings = tuple(p for p in out.problems if p.level == "warning")
+    return Library(settings=settings, authors=authors, articles=tuple(articles), warnings=warnings), out.problems
+
+
+def load_library(content_dir: Path | str = "content", settings: Settings | None = None) -> Library:
+    """Load and check the library; raise ``LibraryError`` listing every problem on any error."""
+    library, problems = check_library(content_dir, settings)
+    if library is None:
+        raise LibraryError(problems)
+    return library

@@ -1,0 +1,51 @@
+"""CLI commands of the content stage: check, import, settings."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.content import check_library
+
+
+@click.command()
+@click.pass_obj
+def check(obj) -> None:
+    """Validate the whole library; report every problem as file:line and exit non-zero on any error."""
+    library, problems = check_library(obj.content_dir)
+    for problem in problems:
+        click.echo(str(problem), err=problem.level == "error")
+    errors = sum(p.level == "error" for p in problems)
+    warnings = len(problems) - errors
+    if errors:
+        click.echo(f"check failed: {errors} error(s), {warnings} warning(s)", err=True)
+        raise SystemExit(1)
+    click.echo(f"ok: {len(library.articles)} article(s), {len(library.authors)} author(s), {warnings} warning(s)")
+
+
+@click.command("import")
+@click.argument("page", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Content folder to write into (default: the --content folder).")
+@click.pass_obj
+def import_page(obj, page: Path, out_dir: Path | None) -> None:
+    """Convert a library page (text or HTML) into an article."""
+    from pipeline.importer import import_cli
+    import_cli(page, out_dir or obj.content_dir, obj.content_dir)
+
+
+@click.command("settings")
+@click.pass_obj
+def settings_cmd(obj) -> None:
+    """List every setting with its current value, default, environment name and help."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.settings import BY_NAME, describe
+
+    current = obj.settings()
+    table = Table("setting", "value", "default", "environment", "help", show_lines=False)
+    for name, default, env, help_text in describe():
+        value = "(secret)" if BY_NAME[name].secret and current[name] else repr(current[name])
+        table.add_row(name, value if len(value) < 60 else value[:57] + "...", default, env, help_text)
+    Console(width=200).print(table)

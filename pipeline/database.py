@@ -1,0 +1,119 @@
+"""The database: one SQLAlchemy engine per URL, the declarative base, migrations.
+
+SQLite (``var/newsletter.db``) by default; PostgreSQL when ``DATABASE_URL`` says
+so, with no code change.  The schema is owned by Alembic migrations in
+``pipeline/migrations``; ``open_database`` brings a database up to date.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class AwareDateTime(TypeDecorator):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    SQLite has no time zone type, so values are stored as UTC and given their
+    zone back on the way out.  Naive values are refused on the way in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r} cannot be stored; use pipeline.clock.now()")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers (the web service) never block the sender
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+_engines: dict[str, Engine] = {}
+
+
+def engine_for(url: str) -> Engine:
+    """One engine per URL per process. A SQLite file's folder is created if missing."""
+    if url not in _engines:
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if url.startswith("postgresql://"):
+            url_for_driver = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        else:
+            url_for_driver = url
+        engine = create_engine(url_for_driver, future=True, pool_pre_ping=True)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+        _engines[url] = engine
+    return _engines[url]
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema up to the newest migration."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+_migrated: set[str] = set()
+
+
+def open_database(url: str) -> Engine:
+    """The engine for ``url``, migrated to the newest schema (once per process)."""
+    engine = engine_for(url)
+    if url not in _migrated:
+        migrate(engine)
+        _migrated.add(url)
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False, future=True)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with session_factory(engine).begin() as session:
+        yield session
+
+
+def dispose_all() -> None:
+    """Close every engine (tests, and forked processes)."""
+    for engine in _engines.values():
+        engine.dispose()
+    _engines.clear()
+    _migrated.clear()

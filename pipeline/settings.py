@@ -1,0 +1,208 @@
+"""The one settings source.
+
+Every setting the pipeline reads is declared once in ``SETTINGS`` with its
+default and help text.  Values come, in increasing precedence, from:
+
+1. the default declared here;
+2. ``content/site.yaml`` (editorial settings: publication, footer, schedule...);
+3. the environment: ``NEWSLETTER_<NAME>`` for any setting, plus the
+   conventional names listed in ``Setting.env`` (for example ``DATABASE_URL``).
+
+Secrets (``secret=True``) may only come from the environment: a secret found in
+``site.yaml`` is an error, because that file is committed.
+
+The CLI (``newsletter settings``), the README section "Settings" and
+validation all read this table; a test fails when a setting is undocumented.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from pipeline.errors import ContentError
+
+REQUIRED = object()  # marker: no default, the site file must provide it
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    env: str | None = None  # a conventional environment name besides NEWSLETTER_<NAME>
+    secret: bool = False
+    kind: type | None = None  # for values read from the environment (str by default)
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        names = [f"NEWSLETTER_{self.name.upper()}"]
+        if self.env:
+            names.insert(0, self.env)
+        return tuple(names)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # -- publication ---------------------------------------------------------
+    Setting("publication_name", REQUIRED, "Name shown in the email header, page titles and feeds."),
+    Setting("publication_description", "", "One-line description used by the feeds and the archive page."),
+    Setting("base_url", REQUIRED, "Absolute https URL where public/ is served; every link is built from it."),
+    Setting("sender_name", REQUIRED, "Display name in the From header."),
+    Setting("sender_address", REQUIRED, "Address in the From header; its domain is used for Message-IDs."),
+    Setting("reply_to", "", "Optional Reply-To address."),
+    Setting("unsubscribe_mailto", "", "mailto: address for List-Unsubscribe; defaults to unsubscribe@<sender domain>."),
+    Setting("list_id", "", "List-Id header value; defaults to daily.<sender domain>."),
+    Setting("feedback_id", "", "Optional Feedback-ID header (no per-recipient values)."),
+    Setting("language", "en-GB", "Language of the content (html lang, feeds)."),
+    # -- legal and medical text (word for word from the library pages) -------
+    Setting("disclaimer", REQUIRED, "Medical disclaimer, shown in every email, page and feed item."),
+    Setting("privacy_notice", REQUIRED, "Privacy notice, shown in every email, page and feed item."),
+    Setting("terms_notice", "", "Publisher's statement on how health information is presented."),
+    Setting("publisher", REQUIRED,
+            "Legal footer: company_name, registered_office (lines), vat_number, company_number, phone, email."),
+    Setting("why_you_get_this", "You are receiving this email because you subscribed to {publication_name}.",
+            "Sentence in the footer telling the reader why they get the email."),
+    # -- topics ---------------------------------------------------------------
+    Setting("topics", {}, "Topic id -> {name, sensitive}. Sensitive topics are health conditions (special-category data)."),
+    Setting("subject_template", "{{ title }}", "Jinja template for the subject; sees title, date, number, publication_name."),
+    Setting("neutral_subject", "Your health library newsletter",
+            "Subject used when an issue goes only to subscribers of a sensitive topic."),
+    Setting("neutral_preheader", "Today's article from the health library.",
+            "Preheader used when an issue goes only to subscribers of a sensitive topic."),
+    # -- schedule -------------------------------------------------------------
+    Setting("send_time", "07:00", "Daily send time, HH:MM, in the time zone below."),
+    Setting("timezone", "Europe/London", "IANA time zone of the send time."),
+    Setting("weekly_day", "monday", "Weekday on which weekly subscribers get the digest."),
+    Setting("grace_minutes", 120, "A send missed by less than this is made late; after it the day is recorded as missed.", kind=int),
+    Setting("send_when_nothing_due", False, "If true, a day with nothing scheduled sends the next unsent article.", kind=bool),
+    Setting("feed_items", 20, "How many items each feed carries, newest first.", kind=int),
+    # -- storage and output ---------------------------------------------------
+    Setting("database_url", "sqlite:///var/newsletter.db", "SQLAlchemy URL of the database.", env="DATABASE_URL"),
+    Setting("public_dir", "public", "Where static pages and feeds are written."),
+    Setting("var_dir", "var", "Where the embedded database and outbox live."),
+    # -- delivery -------------------------------------------------------------
+    Setting("transport", "outbox", "How mail leaves: 'outbox' (a Maildir folder) or 'smtp'."),
+    Setting("outbox_dir", "var/outbox", "Maildir folder used by the outbox transport."),
+    Setting("smtp_host", "127.0.0.1", "SMTP relay host.", env="SMTP_HOST"),
+    Setting("smtp_port", 25, "SMTP relay port.", env="SMTP_PORT", kind=int),
+    Setting("smtp_security", "none", "'none', 'starttls' or 'tls' (implicit TLS).", env="SMTP_SECURITY"),
+    Setting("smtp_username", "", "SMTP AUTH user name.", env="SMTP_USERNAME"),
+    Setting("smtp_password", "", "SMTP AUTH password.", env="SMTP_PASSWORD", secret=True),
+    Setting("smtp_connections", 8, "Persistent SMTP connections used concurrently.", kind=int),
+    Setting("smtp_messages_per_connection", 1000, "Reconnect after this many messages on one connection.", kind=int),
+    Setting("smtp_rate_limit", 0.0, "Global cap in messages per second (0 = no cap).", kind=float),
+    Setting("smtp_timeout", 30.0, "Seconds before an SMTP command times out.", kind=float),
+    Setting("dkim_selector", "", "DKIM selector; signing is on when this and a key are set."),
+    Setting("dkim_domain", "", "DKIM signing domain; defaults to the sender domain."),
+    Setting("dkim_private_key", "", "DKIM private key (PEM) itself.", env="DKIM_PRIVATE_KEY", secret=True),
+    Setting("dkim_private_key_path", "", "Path to the DKIM private key, outside the repository.", env="DKIM_PRIVATE_KEY_PATH"),
+    # -- secrets ---------------------------------------------------------------
+    Setting("secret_key", "", "Signs subscriber tokens; changing it invalidates every link.", env="NEWSLETTER_SECRET", secret=True),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+class Settings(Mapping[str, Any]):
+    """Resolved settings: attribute and mapping access, read-only."""
+
+    def __init__(self, values: dict[str, Any], source: Path | None = None):
+        self._values = dict(values)
+        self.source = source
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"unknown setting {name!r}") from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def replace(self, **changes: Any) -> "Settings":
+        unknown = set(changes) - set(BY_NAME)
+        if unknown:
+            raise KeyError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return Settings({**self._values, **changes}, self.source)
+
+    @property
+    def sender_domain(self) -> str:
+        return self.sender_address.rpartition("@")[2]
+
+    @property
+    def sensitive_topics(self) -> frozenset[str]:
+        return frozenset(t for t, spec in self.topics.items() if (spec or {}).get("sensitive"))
+
+
+def _coerce(setting: Setting, raw: str) -> Any:
+    kind = setting.kind or str
+    if kind is bool:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ContentError(f"environment value for {setting.name} is not a valid {kind.__name__}: {raw!r}") from None
+
+
+SITE_FILE = "site.yaml"
+
+
+def load_settings(content_dir: Path | str = "content", env: Mapping[str, str] | None = None) -> Settings:
+    """Resolve every setting from defaults, ``<content_dir>/site.yaml`` and the environment."""
+    env = os.environ if env is None else env
+    path = Path(content_dir) / SITE_FILE
+    site: dict[str, Any] = {}
+    if path.exists():
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", -1) + 1
+            raise ContentError(f"bad YAML: {getattr(exc, 'problem', exc)}", path=path, line=line or None) from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ContentError("site settings must be a mapping", path=path, line=1)
+        site = loaded or {}
+    unknown = sorted(set(site) - set(BY_NAME))
+    if unknown:
+        raise ContentError(f"unknown setting(s): {', '.join(unknown)}", path=path, line=_line_of(path, unknown[0]))
+    values: dict[str, Any] = {}
+    missing: list[str] = []
+    for s in SETTINGS:
+        if s.secret and s.name in site:
+            raise ContentError(f"{s.name} is a secret: set it in the environment ({s.env_names[0]}), not in the repository",
+                               path=path, line=_line_of(path, s.name))
+        value = site.get(s.name, s.default)
+        for name in s.env_names:
+            if env.get(name) not in (None, ""):
+                value = _coerce(s, env[name])
+                break
+        if value is REQUIRED:
+            missing.append(s.name)
+        values[s.name] = value
+    if missing:
+        raise ContentError(f"missing required setting(s): {', '.join(missing)}", path=path)
+    return Settings(values, path)
+
+
+def _line_of(path: Path, key: str) -> int | None:
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.startswith(f"{key}:"):
+            return number
+    return None
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """Rows of (name, default, environment, help) for the CLI and the README."""
+    rows = []
+    for s in SETTINGS:
+        default = "(required)" if s.default is REQUIRED else ("(secret)" if s.secret and not s.default else repr(s.default))
+        rows.append((s.name, default, ", ".join(s.env_names), s.help))
+    return rows

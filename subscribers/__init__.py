@@ -1,0 +1,1 @@
+"""Subscribers: the store, consent records, suppression and signed tokens."""

@@ -1,0 +1,73 @@
+"""Subscriber store tables (SQLAlchemy 2). The schema is created by Alembic migrations."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from pipeline.database import AwareDateTime, Base
+
+STATUSES = ("pending", "confirmed", "unsubscribed", "bounced", "complained")
+FREQUENCIES = ("daily", "weekly")
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))  # normalised by email-validator
+    email_key: Mapped[str] = mapped_column(String(320), unique=True)  # lower-cased: unique case-insensitively
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    frequency: Mapped[str] = mapped_column(String(8), default="daily")
+    created_at: Mapped[datetime] = mapped_column(AwareDateTime())
+    updated_at: Mapped[datetime] = mapped_column(AwareDateTime())
+    confirmed_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+    bounced_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+    complained_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+
+    topics: Mapped[list["SubscriberTopic"]] = relationship(
+        back_populates="subscriber", cascade="all, delete-orphan", lazy="selectin")
+
+    @property
+    def topic_ids(self) -> list[str]:
+        return sorted(t.topic for t in self.topics)
+
+
+class SubscriberTopic(Base):
+    __tablename__ = "subscriber_topics"
+
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    subscriber: Mapped[Subscriber] = relationship(back_populates="topics")
+
+
+class ConsentRecord(Base):
+    """Append-only: one row per consent event (subscribe, confirm, preferences,
+    unsubscribe, erase). Rows are never updated; on erasure the personal fields
+    of the erased person's rows are cleared and the subscriber link is cut."""
+
+    __tablename__ = "consent_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"), index=True)
+    action: Mapped[str] = mapped_column(String(32))  # subscribe, confirm, preferences, unsubscribe, erase, ...
+    method: Mapped[str] = mapped_column(String(32))  # web, import, cli, one-click, ...
+    ip: Mapped[str | None] = mapped_column(String(64))
+    wording: Mapped[str | None] = mapped_column(Text)
+    wording_version: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(AwareDateTime())
+
+
+class Suppression(Base):
+    """Addresses never to be mailed. ``email_hash`` is a keyed hash (HMAC of the
+    normalised address) so an erased person's address is not kept in clear."""
+
+    __tablename__ = "suppressions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    reason: Mapped[str] = mapped_column(String(32))  # unsubscribed, bounced, complained, erased
+    at: Mapped[datetime] = mapped_column(AwareDateTime())
