@@ -60,6 +60,8 @@ def parser() -> MarkdownIt:
     as text-to-sanitise (nh3 removes what is not allowed)."""
     md = MarkdownIt("commonmark", {"html": True, "linkify": False, "typographer": False}).enable("table")
     md.inline.ruler.before("link", "citation", _citation_rule)
+    md.add_render_rule("citation", _render_citation)
+    md.add_render_rule("heading_open", _render_heading_open)
     return md
 
 
@@ -90,38 +92,21 @@ def cite_html(numbers: list[int], href: CiteHref) -> str:
     return f'<sup class="cite">[{links}]</sup>'
 
 
+def _render_citation(self, tokens, idx, options, env) -> str:
+    return cite_html(tokens[idx].meta["numbers"], env["cite_href"])
+
+
+def _render_heading_open(self, tokens, idx, options, env) -> str:
+    token = tokens[idx]
+    if env.get("heading_ids") and idx + 1 < len(tokens):
+        return f'<{token.tag} id="{slugify(tokens[idx + 1].content)}">'
+    return f"<{token.tag}>"
+
+
 def to_html(markdown: str, cite_href: CiteHref, heading_ids: bool = False) -> str:
     """Render an article body to sanitised HTML. ``cite_href(n)`` gives each citation's link."""
     md = parser()
-    env: dict = {}
-    toks = md.parse(markdown, env)
-    renderer = md.renderer
-    out: list[str] = []
-    for i, token in enumerate(toks):
-        if token.type == "inline":
-            out.append(_render_inline(token.children or [], md, env, cite_href))
-        elif heading_ids and token.type == "heading_open":
-            title = toks[i + 1].content if i + 1 < len(toks) else ""
-            out.append(f'<{token.tag} id="{slugify(title)}">')
-        else:
-            out.append(renderer.render([token], md.options, env))
-    return sanitize("".join(out))
-
-
-def _render_inline(children: list[Token], md: MarkdownIt, env: dict, cite_href: CiteHref) -> str:
-    parts: list[str] = []
-    pending: list[Token] = []
-    for child in children:
-        if child.type == "citation":
-            if pending:
-                parts.append(md.renderer.renderInline(pending, md.options, env))
-                pending = []
-            parts.append(cite_html(child.meta["numbers"], cite_href))
-        else:
-            pending.append(child)
-    if pending:
-        parts.append(md.renderer.renderInline(pending, md.options, env))
-    return "".join(parts)
+    return sanitize(md.render(markdown, {"cite_href": cite_href, "heading_ids": heading_ids}))
 
 
 def sanitize(html: str) -> str:
