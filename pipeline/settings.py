@@ -101,6 +101,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dkim_private_key_path", "", "Path to the DKIM private key, outside the repository.", env="DKIM_PRIVATE_KEY_PATH"),
     # -- secrets ---------------------------------------------------------------
     Setting("secret_key", "", "Signs subscriber tokens; changing it invalidates every link.", env="NEWSLETTER_SECRET", secret=True),
+    # -- subscribers and the web service ----------------------------------------
+    Setting("confirm_token_days", 7, "Days a sign-up confirmation link stays valid.", kind=int),
+    Setting("consent_wording",
+            "Yes, please email me the {publication_name} newsletter on the topics and at the frequency I chose. "
+            "I can unsubscribe or change my choices at any time with the link in every email.",
+            "Exact consent wording shown on the sign-up form and stored with each consent record."),
+    Setting("consent_version", "2026-03-01", "Version of the consent wording; change it whenever the wording changes."),
+    Setting("subscribe_rate_per_minute", 5, "Sign-up form posts allowed per IP address per minute (token bucket).", kind=int),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

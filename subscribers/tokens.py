@@ -1,0 +1,212 @@
+"""Signed, opaque subscriber tokens and the keyed address hash.
+
+A token names one subscriber for one purpose (``confirm``, ``unsubscribe``,
+``preferences``, ...).  It carries no address and no topics, and it is not
+even readable: the subscriber id and the issue time are encrypted with a
+synthetic-IV construction built from HMAC-SHA256 alone (deterministic
+authenticated encryption, as in RFC 5297's SIV mode):
+
+    tag        = HMAC(k_mac, purpose | id | issued)[:16]
+    ciphertext = (id | issued) XOR HMAC(k_enc, tag)[:12]
+    token      = base64url(version | ciphertext | tag)        # 39 characters
+
+Reading recomputes the tag from the decrypted fields and compares it in
+constant time, so a forged, tampered or wrong-purpose token fails the same
+way, and changing the secret invalidates every token.  Both keys are derived
+from the one secret (``NEWSLETTER_SECRET``); the derived HMAC objects are
+cached and copied per call, because the delivery stage calls
+``unsubscribe_url`` once per recipient (about 5 µs a call; see
+``bench/subscribers_import.py``).
+
+The secret comes from the environment.  For the embedded demo only (transport
+``outbox`` and no ``NEWSLETTER_SECRET``), a random key is generated once into
+``<var_dir>/secret_key`` with mode 0600; ``var/`` is ignored by git.  With the
+``smtp`` transport a missing secret is an error, because real mail must not
+carry links signed with a key nobody chose.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+import struct
+from functools import lru_cache
+from pathlib import Path
+
+from pipeline import clock
+from pipeline.errors import SubscriberError
+
+VERSION = 1
+_PLAIN = struct.Struct(">QI")  # subscriber id (8 bytes), issued at (seconds since the epoch, 4 bytes)
+_TAG_BYTES = 16
+_TOKEN_BYTES = 1 + _PLAIN.size + _TAG_BYTES
+
+CONFIRM = "confirm"
+UNSUBSCRIBE = "unsubscribe"
+PREFERENCES = "preferences"
+
+DEV_SECRET_FILE = "secret_key"
+
+
+class _Keys:
+    """HMAC objects keyed once per secret; ``.copy()`` per call avoids re-keying."""
+
+    __slots__ = ("mac", "enc", "email", "form")
+
+    def __init__(self, secret: str):
+        root = secret.encode("utf-8")
+
+        def derive(label: bytes) -> "hmac.HMAC":
+            key = hmac.new(root, b"library-newsletter/" + label, hashlib.sha256).digest()
+            return hmac.new(key, digestmod=hashlib.sha256)
+
+        self.mac = derive(b"token-mac/v1")
+        self.enc = derive(b"token-enc/v1")
+        self.email = derive(b"email-hash/v1")
+        self.form = derive(b"form-csrf/v1")
+
+
+@lru_cache(maxsize=8)
+def _keys(secret: str) -> _Keys:
+    if not secret:
+        raise SubscriberError("empty secret: set NEWSLETTER_SECRET in the environment")
+    return _Keys(secret)
+
+
+def _tag(keys: _Keys, purpose: str, plain: bytes) -> bytes:
+    h = keys.mac.copy()
+    h.update(purpose.encode("ascii"))
+    h.update(b"\0")
+    h.update(plain)
+    return h.digest()[:_TAG_BYTES]
+
+
+def _pad(keys: _Keys, tag: bytes) -> bytes:
+    h = keys.enc.copy()
+    h.update(tag)
+    return h.digest()[:_PLAIN.size]
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
+
+
+def make_token(secret: str, purpose: str, subscriber_id: int) -> str:
+    """An opaque token for ``subscriber_id`` and ``purpose``, issued now."""
+    if not 0 < subscriber_id < 2**63:
+        raise SubscriberError(f"subscriber id out of range: {subscriber_id}")
+    keys = _keys(secret)
+    issued = int(clock.now().timestamp())
+    plain = _PLAIN.pack(subscriber_id, issued)
+    tag = _tag(keys, purpose, plain)
+    raw = bytes((VERSION,)) + _xor(plain, _pad(keys, tag)) + tag
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def read_token(secret: str, purpose: str, token: str, max_age: int | None = None) -> int:
+    """The subscriber id inside ``token``; ``SubscriberError`` if it is forged,
+    tampered with, meant for another purpose, or older than ``max_age`` seconds."""
+    keys = _keys(secret)
+    if not isinstance(token, str) or len(token) != 39 or not token.isascii():
+        raise SubscriberError("this link is not valid (malformed token)")
+    try:
+        raw = base64.urlsafe_b64decode(token + "=")
+    except (binascii.Error, ValueError):
+        raise SubscriberError("this link is not valid (malformed token)") from None
+    if len(raw) != _TOKEN_BYTES or raw[0] != VERSION:
+        raise SubscriberError("this link is not valid (malformed token)")
+    # Base64 has several spellings of the same bytes (the unused low bits of the
+    # last character); accept only the canonical one so a token is one string.
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+        raise SubscriberError("this link is not valid (malformed token)")
+    ciphertext, tag = raw[1:1 + _PLAIN.size], raw[1 + _PLAIN.size:]
+    plain = _xor(ciphertext, _pad(keys, tag))
+    if not hmac.compare_digest(_tag(keys, purpose, plain), tag):
+        raise SubscriberError("this link is not valid (bad signature)")
+    subscriber_id, issued = _PLAIN.unpack(plain)
+    if max_age is not None and clock.now().timestamp() - issued > max_age:
+        raise SubscriberError("this link has expired")
+    return subscriber_id
+
+
+# -- the secret ----------------------------------------------------------------
+
+@lru_cache(maxsize=8)
+def _dev_secret(var_dir: str) -> str:
+    path = Path(var_dir) / DEV_SECRET_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: two processes starting together agree on one key
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text(encoding="ascii").strip()
+        if not value:
+            raise SubscriberError(f"{path} is empty: delete it or set NEWSLETTER_SECRET") from None
+        return value
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        value = secrets.token_urlsafe(32)
+        f.write(value + "\n")
+    return value
+
+
+def secret(settings) -> str:
+    """The signing secret: ``NEWSLETTER_SECRET``, or the generated demo key when
+    the transport is ``outbox`` (mail never leaves the machine)."""
+    if settings.secret_key:
+        return settings.secret_key
+    if settings.transport == "outbox":
+        return _dev_secret(str(settings.var_dir))
+    raise SubscriberError("NEWSLETTER_SECRET is not set: subscriber links cannot be signed "
+                          "(set it in the environment; the generated demo key is used only with transport=outbox)")
+
+
+def unsubscribe_url(settings, subscriber_id: int) -> str:
+    """``{base_url}/unsubscribe/{token}``: never expires (a person may leave years later)."""
+    return f"{settings.base_url}/unsubscribe/{make_token(secret(settings), UNSUBSCRIBE, subscriber_id)}"
+
+
+def preferences_url(settings, subscriber_id: int) -> str:
+    """``{base_url}/preferences/{token}``: never expires."""
+    return f"{settings.base_url}/preferences/{make_token(secret(settings), PREFERENCES, subscriber_id)}"
+
+
+def confirm_url(settings, subscriber_id: int) -> str:
+    """``{base_url}/confirm/{token}``: expires after ``confirm_token_days``."""
+    return f"{settings.base_url}/confirm/{make_token(secret(settings), CONFIRM, subscriber_id)}"
+
+
+def confirm_max_age(settings) -> int:
+    return int(settings.confirm_token_days) * 86400
+
+
+def email_hash(settings, email: str) -> str:
+    """HMAC-SHA256 (hex) of the normalised, lower-cased address: the suppression key.
+
+    Callers pass ``store.email_key(address)``; the hash is lower-cased here too
+    so a caller cannot create two keys for one person.
+    """
+    h = _keys(secret(settings)).email.copy()
+    h.update(email.strip().lower().encode("utf-8"))
+    return h.hexdigest()
+
+
+def form_token(settings, subject: str, issued: int | None = None) -> str:
+    """A CSRF token for a form bound to ``subject`` (the preferences token) and a time."""
+    issued = int(clock.now().timestamp()) if issued is None else issued
+    h = _keys(secret(settings)).form.copy()
+    h.update(f"{subject}\0{issued}".encode("utf-8"))
+    return f"{issued}.{h.hexdigest()[:32]}"
+
+
+def check_form_token(settings, subject: str, value: str, max_age: int = 2 * 3600) -> bool:
+    """True if ``value`` came from ``form_token(settings, subject)`` within ``max_age`` seconds."""
+    issued_text, _, _ = (value or "").partition(".")
+    if not issued_text.isdigit() or len(issued_text) > 12:
+        return False
+    issued = int(issued_text)
+    if not 0 <= clock.now().timestamp() - issued <= max_age:
+        return False
+    return hmac.compare_digest(form_token(settings, subject, issued).encode(), value.encode("utf-8", "replace"))
