@@ -79,6 +79,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grace_minutes", 120, "A send missed by less than this is made late; after it the day is recorded as missed.", kind=int),
     Setting("send_when_nothing_due", False, "If true, a day with nothing scheduled sends the next unsent article.", kind=bool),
     Setting("feed_items", 20, "How many items each feed carries, newest first.", kind=int),
+    Setting("reconcile_seconds", 20.0,
+            "How often `newsletter run` re-reads the calendar and pause from the database (CLI changes take effect within this).",
+            kind=float),
+    Setting("lease_seconds", 120.0,
+            "Lifetime of the send lease; a daemon that dies holding it blocks others for at most this long.", kind=float),
+    Setting("web_host", "127.0.0.1", "Address the web service of `newsletter run` listens on."),
+    Setting("web_port", 8000, "Port the web service of `newsletter run` listens on.", kind=int),
     # -- storage and output ---------------------------------------------------
     Setting("database_url", "sqlite:///var/newsletter.db", "SQLAlchemy URL of the database.", env="DATABASE_URL"),
     Setting("public_dir", "public", "Where static pages and feeds are written."),

@@ -1,0 +1,497 @@
+"""The editorial calendar and the scheduler's records, in the database.
+
+- ``CalendarEntry``: an article planned for a date (optionally at its own time).
+- ``Run``: one row per (day, kind) send attempt; its unique key is what makes a
+  day's issue go out once, whichever daemon gets there first.
+- ``PauseRecord``: one row saying whether sending is paused, and until when.
+- ``Lease``: a named lock with an expiry, shared by every daemon on the database.
+  A crashed holder stops renewing it, so it frees itself after ``lease_seconds``.
+- ``Heartbeat``: one row per running daemon, for ``newsletter status``.
+
+The schema is created by migration 0003.  Every function here takes an engine
+and commits its own short transaction, so the CLI (another process) and the
+daemon see each other's changes at once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Iterator, Sequence
+
+from sqlalchemy import (Boolean, Date, Engine, Index, Integer, String, Text, UniqueConstraint, delete, insert,
+                        or_, select, text, update)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from pipeline import clock
+from pipeline.database import AwareDateTime, Base, transaction
+from pipeline.errors import ScheduleError
+
+log = logging.getLogger("newsletter.schedule")
+
+ENTRY_STATES = ("scheduled", "sent", "cancelled", "missed", "failed")
+# an entry in one of these states may be moved back onto the calendar
+MOVABLE = ("scheduled", "missed", "failed")
+
+RUN_STATES = ("pending", "running", "sent", "nothing-to-send", "missed", "paused", "content-error", "failed")
+# states after which the daemon never touches the day again on its own
+FINAL = ("sent", "nothing-to-send", "missed", "paused", "content-error")
+# states that mean "something is wrong": `newsletter status` exits non-zero
+ALERT = ("content-error", "failed")
+KINDS = ("daily", "weekly")
+
+
+class CalendarEntry(Base):
+    __tablename__ = "calendar_entries"
+    __table_args__ = (
+        # an article is on the calendar at most once at a time (enforced by the
+        # database, so two editors' concurrent `schedule add` cannot both win)
+        Index("uq_calendar_entries_scheduled_slug", "slug", unique=True,
+              sqlite_where=text("state = 'scheduled'"), postgresql_where=text("state = 'scheduled'")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(200), index=True)
+    day: Mapped[date] = mapped_column(Date, index=True)
+    at: Mapped[str | None] = mapped_column(String(5))  # HH:MM local, or None for the default send time
+    state: Mapped[str] = mapped_column(String(16), default="scheduled")
+    issue_key: Mapped[str | None] = mapped_column(String(64))  # set when sent
+    created_at: Mapped[datetime] = mapped_column(AwareDateTime())
+    updated_at: Mapped[datetime] = mapped_column(AwareDateTime())
+
+
+class RunRecord(Base):
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("day", "kind", name="uq_runs_day_kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[date] = mapped_column(Date)
+    kind: Mapped[str] = mapped_column(String(8))
+    state: Mapped[str] = mapped_column(String(16))
+    issue_key: Mapped[str | None] = mapped_column(String(64))
+    planned_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+    holder: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    deferred: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    bounced: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class PauseRecord(Base):
+    __tablename__ = "schedule_pause"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    until: Mapped[date | None] = mapped_column(Date)  # first day that sends again
+    changed_at: Mapped[datetime] = mapped_column(AwareDateTime())
+
+
+class Lease(Base):
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(AwareDateTime())
+
+
+class Heartbeat(Base):
+    __tablename__ = "heartbeats"
+
+    holder: Mapped[str] = mapped_column(String(200), primary_key=True)
+    pid: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime] = mapped_column(AwareDateTime())
+    last_seen: Mapped[datetime] = mapped_column(AwareDateTime())
+
+
+# -- values handed out (frozen snapshots, never live ORM rows) -----------------------
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    slug: str
+    day: date
+    at: str | None
+    state: str
+    issue_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Run:
+    day: date
+    kind: str
+    state: str
+    issue_key: str | None = None
+    planned_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    holder: str | None = None
+    attempts: int = 0
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    bounced: int = 0
+    error: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+
+@dataclass(frozen=True)
+class Pause:
+    paused: bool = False
+    until: date | None = None
+
+    def covers(self, day: date) -> bool:
+        """Is ``day`` paused?  ``until`` is the first day that sends again."""
+        return self.paused and (self.until is None or day < self.until)
+
+
+@dataclass(frozen=True)
+class Daemon:
+    holder: str
+    pid: int
+    host: str
+    started_at: datetime
+    last_seen: datetime
+
+
+def _entry(row: CalendarEntry) -> Entry:
+    return Entry(row.id, row.slug, row.day, row.at, row.state, row.issue_key)
+
+
+def _run(row: RunRecord) -> Run:
+    return Run(row.day, row.kind, row.state, row.issue_key, row.planned_at, row.started_at, row.finished_at,
+               row.holder, row.attempts, row.sent, row.deferred, row.failed, row.bounced, row.error)
+
+
+def new_holder() -> str:
+    """A name for this process in leases and heartbeats: host, pid and a random part
+    (a pid can be reused after a crash; the random part cannot)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+# -- the calendar ----------------------------------------------------------------------
+
+def entries(engine: Engine, *, start: date | None = None, end: date | None = None,
+            states: Sequence[str] | None = None, slug: str | None = None) -> list[Entry]:
+    """Calendar entries between ``start`` and ``end`` (inclusive), by day then time then id."""
+    query = select(CalendarEntry)
+    if start is not None:
+        query = query.where(CalendarEntry.day >= start)
+    if end is not None:
+        query = query.where(CalendarEntry.day <= end)
+    if states is not None:
+        query = query.where(CalendarEntry.state.in_(states))
+    if slug is not None:
+        query = query.where(CalendarEntry.slug == slug)
+    with transaction(engine) as session:
+        rows = session.scalars(query).all()
+        found = [_entry(r) for r in rows]
+    return sorted(found, key=lambda e: (e.day, e.at or "", e.id))
+
+
+def scheduled_on(engine: Engine, day: date) -> list[Entry]:
+    """What the editors planned for ``day`` and has not gone out: the day's issue."""
+    return entries(engine, start=day, end=day, states=("scheduled", "failed"))
+
+
+def add_entry(engine: Engine, slug: str, day: date, at: str | None) -> Entry:
+    now = clock.now()
+    with transaction(engine) as session:
+        current = session.scalars(select(CalendarEntry).where(CalendarEntry.slug == slug,
+                                                              CalendarEntry.state.in_(("scheduled", "sent")))).first()
+        if current is not None and current.state == "scheduled":
+            raise ScheduleError(f"{slug} is already scheduled on {current.day.isoformat()}; "
+                                f"use `newsletter schedule move {slug} --to DATE`")
+        if current is not None:
+            raise ScheduleError(f"{slug} was already sent on {current.day.isoformat()} (issue {current.issue_key})")
+        row = CalendarEntry(slug=slug, day=day, at=at, state="scheduled", created_at=now, updated_at=now)
+        session.add(row)
+        try:
+            session.flush()
+        except IntegrityError:
+            raise ScheduleError(f"{slug} was scheduled by someone else at the same moment; "
+                                "see `newsletter schedule list`") from None
+        return _entry(row)
+
+
+def _movable(session, slug: str) -> CalendarEntry:
+    row = session.scalars(select(CalendarEntry).where(CalendarEntry.slug == slug, CalendarEntry.state.in_(MOVABLE))
+                          .order_by(CalendarEntry.state != "scheduled", CalendarEntry.day.desc())).first()
+    if row is None:
+        raise ScheduleError(f"{slug} is not on the calendar (add it with `newsletter schedule add {slug} --on DATE`)")
+    return row
+
+
+def move_entry(engine: Engine, slug: str, day: date, at: str | None = None, *, keep_time: bool = True) -> Entry:
+    """Move an article to another day.  A missed or failed entry goes back on the calendar."""
+    with transaction(engine) as session:
+        row = _movable(session, slug)
+        row.day = day
+        if not keep_time:
+            row.at = at
+        row.state = "scheduled"
+        row.updated_at = clock.now()
+        try:
+            session.flush()
+        except IntegrityError:
+            raise ScheduleError(f"{slug} is already scheduled on another day") from None
+        return _entry(row)
+
+
+def cancel_entry(engine: Engine, slug: str) -> Entry:
+    with transaction(engine) as session:
+        row = session.scalars(select(CalendarEntry).where(CalendarEntry.slug == slug,
+                                                          CalendarEntry.state == "scheduled")).first()
+        if row is None:
+            raise ScheduleError(f"{slug} is not scheduled, so there is nothing to cancel")
+        row.state = "cancelled"
+        row.updated_at = clock.now()
+        return _entry(row)
+
+
+def mark_entries(engine: Engine, ids: Sequence[int], state: str, issue_key: str | None = None) -> None:
+    if not ids:
+        return
+    assert state in ENTRY_STATES, state
+    with transaction(engine) as session:
+        session.execute(update(CalendarEntry).where(CalendarEntry.id.in_(list(ids)))
+                        .values(state=state, issue_key=issue_key, updated_at=clock.now()))
+
+
+def sent_slugs(engine: Engine) -> set[str]:
+    with transaction(engine) as session:
+        return set(session.scalars(select(CalendarEntry.slug).where(CalendarEntry.state == "sent")))
+
+
+# -- runs ---------------------------------------------------------------------------------
+
+def get_run(engine: Engine, day: date, kind: str) -> Run | None:
+    with transaction(engine) as session:
+        row = session.scalars(select(RunRecord).where(RunRecord.day == day, RunRecord.kind == kind)).first()
+        return _run(row) if row else None
+
+
+def runs_between(engine: Engine, start: date, end: date) -> dict[tuple[date, str], Run]:
+    with transaction(engine) as session:
+        rows = session.scalars(select(RunRecord).where(RunRecord.day >= start, RunRecord.day <= end)).all()
+        return {(r.day, r.kind): _run(r) for r in rows}
+
+
+def recent_runs(engine: Engine, limit: int = 10) -> list[Run]:
+    """The newest runs first (by when they were last touched)."""
+    with transaction(engine) as session:
+        rows = session.scalars(select(RunRecord).order_by(RunRecord.day.desc(), RunRecord.kind.desc(),
+                                                          RunRecord.id.desc()).limit(limit)).all()
+        return [_run(r) for r in rows]
+
+
+def latest_run_day(engine: Engine, kind: str) -> date | None:
+    with transaction(engine) as session:
+        return session.scalars(select(RunRecord.day).where(RunRecord.kind == kind)
+                               .order_by(RunRecord.day.desc()).limit(1)).first()
+
+
+def record_outcome(engine: Engine, day: date, kind: str, state: str, *, planned_at: datetime | None = None,
+                   error: str | None = None) -> Run | None:
+    """Record a day that will not be sent (missed, paused) if nothing is recorded yet.
+
+    Returns the new run, or None when another process recorded the day first.
+    """
+    assert state in RUN_STATES, state
+    now = clock.now()
+    try:
+        with transaction(engine) as session:
+            row = RunRecord(day=day, kind=kind, state=state, planned_at=planned_at, started_at=now, finished_at=now,
+                            attempts=0, sent=0, deferred=0, failed=0, bounced=0, error=error)
+            session.add(row)
+            session.flush()
+            return _run(row)
+    except IntegrityError:
+        return None
+
+
+def claim_run(engine: Engine, day: date, kind: str, holder: str, *, planned_at: datetime | None,
+              retry: Sequence[str] = ()) -> Run | None:
+    """Take the (day, kind) run for ``holder``: insert it as ``running``, or move it to
+    ``running`` from one of the ``retry`` states (or from ``running`` of a holder whose
+    lease has gone, when the caller holds the lease).  None when the run is not ours to do.
+
+    The unique key on (day, kind) and the state compare-and-set make this safe even
+    without the lease; the lease only keeps two daemons from racing for it.
+    """
+    now = clock.now()
+    try:
+        with transaction(engine) as session:
+            row = RunRecord(day=day, kind=kind, state="running", planned_at=planned_at, started_at=now,
+                            holder=holder, attempts=1, sent=0, deferred=0, failed=0, bounced=0)
+            session.add(row)
+            session.flush()
+            return _run(row)
+    except IntegrityError:
+        pass
+    current = get_run(engine, day, kind)
+    if current is None or (current.state not in retry and current.state != "running"):
+        return None
+    with transaction(engine) as session:
+        result = session.execute(
+            update(RunRecord)
+            .where(RunRecord.day == day, RunRecord.kind == kind, RunRecord.state == current.state,
+                   RunRecord.attempts == current.attempts)
+            .values(state="running", holder=holder, started_at=now, finished_at=None, error=None,
+                    attempts=current.attempts + 1, planned_at=planned_at or current.planned_at))
+        if result.rowcount != 1:
+            return None
+    return get_run(engine, day, kind)
+
+
+def finish_run(engine: Engine, day: date, kind: str, holder: str, state: str, *, issue_key: str | None = None,
+               counts: dict[str, int] | None = None, error: str | None = None) -> Run:
+    assert state in RUN_STATES, state
+    values: dict = dict(state=state, finished_at=clock.now(), error=error)
+    if issue_key is not None:
+        values["issue_key"] = issue_key
+    for name in ("sent", "deferred", "failed", "bounced"):
+        if counts and name in counts:
+            values[name] = int(counts[name])
+    with transaction(engine) as session:
+        session.execute(update(RunRecord).where(RunRecord.day == day, RunRecord.kind == kind,
+                                                RunRecord.holder == holder).values(**values))
+    run = get_run(engine, day, kind)
+    assert run is not None
+    return run
+
+
+# -- pause ---------------------------------------------------------------------------------
+
+def get_pause(engine: Engine) -> Pause:
+    with transaction(engine) as session:
+        row = session.get(PauseRecord, 1)
+        return Pause(row.paused, row.until) if row else Pause()
+
+
+def set_pause(engine: Engine, paused: bool, until: date | None = None) -> Pause:
+    with transaction(engine) as session:
+        row = session.get(PauseRecord, 1)
+        if row is None:
+            row = PauseRecord(id=1)
+            session.add(row)
+        row.paused, row.until, row.changed_at = paused, (until if paused else None), clock.now()
+        return Pause(row.paused, row.until)
+
+
+# -- the lease ------------------------------------------------------------------------------
+
+SEND_LEASE = "send"
+
+
+def acquire(engine: Engine, name: str, holder: str, seconds: float) -> bool:
+    """Take or renew the lease ``name`` for ``seconds``; False when someone else holds it.
+
+    One compare-and-set UPDATE (free when expired, or already ours), else an INSERT
+    that loses cleanly on the primary key if another process inserted first.  Both
+    are single statements, so this is atomic on SQLite and PostgreSQL alike.
+    """
+    now = clock.now()
+    expires = now + timedelta(seconds=seconds)
+    with engine.begin() as conn:
+        result = conn.execute(update(Lease).where(Lease.name == name, or_(Lease.expires_at < now, Lease.holder == holder))
+                              .values(holder=holder, expires_at=expires))
+        if result.rowcount == 1:
+            return True
+        exists = conn.execute(select(Lease.name).where(Lease.name == name)).first()
+    if exists:
+        return False
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(Lease).values(name=name, holder=holder, expires_at=expires))
+        return True
+    except IntegrityError:
+        return False
+
+
+def renew(engine: Engine, name: str, holder: str, seconds: float) -> bool:
+    """Extend our own lease; False if it is no longer ours (we were too slow and lost it)."""
+    expires = clock.now() + timedelta(seconds=seconds)
+    with engine.begin() as conn:
+        result = conn.execute(update(Lease).where(Lease.name == name, Lease.holder == holder)
+                              .values(expires_at=expires))
+        return result.rowcount == 1
+
+
+def release(engine: Engine, name: str, holder: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))
+
+
+def lease_holder(engine: Engine, name: str) -> tuple[str, datetime] | None:
+    with engine.begin() as conn:
+        row = conn.execute(select(Lease.holder, Lease.expires_at).where(Lease.name == name)).first()
+    if row is None or row.expires_at < clock.now():
+        return None
+    return row.holder, row.expires_at
+
+
+@contextmanager
+def held(engine: Engine, name: str, holder: str, seconds: float) -> Iterator[bool]:
+    """Hold the lease for the duration of the block, renewing it from a thread every
+    third of its life.  Yields False (and holds nothing) if another process has it."""
+    if not acquire(engine, name, holder, seconds):
+        yield False
+        return
+    stop = threading.Event()
+
+    def keep() -> None:
+        while not stop.wait(max(seconds / 3, 0.05)):
+            try:
+                if not renew(engine, name, holder, seconds):
+                    log.warning("lease %s was taken over while %s held it", name, holder)
+                    return
+            except Exception:  # a database hiccup: try again at the next beat
+                log.exception("could not renew lease %s", name)
+
+    keeper = threading.Thread(target=keep, name=f"lease-{name}", daemon=True)
+    keeper.start()
+    try:
+        yield True
+    finally:
+        stop.set()
+        keeper.join()
+        release(engine, name, holder)
+
+
+# -- heartbeats ------------------------------------------------------------------------------
+
+def beat(engine: Engine, holder: str, started_at: datetime) -> None:
+    now = clock.now()
+    with engine.begin() as conn:
+        result = conn.execute(update(Heartbeat).where(Heartbeat.holder == holder).values(last_seen=now))
+        if result.rowcount == 0:
+            conn.execute(insert(Heartbeat).values(holder=holder, pid=os.getpid(), host=socket.gethostname(),
+                                                  started_at=started_at, last_seen=now))
+
+
+def forget(engine: Engine, holder: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(Heartbeat).where(Heartbeat.holder == holder))
+
+
+def daemons(engine: Engine, *, alive_within: timedelta) -> list[Daemon]:
+    """Daemons seen within ``alive_within``; older rows (crashed daemons) are ignored."""
+    since = clock.now() - alive_within
+    with engine.begin() as conn:
+        rows = conn.execute(select(Heartbeat).where(Heartbeat.last_seen >= since)
+                            .order_by(Heartbeat.started_at)).all()
+    return [Daemon(r.holder, r.pid, r.host, r.started_at, r.last_seen) for r in rows]
