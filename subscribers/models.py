@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from pipeline.database import AwareDateTime, Base
@@ -14,19 +14,29 @@ FREQUENCIES = ("daily", "weekly")
 
 class Subscriber(Base):
     __tablename__ = "subscribers"
+    # The recipients query: confirmed, one frequency, in id order (keyset pages).
+    # AUTOINCREMENT: SQLite must never hand an erased person's id to someone new,
+    # because their old unsubscribe and preferences links carry that id.
+    __table_args__ = (Index("ix_subscribers_sending", "status", "frequency", "id"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     email: Mapped[str] = mapped_column(String(320))  # normalised by email-validator
     email_key: Mapped[str] = mapped_column(String(320), unique=True)  # lower-cased: unique case-insensitively
+    # keyed hash of email_key (subscribers.tokens.email_hash): joins the suppression list in SQL
+    email_hash: Mapped[str] = mapped_column(String(64), index=True)
     name: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     frequency: Mapped[str] = mapped_column(String(8), default="daily")
     created_at: Mapped[datetime] = mapped_column(AwareDateTime())
     updated_at: Mapped[datetime] = mapped_column(AwareDateTime())
+    # one timestamp per status, set each time the subscriber enters it
+    pending_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
     confirmed_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
     unsubscribed_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
     bounced_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
     complained_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+    # when the last confirmation email went out: the sign-up form resends at most every few minutes
+    confirm_sent_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
 
     topics: Mapped[list["SubscriberTopic"]] = relationship(
         back_populates="subscriber", cascade="all, delete-orphan", lazy="selectin")
@@ -58,6 +68,7 @@ class ConsentRecord(Base):
     ip: Mapped[str | None] = mapped_column(String(64))
     wording: Mapped[str | None] = mapped_column(Text)
     wording_version: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)  # JSON: what was agreed to (frequency, topics); personal
     at: Mapped[datetime] = mapped_column(AwareDateTime())
 
 

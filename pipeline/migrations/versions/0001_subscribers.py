@@ -20,17 +20,24 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("email", sa.String(320), nullable=False),
         sa.Column("email_key", sa.String(320), nullable=False, unique=True),
+        sa.Column("email_hash", sa.String(64), nullable=False),
         sa.Column("name", sa.String(200)),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("frequency", sa.String(8), nullable=False),
         sa.Column("created_at", AwareDateTime(), nullable=False),
         sa.Column("updated_at", AwareDateTime(), nullable=False),
+        sa.Column("pending_at", AwareDateTime()),
         sa.Column("confirmed_at", AwareDateTime()),
         sa.Column("unsubscribed_at", AwareDateTime()),
         sa.Column("bounced_at", AwareDateTime()),
         sa.Column("complained_at", AwareDateTime()),
+        sa.Column("confirm_sent_at", AwareDateTime()),
+        # ids are never reused (SQLite would, without AUTOINCREMENT): old links carry them
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_subscribers_status", "subscribers", ["status"])
+    op.create_index("ix_subscribers_email_hash", "subscribers", ["email_hash"])
+    op.create_index("ix_subscribers_sending", "subscribers", ["status", "frequency", "id"])
     op.create_table(
         "subscriber_topics",
         sa.Column("subscriber_id", sa.Integer, sa.ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
@@ -46,6 +53,7 @@ def upgrade() -> None:
         sa.Column("ip", sa.String(64)),
         sa.Column("wording", sa.Text),
         sa.Column("wording_version", sa.String(64)),
+        sa.Column("detail", sa.Text),
         sa.Column("at", AwareDateTime(), nullable=False),
     )
     op.create_index("ix_consent_records_subscriber_id", "consent_records", ["subscriber_id"])
