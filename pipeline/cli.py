@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("pipeline.content_cli:check", "Validate the whole library (articles, authors, site settings)."),
     "import": ("pipeline.content_cli:import_page", "Convert a library page (text or HTML) into an article."),
     "settings": ("pipeline.content_cli:settings_cmd", "List every setting with its value, default and help."),
+    "build": ("pipeline.build_cli:build", "Write the feeds, article pages and archive to public/ (--date: that day's issue page)."),
 }
 
 

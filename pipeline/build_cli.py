@@ -1,0 +1,81 @@
+"""``newsletter build``: write the static archive and the feeds to ``public/``.
+
+Two phases, as everywhere: load and check the whole library first (any error
+fails the build before a file is written), then write.  With ``--date`` the
+issue for that date is also composed, rendered and published as its "view in
+browser" page.  Without a database at hand, the issue's number and the queue
+position come from the archive itself: issues already published before that
+date count as sent.
+"""
+from __future__ import annotations
+
+import importlib
+from datetime import date, datetime
+from pathlib import Path
+
+import click
+
+from pipeline.content import Library, LibraryError, check_library
+from pipeline.errors import RenderError
+from pipeline.issue import RenderedIssue
+from pipeline.site import BuildReport, build_site, publish_issue, published_issues
+
+
+def load_checked(content_dir: Path) -> Library:
+    library, problems = check_library(content_dir)
+    for problem in problems:
+        click.echo(str(problem), err=True)
+    if library is None:
+        raise LibraryError(problems)
+    return library
+
+
+def render_issue_for(library: Library, day: date, public_dir: Path) -> RenderedIssue | None:
+    """Compose and render the issue of ``day``; None when nothing is due."""
+    try:
+        compose = importlib.import_module("pipeline.compose")
+        render = importlib.import_module("pipeline.render")
+    except ModuleNotFoundError as exc:
+        raise RenderError(f"cannot build an issue: the {exc.name} stage is not available") from None
+    earlier = [r for r in published_issues(public_dir) if r.kind == "daily" and r.date < day]
+    issue = compose.compose_issue(library, day, number=len(earlier) + 1,
+                                  sent={slug for r in earlier for slug in r.articles})
+    if issue is None:
+        return None
+    return render.render_issue(issue, library.settings)
+
+
+def _report(report: BuildReport, out: Path) -> None:
+    for name in report.written:
+        click.echo(f"wrote {out / name}")
+    for name in report.removed:
+        click.echo(f"removed {out / name}")
+    click.echo(f"{len(report.written)} written, {len(report.unchanged)} unchanged, {len(report.removed)} removed")
+
+
+@click.command("build")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: the public_dir setting).")
+@click.option("--date", "day", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Also compose, render and publish the issue of this date (YYYY-MM-DD).")
+@click.pass_obj
+def build(obj, out: Path | None, day: datetime | None) -> None:
+    """Write the feeds, article pages and archive (and with --date, that day's issue page)."""
+    library = load_checked(obj.content_dir)
+    out = out or Path(library.settings.public_dir)
+    report = BuildReport((), ())
+    as_of = None
+    if day is not None:
+        issue_day = day.date()
+        rendered = render_issue_for(library, issue_day, out)
+        if rendered is None:
+            click.echo(f"no issue for {issue_day}: nothing is due")
+        else:
+            report += publish_issue(rendered, out)
+            click.echo(f"issue {rendered.issue.key} (number {rendered.issue.number}): {rendered.subject}")
+            click.echo(f"view in browser: {rendered.web_url}")
+        # the issue's articles must have pages even when it is built ahead of its day
+        from pipeline.feeds import today
+        as_of = max(today(library.settings), issue_day)
+    report += build_site(library, out, as_of=as_of)
+    _report(report, out)
