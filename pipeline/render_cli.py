@@ -1,0 +1,114 @@
+"""``newsletter preview``: the issue as an editor will see it, written to a folder.
+
+Writes ``issue.html``, ``issue.txt`` and ``issue.eml`` (a complete MIME message to
+a placeholder subscriber, built by ``pipeline.message.build_message``), and with
+``--screenshots`` full-page PNGs 375 px and 600 px wide taken in headless
+Chromium.  The placeholder subscriber gets the public unsubscribe and
+preferences pages, as the web copy does: a preview needs no secret and carries
+no token.  Nothing is sent and no database is touched.
+"""
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import click
+
+from pipeline import clock
+from pipeline.compose import compose_issue
+from pipeline.errors import RenderError
+from pipeline.issue import Personal, RenderedIssue, personalise
+from pipeline.render import KB, WARN_BYTES, render_issue
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+SCREENSHOT_WIDTHS = (375, 600)
+PREVIEW_TO = "Preview Subscriber <preview@example.com>"
+
+
+def preview_personal(settings) -> Personal:
+    base = settings.base_url.rstrip("/")
+    return Personal(unsubscribe_url=f"{base}/unsubscribe", preferences_url=f"{base}/preferences", greeting="Hello,")
+
+
+def write_preview(rendered: RenderedIssue, settings, out: Path) -> dict[str, Path]:
+    """Write issue.html, issue.txt and issue.eml for the placeholder subscriber."""
+    from pipeline.message import build_message
+
+    out.mkdir(parents=True, exist_ok=True)
+    personal = preview_personal(settings)
+    html, text = personalise(rendered, personal)
+    paths = {"html": out / "issue.html", "text": out / "issue.txt", "eml": out / "issue.eml"}
+    paths["html"].write_text(html, encoding="utf-8")
+    paths["text"].write_text(text, encoding="utf-8")
+    paths["eml"].write_bytes(build_message(rendered, settings, to=PREVIEW_TO, personal=personal))
+    return paths
+
+
+def screenshot(html: str, out: Path, widths=SCREENSHOT_WIDTHS, executable: str = CHROMIUM) -> list[Path]:
+    """Full-page PNGs of ``html`` at each width. Every network request is refused, so a
+    screenshot shows exactly what a client that blocks remote content shows."""
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    if not Path(executable).exists():
+        raise RenderError(f"cannot take screenshots: {executable} is not installed")
+    paths = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+            try:
+                for width in widths:
+                    page = browser.new_page(viewport={"width": width, "height": 800})
+                    page.route("**/*", lambda route: route.abort())
+                    page.set_content(html, wait_until="load")
+                    path = out / f"issue-{width}.png"
+                    page.screenshot(path=str(path), full_page=True)
+                    page.close()
+                    paths.append(path)
+            finally:
+                browser.close()
+    except PlaywrightError as exc:
+        raise RenderError(f"screenshots failed in Chromium: {str(exc).splitlines()[0]}") from None
+    return paths
+
+
+def today(settings) -> date:
+    return clock.now().astimezone(ZoneInfo(settings.timezone)).date()
+
+
+@click.command("preview")
+@click.option("--date", "day", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Preview the issue of this date (YYYY-MM-DD): the next article of the queue.")
+@click.option("--article", "slug", default=None, help="Preview an issue holding this article (by slug).")
+@click.option("--number", type=click.IntRange(min=1), default=1, show_default=True, help="Issue number to show.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("preview"),
+              show_default=True, help="Folder to write issue.html, issue.txt and issue.eml into.")
+@click.option("--screenshots", is_flag=True, help="Also write PNG screenshots 375 px and 600 px wide (Chromium).")
+@click.pass_obj
+def preview(obj, day: datetime | None, slug: str | None, number: int, out: Path, screenshots: bool) -> None:
+    """Render an issue to files for an editor to look at; nothing is sent."""
+    if day is not None and slug is not None:
+        raise click.UsageError("give --date or --article, not both")
+    library = obj.library()
+    settings = library.settings
+    on = day.date() if day is not None else today(settings)
+    issue = compose_issue(library, on, number=number, scheduled=[slug] if slug else ())
+    if issue is None:
+        click.echo(f"nothing is due on {on.isoformat()}: no article is published by then")
+        raise SystemExit(1)
+    rendered = render_issue(issue, settings)
+    paths = write_preview(rendered, settings, out)
+    html = paths["html"].read_text(encoding="utf-8")
+    shots = screenshot(html, out) if screenshots else []
+    for path in [*paths.values(), *shots]:
+        click.echo(f"wrote {path}")
+    size = len(rendered.html.encode("utf-8"))
+    click.echo(f"issue:     {issue.key} (number {issue.number}): {', '.join(a.slug for a in issue.articles)}")
+    click.echo(f"subject:   {rendered.subject}")
+    click.echo(f"preheader: {rendered.preheader}")
+    click.echo(f"html size: {size / KB:.1f} KB (warning above {WARN_BYTES // KB} KB; Gmail clips at 102 KB)")
+    for warning in rendered.warnings:  # render warns above WARN_BYTES, among others
+        click.echo(f"warning: {warning}", err=True)
