@@ -20,7 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("pipeline.content_cli:check", "Validate the whole library (articles, authors, site settings)."),
     "import": ("pipeline.content_cli:import_page", "Convert a library page (text or HTML) into an article."),
     "settings": ("pipeline.content_cli:settings_cmd", "List every setting with its value, default and help."),
+    "subscribers": ("subscribers.cli:subscribers", "Add, import, export, list, show, unsubscribe and erase subscribers."),
     "build": ("pipeline.build_cli:build", "Write the feeds, article pages and archive to public/ (--date: that day's issue page)."),
+    "preview": ("pipeline.render_cli:preview", "Render an issue to issue.html/.txt/.eml (and --screenshots) for editors."),
 }
 
 
