@@ -3,6 +3,20 @@
 # chromium: browser tests (driven by Playwright with executablePath=/usr/bin/chromium)
 # postgresql: the store suite also runs against a real PostgreSQL server it starts itself
 set -euo pipefail
+
+# axe-core: the accessibility rules tests/test_site_browser.py injects into Chromium. From the npm
+# registry into .venv/node (ignored by git); without npm the test skips and says why.
+AXE_VERSION=4.10.3
+AXE_PREFIX=${AXE_PREFIX:-"$(cd "$(dirname "$0")/.." && pwd)/.venv/node"}
+if ! grep -qs "\"version\": \"$AXE_VERSION\"" "$AXE_PREFIX/node_modules/axe-core/package.json"; then
+  if command -v npm >/dev/null 2>&1; then
+    npm install --prefix "$AXE_PREFIX" --no-save --no-audit --no-fund --loglevel=error "axe-core@$AXE_VERSION" >/dev/null \
+      || echo "could not install axe-core from npm; the accessibility test will be skipped" >&2
+  else
+    echo "npm not found: axe-core not installed; the accessibility test will be skipped (apt-get install npm)" >&2
+  fi
+fi
+
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
