@@ -271,6 +271,17 @@ def mark_entries(engine: Engine, ids: Sequence[int], state: str, issue_key: str 
                         .values(state=state, issue_key=issue_key, updated_at=clock.now()))
 
 
+def add_sent_entry(engine: Engine, slug: str, day: date, issue_key: str) -> int:
+    """Record that ``slug`` went out on ``day`` without being scheduled (the queue chose it)."""
+    now = clock.now()
+    with transaction(engine) as session:
+        row = CalendarEntry(slug=slug, day=day, at=None, state="sent", issue_key=issue_key, created_at=now,
+                            updated_at=now)
+        session.add(row)
+        session.flush()
+        return row.id
+
+
 def sent_slugs(engine: Engine) -> set[str]:
     with transaction(engine) as session:
         return set(session.scalars(select(CalendarEntry.slug).where(CalendarEntry.state == "sent")))

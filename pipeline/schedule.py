@@ -1,0 +1,429 @@
+"""Schedule stage: when each day's issue goes out, and doing one day's work once.
+
+Decisions are pure functions of the clock (``pipeline.clock.now()``), the
+settings and what the database says; ``wake`` applies them and ``run_day`` does
+one (day, kind):
+
+1. load and check the content; on any error record ``content-error``, log why,
+   and leave the calendar as it is (fix, then ``newsletter send`` or
+   ``newsletter run --once --date D``);
+2. compose the day's issue: the articles on the calendar for that day, else the
+   next unsent article of the queue when ``send_when_nothing_due`` is on, else
+   the run is recorded ``nothing-to-send`` and no email goes out;
+3. render it, publish its archive page and rebuild the archive and feeds;
+4. send it to confirmed subscribers of that frequency through the send ledger.
+
+Exactly once per (day, kind): the send lease lets one process at a time work, the
+``runs`` row (unique on day and kind) records who did the day and how it ended,
+and the send ledger underneath never mails a subscriber twice even when a run is
+resumed after a crash.
+
+Time rules (documented in the README, tested across 2026-03-29 and 2026-10-25):
+
+- A day's send instant is its send time as a wall-clock time in
+  ``settings.timezone``: 07:00 Europe/London is 07:00Z in winter, 06:00Z in summer.
+- A wall time that does not exist (the spring-forward hour, e.g. 01:30 on the
+  last Sunday of March) is taken with the offset in force before the change,
+  which puts it one hour later on the new clock (02:30 BST): the send happens
+  once, as soon after the chosen time as the clock allows.
+- A wall time that happens twice (the fall-back hour, 01:30 on the last Sunday
+  of October) means its first occurrence (01:30 BST = 00:30Z), and only that one.
+- A day's daily send time is the earliest ``--at`` of the articles scheduled on
+  it, else ``send_time``.  The weekly digest goes at ``send_time`` on
+  ``weekly_day``, after that day's daily issue when both are due together.
+- Within ``grace_minutes`` after the instant a send still happens (late); after
+  that the day is recorded ``missed`` and never sent by the daemon.
+- ``pause --until D`` pauses every day before D; D sends again.  A day whose
+  instant passes while paused is recorded ``paused`` (its articles ``missed``)
+  and is not sent after a resume.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Sequence
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Engine
+
+from pipeline import calendar, clock
+from pipeline.calendar import Entry, Run
+from pipeline.errors import ContentError, NewsletterError, ScheduleError
+from pipeline.settings import Settings, load_settings
+
+log = logging.getLogger("newsletter.schedule")
+
+UTC = clock.UTC
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+# how far back a waking daemon looks for days it should have sent (and records them missed)
+LOOKBACK_DAYS = 3
+# a failed run is retried, inside the grace window, no sooner than this after it failed
+RETRY_AFTER = timedelta(minutes=5)
+
+_work = threading.Lock()  # one run at a time per process (the lease is per holder, not per thread)
+
+
+# -- pure time rules ---------------------------------------------------------------------
+
+def parse_hhmm(value: str, what: str = "time") -> time:
+    """``HH:MM`` (24-hour) as a time; a ``ScheduleError`` naming the bad value otherwise."""
+    text = str(value).strip()
+    parts = text.split(":")
+    if len(parts) == 2 and all(p.isdigit() and len(p) == 2 for p in parts):
+        hour, minute = int(parts[0]), int(parts[1])
+        if hour < 24 and minute < 60:
+            return time(hour, minute)
+    raise ScheduleError(f"{what} must be HH:MM (24-hour), got {text!r}")
+
+
+def parse_day(value: str, what: str = "date") -> date:
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise ScheduleError(f"{what} must be a date as YYYY-MM-DD, got {value!r}") from None
+
+
+def zone(settings: Settings) -> ZoneInfo:
+    try:
+        return ZoneInfo(settings.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ScheduleError(f"timezone {settings.timezone!r} is not an IANA time zone (e.g. Europe/London)") from None
+
+
+def grace(settings: Settings) -> timedelta:
+    return timedelta(minutes=int(settings.grace_minutes))
+
+
+def weekly_weekday(settings: Settings) -> int:
+    name = str(settings.weekly_day).strip().lower()
+    if name not in WEEKDAYS:
+        raise ScheduleError(f"weekly_day must be a weekday name (monday ... sunday), got {settings.weekly_day!r}")
+    return WEEKDAYS.index(name)
+
+
+def is_weekly_day(day: date, settings: Settings) -> bool:
+    return day.weekday() == weekly_weekday(settings)
+
+
+def send_instant(day: date, at: time, tz: ZoneInfo) -> datetime:
+    """The UTC instant of wall time ``at`` on ``day`` in ``tz`` (see the module rules).
+
+    ``fold=0`` gives exactly the documented rule: for a wall time in the spring
+    gap, the offset before the change (so one hour later on the new clock); for
+    a wall time that happens twice, the first occurrence.
+    """
+    return datetime.combine(day, at, tzinfo=tz).replace(fold=0).astimezone(UTC)
+
+
+def local_day(instant: datetime, tz: ZoneInfo) -> date:
+    return clock.require_aware(instant).astimezone(tz).date()
+
+
+def today(settings: Settings) -> date:
+    return local_day(clock.now(), zone(settings))
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One planned send: a day, a kind, its local wall time and its UTC instant."""
+
+    day: date
+    kind: str
+    at: time
+    instant: datetime
+
+
+def daily_time(settings: Settings, custom: Sequence[str | None] = ()) -> time:
+    """The day's send time: the earliest ``--at`` among its articles, else ``send_time``."""
+    times = [parse_hhmm(t, "--at") for t in custom if t]
+    return min(times) if times else parse_hhmm(settings.send_time, "send_time")
+
+
+def slots_for(day: date, settings: Settings, custom: Sequence[str | None] = ()) -> list[Slot]:
+    tz = zone(settings)
+    at = daily_time(settings, custom)
+    slots = [Slot(day, "daily", at, send_instant(day, at, tz))]
+    if is_weekly_day(day, settings):
+        weekly_at = parse_hhmm(settings.send_time, "send_time")
+        slots.append(Slot(day, "weekly", weekly_at, send_instant(day, weekly_at, tz)))
+    return slots
+
+
+def decide(slot: Slot, now: datetime, window: timedelta, run: Run | None, paused: bool) -> str:
+    """What a waking daemon does about ``slot``:
+
+    ``wait`` (not yet), ``run`` (send now, or retry/resume within the window),
+    ``miss`` (too late: record missed), ``pause`` (record paused),
+    ``expire`` (a failed or interrupted run whose window has closed: leave it to
+    an editor), ``done`` (nothing more to do for this slot).
+    """
+    late = now > slot.instant + window
+    if run is not None and run.state != "pending":
+        if run.final:
+            return "done"
+        if run.state == "failed":
+            if late:
+                return "done"
+            finished = run.finished_at or run.started_at or now
+            return "run" if now - finished >= RETRY_AFTER else "wait"
+        if run.state == "running":
+            # the caller only acts on this when the lease is free: its holder is gone
+            return "expire" if late else "run"
+    if now < slot.instant:
+        return "wait"
+    if paused:
+        return "pause"
+    if late:
+        return "miss"
+    return "run"
+
+
+def candidate_days(today_: date, last_run_day: date | None) -> list[date]:
+    """Days a waking daemon looks at, oldest first: today and up to LOOKBACK_DAYS before
+    it, but on a database that has never run, only yesterday and today (nothing
+    older was ever expected of it)."""
+    back = LOOKBACK_DAYS if last_run_day is not None else 1
+    return [today_ - timedelta(days=n) for n in range(back, -1, -1)]
+
+
+def next_instant(now: datetime, settings: Settings, custom_by_day: dict[date, list[str | None]],
+                 pause: calendar.Pause) -> datetime | None:
+    """The next send instant after ``now`` over the coming eight days (covering a
+    weekly digest), skipping paused days."""
+    start = local_day(now, zone(settings))
+    future = []
+    for n in range(0, 9):
+        day = start + timedelta(days=n)
+        if pause.covers(day):
+            continue
+        future += [s.instant for s in slots_for(day, settings, custom_by_day.get(day, ())) if s.instant > now]
+    return min(future) if future else None
+
+
+# -- reading the plan from the database ---------------------------------------------------
+
+def custom_times(engine: Engine, start: date, end: date) -> dict[date, list[str | None]]:
+    found: dict[date, list[str | None]] = {}
+    for entry in calendar.entries(engine, start=start, end=end, states=("scheduled", "failed")):
+        found.setdefault(entry.day, []).append(entry.at)
+    return found
+
+
+def planned_slot(engine: Engine, settings: Settings, day: date, kind: str) -> Slot:
+    custom = custom_times(engine, day, day).get(day, [])
+    for slot in slots_for(day, settings, custom):
+        if slot.kind == kind:
+            return slot
+    raise ScheduleError(f"{day.isoformat()} is not a {settings.weekly_day}: no weekly digest goes out that day")
+
+
+def upcoming(engine: Engine, settings: Settings, days: int = 14) -> list[tuple[Slot, list[Entry], Run | None, bool]]:
+    """The coming ``days`` days' slots with their articles, run (if any) and paused flag."""
+    start = today(settings)
+    end = start + timedelta(days=days - 1)
+    planned = calendar.entries(engine, start=start, end=end, states=("scheduled", "failed", "sent", "missed"))
+    by_day: dict[date, list[Entry]] = {}
+    for entry in planned:
+        by_day.setdefault(entry.day, []).append(entry)
+    runs = calendar.runs_between(engine, start, end)
+    pause = calendar.get_pause(engine)
+    rows = []
+    for n in range(days):
+        day = start + timedelta(days=n)
+        active = [e.at for e in by_day.get(day, []) if e.state in ("scheduled", "failed")]
+        for slot in slots_for(day, settings, active):
+            rows.append((slot, by_day.get(day, []) if slot.kind == "daily" else [], runs.get((day, slot.kind)),
+                         pause.covers(day)))
+    return rows
+
+
+# -- waking up -------------------------------------------------------------------------------
+
+def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: str) -> list[Run]:
+    """Look at the recent days and do what is due: send what is due, record what was
+    missed or paused.  Safe to call at any time and from any number of processes."""
+    now = clock.now()
+    window = grace(settings)
+    tz = zone(settings)
+    today_ = local_day(now, tz)
+    latest = calendar.latest_run_day(engine, "daily")
+    days = candidate_days(today_, latest)
+    runs = calendar.runs_between(engine, days[0], today_)
+    custom = custom_times(engine, days[0], today_)
+    pause = calendar.get_pause(engine)
+    lease = calendar.lease_holder(engine, calendar.SEND_LEASE)
+    done: list[Run] = []
+    for day in days:
+        for slot in slots_for(day, settings, custom.get(day, [])):
+            run = runs.get((day, slot.kind))
+            if latest is None and day < today_ and now > slot.instant + window:
+                continue  # a database that never ran: yesterday was not expected of anyone
+            action = decide(slot, now, window, run, pause.covers(day))
+            if action in ("wait", "done"):
+                continue
+            if run is not None and run.state == "running" and lease is not None:
+                continue  # its holder is alive and working on it
+            if action == "miss":
+                _record_skip(engine, slot, "missed",
+                             f"not sent: the daemon was not running between {_local(slot.instant, tz)} and "
+                             f"{_local(slot.instant + window, tz)} (grace {settings.grace_minutes} min)")
+            elif action == "pause":
+                _record_skip(engine, slot, "paused", "sending was paused at the send time")
+            elif action == "expire":
+                _expire(engine, slot, run)  # type: ignore[arg-type]
+            else:
+                done.append(run_day(engine, settings, content_dir, day, slot.kind, holder=holder, slot=slot))
+    return done
+
+
+def _local(instant: datetime, tz: ZoneInfo) -> str:
+    return instant.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def _record_skip(engine: Engine, slot: Slot, state: str, why: str) -> None:
+    run = calendar.record_outcome(engine, slot.day, slot.kind, state, planned_at=slot.instant, error=why)
+    if run is None:
+        return  # another process recorded the day first
+    if slot.kind == "daily":
+        calendar.mark_entries(engine, [e.id for e in calendar.scheduled_on(engine, slot.day)], "missed")
+    log.warning("%s %s issue of %s: %s", state, slot.kind, slot.day.isoformat(), why)
+
+
+def _expire(engine: Engine, slot: Slot, run: Run) -> None:
+    why = (f"interrupted and not resumed within the grace window; finish it with "
+           f"`newsletter send --date {slot.day.isoformat()} --resume`")
+    calendar.finish_run(engine, slot.day, slot.kind, run.holder or "", "failed", error=why)
+    log.error("%s issue of %s: %s", slot.kind, slot.day.isoformat(), why)
+
+
+# -- one day's work -----------------------------------------------------------------------------
+
+def run_day(engine: Engine, settings: Settings, content_dir: Path | str, day: date, kind: str = "daily", *,
+            holder: str | None = None, force: bool = False, slot: Slot | None = None) -> Run:
+    """Do the (``day``, ``kind``) work once and return its run.
+
+    Without ``force`` (the daemon) a day past its grace window is recorded
+    ``missed`` instead.  With ``force`` (``run --once``, an editor's explicit
+    command) the send time and window are ignored and a day that ended missed,
+    paused, failed, content-error or nothing-to-send is tried again; a day
+    already ``sent`` never is.  When another process holds the send lease the
+    run as the database has it is returned (state ``running`` or ``pending``).
+    """
+    if kind not in calendar.KINDS:
+        raise ScheduleError(f"kind must be daily or weekly, got {kind!r}")
+    holder = holder or calendar.new_holder()
+    slot = slot or planned_slot(engine, settings, day, kind)
+    with _work, calendar.held(engine, calendar.SEND_LEASE, holder, float(settings.lease_seconds)) as mine:
+        if not mine:
+            return calendar.get_run(engine, day, kind) or Run(day, kind, "pending",
+                                                              error="another process holds the send lease")
+        current = calendar.get_run(engine, day, kind)
+        now = clock.now()
+        if not force and (current is None or current.state == "pending") and now > slot.instant + grace(settings):
+            _record_skip(engine, slot, "missed", f"too late: more than {settings.grace_minutes} min after the send time")
+            return calendar.get_run(engine, day, kind) or current  # type: ignore[return-value]
+        retry = ("pending", "failed") + (("missed", "paused", "content-error", "nothing-to-send") if force else ())
+        claimed = calendar.claim_run(engine, day, kind, holder, planned_at=slot.instant, retry=retry)
+        if claimed is None:
+            return calendar.get_run(engine, day, kind)  # type: ignore[return-value]
+        log.info("%s issue of %s: started (attempt %d)", kind, day.isoformat(), claimed.attempts)
+        return _perform(engine, settings, Path(content_dir), day, kind, holder, resume=claimed.attempts > 1)
+
+
+def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, kind: str, holder: str,
+             *, resume: bool) -> Run:
+    from pipeline.content import check_library
+
+    entries = calendar.scheduled_on(engine, day) if kind == "daily" else []
+    # 1. the content, checked as `newsletter check` would: the site file must still load,
+    #    and the library must have no error.  The calendar is left as it is.
+    problems: list[str] = []
+    try:
+        load_settings(content_dir)
+    except ContentError as exc:
+        problems.append(str(exc))
+    library, found = check_library(content_dir, settings)
+    problems += [str(p) for p in found if p.level == "error"]
+    if library is not None:
+        known = {a.slug for a in library.articles}
+        problems += [f"calendar: {e.slug} is scheduled on {day.isoformat()} but is not in the library"
+                     for e in entries if e.slug not in known]
+    if problems:
+        for problem in problems:
+            log.error("content error, %s issue of %s not sent: %s", kind, day.isoformat(), problem)
+        summary = problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        return calendar.finish_run(engine, day, kind, holder, "content-error", error=summary)
+    assert library is not None
+    try:
+        issue = _compose(engine, settings, library, day, kind, entries)
+        if issue is None:
+            log.info("%s issue of %s: nothing to send", kind, day.isoformat())
+            return calendar.finish_run(engine, day, kind, holder, "nothing-to-send")
+        return _publish_and_send(engine, settings, library, issue, entries, holder, resume=resume)
+    except ContentError as exc:
+        log.error("content error, %s issue of %s not sent: %s", kind, day.isoformat(), exc)
+        return calendar.finish_run(engine, day, kind, holder, "content-error", error=str(exc))
+    except Exception as exc:  # any failure is recorded, the calendar kept for a retry
+        log.exception("%s issue of %s failed", kind, day.isoformat())
+        calendar.mark_entries(engine, [e.id for e in entries], "failed")
+        message = str(exc) if isinstance(exc, NewsletterError) else f"{type(exc).__name__}: {exc}"
+        return calendar.finish_run(engine, day, kind, holder, "failed", error=message)
+
+
+def issue_number(engine: Engine, day: date, kind: str) -> int:
+    """Issues are numbered per kind in date order: the sent days before this one, plus one.
+    A retried day keeps its number."""
+    from sqlalchemy import func, select
+
+    from pipeline.calendar import RunRecord
+    from pipeline.database import transaction
+
+    with transaction(engine) as session:
+        before = session.scalar(select(func.count()).select_from(RunRecord).where(
+            RunRecord.kind == kind, RunRecord.state == "sent", RunRecord.day < day))
+    return int(before or 0) + 1
+
+
+def _compose(engine: Engine, settings: Settings, library, day: date, kind: str, entries: list[Entry]):
+    from pipeline.compose import compose_issue, weekly_issue
+
+    number = issue_number(engine, day, kind)
+    if kind == "weekly":
+        sent_on = {e.slug: e.day for e in calendar.entries(engine, start=day - timedelta(days=6), end=day,
+                                                          states=("sent",))}
+        return weekly_issue(library, day, number, sent_on=sent_on)
+    if not entries and not settings.send_when_nothing_due:
+        return None
+    return compose_issue(library, day, number=number, scheduled=[e.slug for e in entries],
+                         sent=calendar.sent_slugs(engine))
+
+
+def _publish_and_send(engine: Engine, settings: Settings, library, issue, entries: list[Entry], holder: str,
+                      *, resume: bool) -> Run:
+    from pipeline.deliver import send_issue
+    from pipeline.render import render_issue
+    from pipeline.site import build_site, publish_issue
+
+    kind, day = issue.kind, issue.date
+    rendered = render_issue(issue, settings)
+    for warning in rendered.warnings:
+        log.warning("%s issue of %s: %s", kind, day.isoformat(), warning)
+    publish_issue(rendered, settings.public_dir)
+    build_site(library, settings.public_dir, as_of=day)
+    summary = send_issue(engine, settings, rendered, frequency=kind, resume=resume, progress=False)
+    counts = {name: int(getattr(summary, name, 0) or 0) for name in ("sent", "deferred", "failed", "bounced")}
+    if kind == "daily":
+        # a queued article (nothing was scheduled) goes on the calendar as sent, so the
+        # queue moves on and the weekly digest finds it
+        ids = [e.id for e in entries]
+        queued = [a.slug for a in issue.articles if a.slug not in {e.slug for e in entries}]
+        for slug in queued:
+            ids.append(calendar.add_sent_entry(engine, slug, day, issue.key))
+        calendar.mark_entries(engine, ids, "sent", issue.key)
+    log.info("%s issue %s (%s): sent %d, deferred %d, failed %d, bounced %d", kind, issue.key,
+             ", ".join(a.slug for a in issue.articles), counts["sent"], counts["deferred"], counts["failed"],
+             counts["bounced"])
+    return calendar.finish_run(engine, day, kind, holder, "sent", issue_key=issue.key, counts=counts)
