@@ -1,6 +1,7 @@
 """CLI commands of the content stage: check, import, settings."""
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import click
@@ -23,15 +24,40 @@ def check(obj) -> None:
     click.echo(f"ok: {len(library.articles)} article(s), {len(library.authors)} author(s), {warnings} warning(s)")
 
 
+def _topics(_ctx, _param, value: str | None) -> tuple[str, ...]:
+    topics: list[str] = []
+    for topic in (value or "").split(","):
+        if topic.strip() and topic.strip() not in topics:
+            topics.append(topic.strip())
+    return tuple(topics)
+
+
+def _date(_ctx, _param, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
 @click.command("import")
 @click.argument("page", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Content folder to write into (default: the --content folder).")
+@click.option("--slug", default=None, help="Article slug (default: from the title, without words like 'what is').")
+@click.option("--published", default=None, callback=_date,
+              help="Publication date YYYY-MM-DD (default: the latest date a reference was cited).")
+@click.option("--topics", default=None, callback=_topics, help="Comma-separated topic ids from site.yaml.")
+@click.option("--summary", default=None, help="One or two sentences (default: the start of the introduction).")
+@click.option("--force", is_flag=True, help="Replace an existing article (and author file) that differs.")
 @click.pass_obj
-def import_page(obj, page: Path, out_dir: Path | None) -> None:
+def import_page(obj, page: Path, out_dir: Path | None, slug: str | None, published: date | None,
+                topics: tuple[str, ...], summary: str | None, force: bool) -> None:
     """Convert a library page (text or HTML) into an article."""
     from pipeline.importer import import_cli
-    import_cli(page, out_dir or obj.content_dir, obj.content_dir)
+    import_cli(page, out_dir or obj.content_dir, obj.content_dir, slug=slug, published=published,
+               topics=topics, summary=summary, force=force)
 
 
 @click.command("settings")
