@@ -1,0 +1,417 @@
+"""The web service: sign-up with double opt-in, preferences, one-click unsubscribe.
+
+``create_app(settings, engine)`` is a Starlette ASGI app; ``newsletter serve``
+runs it under uvicorn (``newsletter run`` serves it next to the scheduler).
+Pages are Jinja templates extending ``templates/web/base.html`` (the email's
+look) and work without JavaScript.  Everything that is not one of the routes
+below falls through to ``pipeline.static_files.StaticSite``, which serves
+``public/`` (archive and feeds) with ETags.
+
+Routes (the token in a path is an opaque signed token, ``subscribers.tokens``):
+
+- ``GET/POST /subscribe``: the form; a post makes a ``pending`` subscriber and
+  sends the confirmation link.  The answer is the same whether or not the
+  address is known.  Posts are rate-limited per client IP (token bucket).
+- ``GET /confirm/{token}``: confirms, records consent, sends the welcome email.
+- ``GET /unsubscribe/{token}``: one button.  ``POST /unsubscribe/{token}``:
+  RFC 8058 one-click: no cookies, no login, no CSRF token, 200 with no redirect,
+  idempotent.
+- ``GET/POST /preferences/{token}``: topics, frequency, name (CSRF token bound
+  to the link and a time); ``GET .../export`` JSON of all data held;
+  ``POST .../erase`` deletes the person, keeping only the suppression hash.
+- ``GET /healthz`` (the process answers), ``GET /readyz`` (the database answers).
+
+Behind a reverse proxy, run uvicorn with ``--forwarded-allow-ips`` set to the
+proxy so the client IP (rate limit, consent records) comes from
+``X-Forwarded-For``; ``newsletter serve`` trusts only 127.0.0.1 by default.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import click
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlalchemy import Engine, text
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pipeline import clock
+from pipeline.errors import DeliveryError, SubscriberError
+from pipeline.settings import Settings
+from subscribers import messages, store, tokens
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "web"  # shared with the archive pages
+MAX_BODY = 64 * 1024  # every form here is a few hundred bytes
+FORM_MAX_AGE = 2 * 3600  # seconds a preferences form stays valid (its CSRF token)
+
+# Inline <script> is never allowed; inline styles are (base.html carries its CSS
+# inline, and the archive pages served by the fallback are email-like HTML).
+SECURITY_HEADERS = {
+    "content-security-policy": ("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                                "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cross-origin-opener-policy": "same-origin",
+}
+NO_STORE = {"cache-control": "no-store"}  # pages reached with a personal token
+
+
+class SecurityHeaders:
+    """Adds ``SECURITY_HEADERS`` to every HTTP response, including the static fallback's."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+        self.raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [h for h in self.raw if h[0] not in present]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class TokenBucket:
+    """Per-key token bucket: ``capacity`` requests at once, refilled at ``per_minute``.
+
+    In memory, so per process; enough to stop one client hammering the form.
+    The table is pruned of full (idle) buckets when it grows past ``max_keys``.
+    """
+
+    def __init__(self, per_minute: float, capacity: float | None = None, max_keys: int = 10_000):
+        self.rate = per_minute / 60.0
+        self.capacity = capacity if capacity is not None else max(per_minute, 1.0)
+        self.max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str) -> bool:
+        if self.rate <= 0:
+            return True
+        now = clock.monotonic()
+        tokens_left, last = self._buckets.get(key, (self.capacity, now))
+        tokens_left = min(self.capacity, tokens_left + (now - last) * self.rate)
+        allowed = tokens_left >= 1.0
+        self._buckets[key] = (tokens_left - 1.0 if allowed else tokens_left, now)
+        if len(self._buckets) > self.max_keys:
+            self._prune(now)
+        return allowed
+
+    def _prune(self, now: float) -> None:
+        for key, (left, last) in list(self._buckets.items()):
+            if left + (now - last) * self.rate >= self.capacity:
+                del self._buckets[key]
+
+
+@dataclass
+class WebService:
+    """The app's state: settings, database, how mail is sent, the templates."""
+
+    settings: Settings
+    engine: Engine
+    send: Callable
+    limiter: TokenBucket
+    env: Environment
+
+    # -- rendering ---------------------------------------------------------------
+
+    def page(self, template: str, status: int = 200, headers: dict | None = None, **values) -> HTMLResponse:
+        body = self.env.get_template(template).render(settings=self.settings, **values)
+        return HTMLResponse(body, status_code=status, headers=headers)
+
+    def message(self, title: str, text: str, status: int = 200, links: tuple = (), headers: dict | None = None,
+                **extra) -> HTMLResponse:
+        return self.page("message.html", status, headers, title=title, text=text, links=links, **extra)
+
+    def bad_link(self, why: str) -> HTMLResponse:
+        return self.message("This link does not work", why, status=400, headers=NO_STORE)
+
+    @property
+    def secret(self) -> str:
+        return tokens.secret(self.settings)
+
+    def read(self, purpose: str, token: str, max_age: int | None = None) -> int:
+        return tokens.read_token(self.secret, purpose, token, max_age)
+
+    # -- sign-up -------------------------------------------------------------------
+
+    def subscribe_form(self, status: int = 200, error: str | None = None, values: dict | None = None) -> HTMLResponse:
+        wording, version = store.consent_wording(self.settings)
+        values = {"email": "", "name": "", "topics": (), "frequency": "daily", **(values or {})}
+        return self.page("subscribe.html", status, error=error, values=values, wording=wording, version=version,
+                         topics=sorted(self.settings.topics.items()))
+
+    async def get_subscribe(self, request: Request) -> Response:
+        return self.subscribe_form()
+
+    async def post_subscribe(self, request: Request) -> Response:
+        ip = client_ip(request)
+        if not self.limiter.allow(ip or "unknown"):
+            return self.message("Too many requests", "Please wait a minute and try again.", status=429,
+                                headers={"retry-after": "60"})
+        form = await read_form(request)
+        values = {"email": field(form, "email"), "name": field(form, "name"), "topics": fields(form, "topics"),
+                  "frequency": field(form, "frequency") or "daily"}
+        _, version = store.consent_wording(self.settings)
+        if field(form, "consent") != "yes":
+            return self.subscribe_form(400, "Please tick the box to agree to receive the newsletter.", values)
+        if field(form, "consent_version") != version:
+            return self.subscribe_form(400, "The consent wording has changed since this page was loaded; "
+                                            "please read it again and resubmit.", values)
+        try:
+            result = await run_in_threadpool(partial(
+                store.sign_up, self.engine, self.settings, values["email"], name=values["name"] or None,
+                topics=values["topics"], frequency=values["frequency"], ip=ip))
+        except SubscriberError as exc:
+            return self.subscribe_form(400, exc.message, values)
+        if result.send != "none":
+            message = messages.confirmation_message(self.settings, result.subscriber, already=result.send == "already")
+            try:
+                await run_in_threadpool(self.send, self.settings, message)
+            except DeliveryError as exc:
+                log.error("confirmation email to subscriber %s not sent: %s", result.subscriber.id, exc)
+                return self.message("Please try again later", "We could not send the confirmation email just now. "
+                                    "Nothing has been lost; please try again in a few minutes.", status=503)
+            await run_in_threadpool(store.mark_confirmation_sent, self.engine, result.subscriber.id)
+        # The same answer for a new, pending, confirmed or suppressed address.
+        return self.message("Check your inbox", "If the address can receive our newsletter, an email is on its way "
+                            "with a link to confirm your subscription. The link works for "
+                            f"{self.settings.confirm_token_days} days. Until you click it, you will not be subscribed.")
+
+    async def confirm(self, request: Request) -> Response:
+        if request.method == "HEAD":  # link scanners probe with HEAD: nothing happens without a GET
+            return Response(status_code=200, headers=NO_STORE, media_type="text/html")
+        try:
+            sid = self.read(tokens.CONFIRM, request.path_params["token"], tokens.confirm_max_age(self.settings))
+            info, changed = await run_in_threadpool(partial(store.confirm, self.engine, self.settings, sid,
+                                                            method="web", ip=client_ip(request)))
+        except SubscriberError as exc:
+            return self.bad_link(f"{exc.message[:1].upper()}{exc.message[1:]}. Nothing has been changed. "
+                                 "You can sign up again on the subscription page.")
+        if changed:
+            welcome = messages.welcome_message(self.settings, info, messages.latest_issue_url(self.settings))
+            try:
+                await run_in_threadpool(self.send, self.settings, welcome)
+            except DeliveryError as exc:  # the confirmation stands; the welcome is a courtesy
+                log.error("welcome email to subscriber %s not sent: %s", info.id, exc)
+        title = "You are subscribed" if changed else "Already confirmed"
+        return self.message(title, "Thank you: your subscription is confirmed." if changed
+                            else "This subscription was already confirmed; nothing has changed.",
+                            links=(("Your preferences", tokens.preferences_url(self.settings, info.id)),
+                                   ("Read the latest issue", messages.latest_issue_url(self.settings))),
+                            headers=NO_STORE)
+
+    # -- leaving ---------------------------------------------------------------------
+
+    async def unsubscribe(self, request: Request) -> Response:
+        try:
+            sid = self.read(tokens.UNSUBSCRIBE, request.path_params["token"])
+        except SubscriberError:
+            return self.bad_link("This unsubscribe link is not valid. Please use the link from your most recent email.")
+        if request.method in ("GET", "HEAD"):
+            info = await run_in_threadpool(store.get, self.engine, sid)
+            return self.page("unsubscribe.html", headers=NO_STORE,
+                             left=info is None or info.status in store.SUPPRESSED_STATUSES)
+        one_click = await is_one_click(request)
+        info = await run_in_threadpool(partial(store.unsubscribe, self.engine, self.settings, sid,
+                                               method="one-click" if one_click else "web", ip=client_ip(request)))
+        # 200 and no redirect (RFC 8058), whether this is the first request or a repeat
+        return self.message("You are unsubscribed",
+                            "You will not receive the newsletter any more." if info is not None
+                            else "We hold no subscription for this link, so you will not receive the newsletter.",
+                            headers=NO_STORE)
+
+    # -- preferences -------------------------------------------------------------------
+
+    def preferences_form(self, request: Request, info: store.SubscriberInfo, status: int = 200,
+                         error: str | None = None, notice: str | None = None) -> HTMLResponse:
+        token = request.path_params["token"]
+        # absolute paths: this form is also shown in answer to .../erase
+        here = f"{request.scope.get('root_path', '')}/preferences/{token}"
+        return self.page("preferences.html", status, NO_STORE, info=info, error=error, notice=notice, here=here,
+                         csrf=tokens.form_token(self.settings, token), topics=sorted(self.settings.topics.items()),
+                         unsubscribe_url=tokens.unsubscribe_url(self.settings, info.id))
+
+    async def _subscriber(self, token: str) -> store.SubscriberInfo | Response:
+        try:
+            sid = self.read(tokens.PREFERENCES, token)
+        except SubscriberError:
+            return self.bad_link("This preferences link is not valid. Please use the link from your most recent email.")
+        info = await run_in_threadpool(store.get, self.engine, sid)
+        if info is None:
+            return self.message("Nothing held", "We hold no data for this link: the subscription has been deleted.",
+                                status=404, headers=NO_STORE)
+        return info
+
+    async def preferences(self, request: Request) -> Response:
+        token = request.path_params["token"]
+        info = await self._subscriber(token)
+        if isinstance(info, Response):
+            return info
+        if request.method in ("GET", "HEAD"):
+            return self.preferences_form(request, info)
+        form = await read_form(request)
+        if not tokens.check_form_token(self.settings, token, field(form, "csrf"), FORM_MAX_AGE):
+            return self.preferences_form(request, info, 400, "This form has expired; please make your changes again.")
+        try:
+            info = await run_in_threadpool(partial(
+                store.update_preferences, self.engine, self.settings, info.id, name=field(form, "name") or None,
+                topics=fields(form, "topics"), frequency=field(form, "frequency"), ip=client_ip(request)))
+        except SubscriberError as exc:
+            return self.preferences_form(request, info, 400, exc.message)
+        return self.preferences_form(request, info, notice="Your preferences are saved.")
+
+    async def export(self, request: Request) -> Response:
+        info = await self._subscriber(request.path_params["token"])
+        if isinstance(info, Response):
+            return info
+        data = await run_in_threadpool(store.export_data, self.engine, self.settings, info.id)
+        return Response(json.dumps(data, indent=2, ensure_ascii=False), media_type="application/json",
+                        headers={**NO_STORE, "content-disposition": 'attachment; filename="newsletter-data.json"'})
+
+    async def erase(self, request: Request) -> Response:
+        token = request.path_params["token"]
+        info = await self._subscriber(token)
+        if isinstance(info, Response):
+            return info
+        form = await read_form(request)
+        if not tokens.check_form_token(self.settings, token, field(form, "csrf"), FORM_MAX_AGE):
+            return self.preferences_form(request, info, 400, "This form has expired; nothing was deleted. Please try again.")
+        if field(form, "confirm") != "yes":
+            return self.preferences_form(request, info, 400, "Tick the box to confirm that all your data should be deleted.")
+        await run_in_threadpool(partial(store.erase, self.engine, self.settings, info.id, method="web"))
+        return self.message("Your data has been deleted",
+                            "We have deleted your subscription and everything we held about you. We keep only a "
+                            "one-way coded form of your address so that we never email it again.", headers=NO_STORE)
+
+    # -- operations -------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(self, request: Request) -> Response:
+        def ping() -> None:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        try:
+            await run_in_threadpool(ping)
+        except Exception as exc:  # any database failure means "not ready", never a crash
+            log.warning("readiness check failed: %s", exc)
+            return PlainTextResponse("database unavailable", status_code=503)
+        return PlainTextResponse("ready")
+
+    async def http_error(self, request: Request, exc: HTTPException) -> Response:
+        titles = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Request too large"}
+        return self.message(titles.get(exc.status_code, "Error"),
+                            "The page you asked for does not exist." if exc.status_code == 404
+                            else "The request could not be handled.", status=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    async def server_error(self, request: Request, exc: Exception) -> Response:
+        return self.message("Something went wrong", "Please try again later.", status=500)
+
+
+# -- request helpers ------------------------------------------------------------------
+
+def client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+async def read_form(request: Request) -> FormData:
+    """The posted form; no file uploads, a few fields.  A body that is not a form
+    (or is malformed) is treated as an empty form, never as a server error."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return FormData()
+    try:
+        return await request.form(max_files=0, max_fields=64, max_part_size=MAX_BODY)
+    except HTTPException as exc:
+        if exc.status_code == 413:
+            raise
+        return FormData()
+    except (ValueError, UnicodeDecodeError, KeyError, AssertionError):
+        return FormData()
+
+
+def field(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def fields(form: FormData, name: str) -> list[str]:
+    return [v for v in form.getlist(name) if isinstance(v, str)]
+
+
+async def is_one_click(request: Request) -> bool:
+    """True for the RFC 8058 body ``List-Unsubscribe=One-Click`` (url-encoded or multipart)."""
+    return field(await read_form(request), "List-Unsubscribe") == "One-Click"
+
+
+# -- the app ------------------------------------------------------------------------------
+
+def create_app(settings: Settings, engine: Engine | None = None, *, send: Callable | None = None,
+               public_dir: Path | str | None = None, static_app: ASGIApp | None = None,
+               rate_per_minute: float | None = None) -> ASGIApp:
+    """The web service.  ``send(settings, EmailMessage)`` defaults to
+    ``pipeline.transport.send_single``; ``static_app`` to ``StaticSite(public_dir)``."""
+    from pipeline.database import open_database
+    from pipeline.static_files import StaticSite
+    from pipeline.transport import send_single
+
+    tokens.secret(settings)  # fail at start, not at the first sign-up, when no secret is set
+    engine = engine if engine is not None else open_database(settings.database_url)
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
+                      undefined=StrictUndefined)
+    service = WebService(settings=settings, engine=engine, send=send or send_single,
+                         limiter=TokenBucket(settings.subscribe_rate_per_minute if rate_per_minute is None
+                                             else rate_per_minute), env=env)
+    static = static_app or StaticSite(public_dir or settings.public_dir)
+    routes = [
+        Route("/subscribe", service.get_subscribe, methods=["GET"]),
+        Route("/subscribe", service.post_subscribe, methods=["POST"]),
+        Route("/confirm/{token}", service.confirm, methods=["GET"]),
+        Route("/unsubscribe/{token}", service.unsubscribe, methods=["GET", "POST"]),
+        Route("/preferences/{token}", service.preferences, methods=["GET", "POST"]),
+        Route("/preferences/{token}/export", service.export, methods=["GET"]),
+        Route("/preferences/{token}/erase", service.erase, methods=["POST"]),
+        Route("/healthz", service.healthz, methods=["GET"]),
+        Route("/readyz", service.readyz, methods=["GET"]),
+        Mount("/", app=static),
+    ]
+    app = Starlette(routes=routes, max_body_size=MAX_BODY,
+                    exception_handlers={HTTPException: service.http_error, Exception: service.server_error})
+    app.state.service = service
+    return SecurityHeaders(app)
+
+
+@click.command("serve")
+@click.option("--host", help="Address to listen on (default: the web_host setting).")
+@click.option("--port", type=int, help="Port to listen on (default: the web_port setting).")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve sign-up, confirmation, preferences, one-click unsubscribe and public/."""
+    import uvicorn
+
+    settings = ctx.obj.settings()
+    app = create_app(settings)
+    uvicorn.run(app, host=host or settings.web_host, port=port or settings.web_port, proxy_headers=True,
+                server_header=False, log_level="info")

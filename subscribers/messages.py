@@ -1,0 +1,101 @@
+"""The one-off emails of the subscription flow: confirmation (double opt-in),
+"already subscribed", and welcome.
+
+Each is multipart text + HTML built with ``EmailMessage``.  Nothing about the
+person's topics appears in the subject, the headers or any URL (topics are
+health data); the tokens in the links are opaque.  Every header value is
+built from settings or from cleaned fields, and CR/LF are stripped again
+here, so a name typed into the form cannot add a header.
+"""
+from __future__ import annotations
+
+import json
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from functools import lru_cache
+from pathlib import Path
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from pipeline import clock
+from subscribers import tokens
+from subscribers.store import SubscriberInfo, consent_wording
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+@lru_cache(maxsize=1)
+def _env() -> Environment:
+    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
+                       undefined=StrictUndefined, keep_trailing_newline=True)
+
+
+def _safe(value: str) -> str:
+    return " ".join((value or "").replace("\r", " ").replace("\n", " ").split())
+
+
+def _message(settings, to: SubscriberInfo, subject: str, template: str, values: dict) -> EmailMessage:
+    values = {"publication": settings.publication_name, "name": to.name, "address": to.email, "subject": subject,
+              "language": settings.language, "privacy_notice": settings.privacy_notice,
+              "company": settings.publisher.get("company_name", ""), **values}
+    msg = EmailMessage()
+    msg["Subject"] = _safe(subject)
+    msg["From"] = Address(_safe(settings.sender_name), addr_spec=settings.sender_address)
+    msg["To"] = Address(_safe(to.name or ""), addr_spec=to.email)
+    if settings.reply_to:
+        msg["Reply-To"] = settings.reply_to
+    msg["Date"] = format_datetime(clock.now())
+    msg["Message-ID"] = make_msgid(domain=settings.sender_domain)
+    msg.set_content(_env().get_template(f"email/{template}.txt").render(values))
+    msg.add_alternative(_env().get_template(f"email/{template}.html").render(values), subtype="html")
+    return msg
+
+
+def confirmation_message(settings, subscriber: SubscriberInfo, *, already: bool = False) -> EmailMessage:
+    """The double opt-in email (or, when ``already``, a note with the preferences link)."""
+    wording, version = consent_wording(settings)
+    if already:
+        subject = f"You are already subscribed to {settings.publication_name}"
+        links = {"preferences_url": tokens.preferences_url(settings, subscriber.id),
+                 "unsubscribe_url": tokens.unsubscribe_url(settings, subscriber.id), "confirm_url": ""}
+    else:
+        subject = f"Please confirm your subscription to {settings.publication_name}"
+        links = {"confirm_url": tokens.confirm_url(settings, subscriber.id), "preferences_url": "",
+                 "unsubscribe_url": ""}
+    return _message(settings, subscriber, subject, "confirm",
+                    {"already": already, "wording": wording, "version": version,
+                     "days": settings.confirm_token_days, **links})
+
+
+def welcome_message(settings, subscriber: SubscriberInfo, latest_url: str) -> EmailMessage:
+    unsubscribe = tokens.unsubscribe_url(settings, subscriber.id)
+    msg = _message(settings, subscriber, f"Welcome to {settings.publication_name}", "welcome",
+                   {"latest_url": latest_url, "frequency": subscriber.frequency,
+                    "preferences_url": tokens.preferences_url(settings, subscriber.id),
+                    "unsubscribe_url": unsubscribe})
+    # the welcome is the first list mail: one-click unsubscribe (RFC 8058) from day one
+    mailto = settings.unsubscribe_mailto or f"unsubscribe@{settings.sender_domain}"
+    msg["List-Unsubscribe"] = f"<{unsubscribe}>, <mailto:{mailto}>"
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg["List-Id"] = f"<{settings.list_id or 'daily.' + settings.sender_domain}>"
+    return msg
+
+
+def latest_issue_url(settings) -> str:
+    """The newest ``public/issues/<key>/issue.json`` (by key) as a link, else the archive."""
+    issues = Path(settings.public_dir) / "issues"
+    try:
+        keys = sorted((p.parent.name for p in issues.glob("*/issue.json")), reverse=True)
+    except OSError:
+        keys = []
+    for key in keys:
+        try:
+            data = json.loads((issues / key / "issue.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        url = data.get("web_url") or data.get("url") if isinstance(data, dict) else None
+        if isinstance(url, str) and url.startswith(settings.base_url + "/"):
+            return url
+        return f"{settings.base_url}/issues/{key}/"
+    return f"{settings.base_url}/"
