@@ -25,6 +25,8 @@ LINK_SCHEMES = ("https", "http", "mailto")  # the schemes nh3 lets through in th
 UNDERLINES = {1: "=", 2: "-", 3: "~"}
 _HIDDEN_CONTENT = re.compile(r"<\s*(script|style)\b", re.I)
 _HIDDEN_END = re.compile(r"<\s*/\s*(script|style)\s*>", re.I)
+_RAW_LINK_OPEN = re.compile(r"<a\b[^>]*?\shref\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+))", re.I)
+_RAW_LINK_CLOSE = re.compile(r"<\s*/\s*a\s*>", re.I)
 
 
 class Footnotes:
@@ -181,12 +183,18 @@ def _inline(tok, footnotes: Footnotes) -> str:
     for child in tok.children or ():
         kind = child.type
         if kind == "html_inline":
-            # tags never reach the text; what a script or style holds is not text either
+            # tags never reach the text; what a script or style holds is not text either.
+            # A raw <a href> is a link in the HTML part (nh3 keeps it), so it gets a footnote here too.
             if _HIDDEN_CONTENT.match(child.content):
                 hiding = True
             elif _HIDDEN_END.match(child.content):
                 hiding = False
-            continue
+            elif not hiding and (raw := _RAW_LINK_OPEN.match(child.content)):
+                links.append((unescape(next(g for g in raw.groups() if g is not None)), len(parts)))
+            elif not hiding and _RAW_LINK_CLOSE.match(child.content):
+                kind = "link_close"
+            if kind == "html_inline":
+                continue
         if hiding:
             continue
         if kind in ("text", "code_inline"):

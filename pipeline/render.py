@@ -138,8 +138,10 @@ def _article_values(article: Article, settings: Settings, *, full: bool) -> dict
     }
     if full:
         values["references"] = [
-            {"number": ref.number, "text": ref.text, "url": ref.url,
-             # only https URLs become links (every link in the email is https); others stay visible as text
+            {"number": ref.number, "text": ref.text,
+             # only https URLs become links (every link in the email is https); http ones stay visible
+             # as text, and anything else (the loader refuses it) is not shown at all
+             "url": ref.url if ref.url and ref.url.startswith(("https://", "http://")) else None,
              "link": ref.url if ref.url and ref.url.startswith("https://") else None,
              "cited": short_date(ref.cited) if ref.cited else None}
             for ref in article.references
@@ -196,11 +198,20 @@ def render_mjml(issue: Issue, settings: Settings, subject: str, preheader: str, 
     context = _context(issue, settings, subject, preheader, web_url)
     lead = issue.lead
     # sanitised by nh3 in to_html, hence Markup: autoescape must not escape it again
-    context["lead"]["body_html"] = Markup(markup.to_html(lead.body, citation_href(settings, lead)))
+    context["lead"]["body_html"] = Markup(_unwrap_dead_links(markup.to_html(lead.body, citation_href(settings, lead))))
     try:
         return email_environment().get_template("layout.mjml").render(context)
     except jinja2.TemplateError as exc:
         raise RenderError(f"issue {issue.key}: email template failed: {exc}") from None
+
+
+_DEAD_LINK = re.compile(r"<a\b(?![^>]*\shref=)[^>]*>(.*?)</a>", re.S)
+
+
+def _unwrap_dead_links(html: str) -> str:
+    """Keep the text of links nh3 took the URL from (``javascript:`` and the like):
+    an ``<a>`` without href is no link, and every link in the email must be https."""
+    return _DEAD_LINK.sub(r"\1", html)
 
 
 def compile_mjml(source: str) -> str:
@@ -281,7 +292,8 @@ def text_environment() -> jinja2.Environment:
 
 def _plain_values(value: Any) -> Any:
     if isinstance(value, str):
-        return plaintext.plain(value)
+        # one paragraph per value, as the content loader makes them; the template wraps it
+        return " ".join(plaintext.plain(value).split())
     if isinstance(value, dict):
         return {k: _plain_values(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -293,8 +305,7 @@ def render_text(issue: Issue, settings: Settings, web_url: str, subject: str = "
     context = _plain_values(_context(issue, settings, subject, preheader, web_url))
     for values in [context["lead"], *context["digest"]]:
         author = values["author"]
-        values["author"] = {"name": plaintext.plain(author.name), "credentials": plaintext.plain(author.credentials),
-                            "bio": plaintext.plain(author.bio)}
+        values["author"] = _plain_values({"name": author.name, "credentials": author.credentials, "bio": author.bio})
     # numbered after the references, so [n] is a reference or a link, never both
     footnotes = plaintext.Footnotes(first=len(issue.lead.references) + 1)
     context["footnotes"] = footnotes
