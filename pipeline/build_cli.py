@@ -17,6 +17,7 @@ import click
 
 from pipeline.content import Library, LibraryError, check_library
 from pipeline.errors import RenderError
+from pipeline.feeds import feed_warnings, today
 from pipeline.issue import RenderedIssue
 from pipeline.site import BuildReport, build_site, publish_issue, published_issues
 
@@ -75,7 +76,8 @@ def build(obj, out: Path | None, day: datetime | None) -> None:
             click.echo(f"issue {rendered.issue.key} (number {rendered.issue.number}): {rendered.subject}")
             click.echo(f"view in browser: {rendered.web_url}")
         # the issue's articles must have pages even when it is built ahead of its day
-        from pipeline.feeds import today
         as_of = max(today(library.settings), issue_day)
     report += build_site(library, out, as_of=as_of)
     _report(report, out)
+    for warning in feed_warnings(library, as_of):
+        click.echo(f"warning: {warning}", err=True)

@@ -10,6 +10,7 @@ import re
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import feedparser
 import lxml.html
@@ -18,7 +19,8 @@ from lxml import etree
 
 from pipeline.content import load_library
 from pipeline.errors import ContentError
-from pipeline.feeds import ATOM_FILE, JSON_FILE, RSS_FILE, atom_feed, json_feed, render_feeds, rss_feed
+from pipeline.feeds import (ATOM_FILE, JSON_FILE, RSS_FILE, atom_feed, feed_warnings, json_feed, render_feeds,
+                            rss_feed)
 
 from conftest import GOLDEN
 from fixtures_site import write_article
@@ -270,6 +272,9 @@ def test_rss_follows_the_feed_validator_rules(big_library):
     for item in channel.findall("item"):
         for name in ("title", "link", "description", "guid", "pubDate"):
             assert (item.findtext(name) or "").strip(), name
+        names = [child.tag for child in item]
+        # NeedDescriptionBeforeContent
+        assert names.index("description") < names.index(f"{{{NS['content']}}}encoded")
         guid = item.find("guid")
         # isPermaLink="true" needs a full URL that can be opened: the article page
         assert guid.get("isPermaLink") == "true" and guid.text == item.findtext("link")
@@ -305,6 +310,28 @@ def test_atom_follows_the_feed_validator_rules(big_library):
         assert title.get("type") in (None, "text") and len(title) == 0 and "<" not in title.text
         assert_no_relative_or_unsafe_urls(entry.findtext("atom:content", namespaces=NS))
     assert all(i.startswith("https://") for i in ids) and len(ids) == len(set(ids))
+    # DuplicateUpdated: no two entries with the same atom:updated
+    updated = root.xpath("atom:entry/atom:updated/text()", namespaces=NS)
+    assert len(updated) == len(set(updated))
+    # NonCanonicalURI: ids are in RFC 3986 canonical form (lowercase scheme and host, no default port)
+    for value in ids + [root.findtext("atom:id", namespaces=NS)]:
+        parts = urlsplit(value)
+        assert parts.scheme == "https" and parts.netloc == parts.netloc.lower() and ":" not in parts.netloc
+        assert value == value.strip() and "/../" not in value and "/./" not in value
+
+
+def test_same_day_articles_are_reported_not_silently_redated(content_dir, frozen):
+    write_article(content_dir, "twin-a", "2024-04-04")
+    write_article(content_dir, "twin-b", "2024-04-04")
+    library = load_library(content_dir)
+    (warning,) = feed_warnings(library)
+    assert "'twin-a'" in warning and "'twin-b'" in warning and "2024-04-04" in warning
+    stamps = {e.id: e.updated for e in feedparser.parse(atom_feed(library)).entries}
+    assert stamps[f"{BASE}/articles/twin-a/"] == stamps[f"{BASE}/articles/twin-b/"] == "2024-04-04T07:00:00+01:00"
+
+
+def test_committed_content_draws_no_feed_warning(library, frozen):
+    assert feed_warnings(library) == []
 
 
 def assert_no_relative_or_unsafe_urls(html: str) -> None:
