@@ -44,6 +44,9 @@ RUN_STATES = ("pending", "running", "sent", "nothing-to-send", "missed", "paused
 FINAL = ("sent", "nothing-to-send", "missed", "paused", "content-error")
 # states that mean "something is wrong": `newsletter status` exits non-zero
 ALERT = ("content-error", "failed")
+# states in which no email went out, so a send planned later the same day (an
+# article added with a later --at) may still go: it is not a second send
+REOPEN = ("nothing-to-send", "missed", "paused")
 KINDS = ("daily", "weekly")
 
 
@@ -316,17 +319,28 @@ def latest_run_day(engine: Engine, kind: str) -> date | None:
 
 
 def record_outcome(engine: Engine, day: date, kind: str, state: str, *, planned_at: datetime | None = None,
-                   error: str | None = None) -> Run | None:
-    """Record a day that will not be sent (missed, paused) if nothing is recorded yet.
+                   error: str | None = None, replace: Run | None = None) -> Run | None:
+    """Record a day that will not be sent (missed, paused) if nothing is recorded yet,
+    or over ``replace`` if the row is still exactly as read (a later send planned
+    the same day after an empty-handed run, see ``REOPEN``).
 
     Returns the new run, or None when another process recorded the day first.
     """
     assert state in RUN_STATES, state
     now = clock.now()
+    values = dict(state=state, planned_at=planned_at, started_at=now, finished_at=now, error=error)
+    if replace is not None:
+        with transaction(engine) as session:
+            result = session.execute(
+                update(RunRecord).where(RunRecord.day == day, RunRecord.kind == kind,
+                                        RunRecord.state == replace.state, RunRecord.attempts == replace.attempts,
+                                        RunRecord.planned_at == replace.planned_at).values(**values))
+            if result.rowcount != 1:
+                return None
+        return get_run(engine, day, kind)
     try:
         with transaction(engine) as session:
-            row = RunRecord(day=day, kind=kind, state=state, planned_at=planned_at, started_at=now, finished_at=now,
-                            attempts=0, sent=0, deferred=0, failed=0, bounced=0, error=error)
+            row = RunRecord(day=day, kind=kind, attempts=0, sent=0, deferred=0, failed=0, bounced=0, **values)
             session.add(row)
             session.flush()
             return _run(row)
@@ -335,10 +349,11 @@ def record_outcome(engine: Engine, day: date, kind: str, state: str, *, planned_
 
 
 def claim_run(engine: Engine, day: date, kind: str, holder: str, *, planned_at: datetime | None,
-              retry: Sequence[str] = ()) -> Run | None:
+              retry: Sequence[str] = (), take_over: bool = False) -> Run | None:
     """Take the (day, kind) run for ``holder``: insert it as ``running``, or move it to
-    ``running`` from one of the ``retry`` states (or from ``running`` of a holder whose
-    lease has gone, when the caller holds the lease).  None when the run is not ours to do.
+    ``running`` from one of the ``retry`` states, or with ``take_over`` (the caller
+    holds the send lease, so the previous holder is gone) from another holder's
+    ``running``.  None when the run is not ours to do.
 
     The unique key on (day, kind) and the state compare-and-set make this safe even
     without the lease; the lease only keeps two daemons from racing for it.
@@ -354,7 +369,7 @@ def claim_run(engine: Engine, day: date, kind: str, holder: str, *, planned_at: 
     except IntegrityError:
         pass
     current = get_run(engine, day, kind)
-    if current is None or (current.state not in retry and current.state != "running"):
+    if current is None or not (current.state in retry or (take_over and current.state == "running")):
         return None
     with transaction(engine) as session:
         result = session.execute(
@@ -383,6 +398,24 @@ def finish_run(engine: Engine, day: date, kind: str, holder: str, state: str, *,
     run = get_run(engine, day, kind)
     assert run is not None
     return run
+
+
+def settle_run(engine: Engine, run: Run, state: str, *, issue_key: str | None = None,
+               counts: dict[str, int] | None = None, error: str | None = None) -> Run | None:
+    """Change a finished run's outcome if it is still exactly as read (compare-and-set)."""
+    values: dict = dict(state=state, error=error)
+    if issue_key is not None:
+        values["issue_key"] = issue_key
+    for name in ("sent", "deferred", "failed", "bounced"):
+        if counts and name in counts:
+            values[name] = int(counts[name])
+    with transaction(engine) as session:
+        result = session.execute(update(RunRecord).where(
+            RunRecord.day == run.day, RunRecord.kind == run.kind, RunRecord.state == run.state,
+            RunRecord.attempts == run.attempts).values(**values))
+        if result.rowcount != 1:
+            return None
+    return get_run(engine, run.day, run.kind)
 
 
 # -- pause ---------------------------------------------------------------------------------

@@ -161,6 +161,8 @@ def decide(slot: Slot, now: datetime, window: timedelta, run: Run | None, paused
     an editor), ``done`` (nothing more to do for this slot).
     """
     late = now > slot.instant + window
+    if reopened(slot, run):
+        run = None
     if run is not None and run.state != "pending":
         if run.final:
             return "done"
@@ -179,6 +181,14 @@ def decide(slot: Slot, now: datetime, window: timedelta, run: Run | None, paused
     if late:
         return "miss"
     return "run"
+
+
+def reopened(slot: Slot, run: Run | None) -> bool:
+    """Did the day end without an email (nothing to send, missed, paused) and has a
+    later send been planned for it since (an article added with a later ``--at``)?
+    Then the later send is not a second send and may go."""
+    return (run is not None and run.state in calendar.REOPEN and run.planned_at is not None
+            and slot.instant > run.planned_at)
 
 
 def candidate_days(today_: date, last_run_day: date | None) -> list[date]:
@@ -245,6 +255,7 @@ def upcoming(engine: Engine, settings: Settings, days: int = 14) -> list[tuple[S
 def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: str) -> list[Run]:
     """Look at the recent days and do what is due: send what is due, record what was
     missed or paused.  Safe to call at any time and from any number of processes."""
+    settle_from_ledger(engine)
     now = clock.now()
     window = grace(settings)
     tz = zone(settings)
@@ -266,12 +277,16 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
                 continue
             if run is not None and run.state == "running" and lease is not None:
                 continue  # its holder is alive and working on it
-            if action == "miss":
+            replace = run if reopened(slot, run) else None
+            if action == "miss" and slot.kind == "daily" and not custom.get(day) and not settings.send_when_nothing_due:
+                _record_skip(engine, slot, "nothing-to-send", "nothing was scheduled (and the daemon was not running "
+                             "at the send time)", replace)
+            elif action == "miss":
                 _record_skip(engine, slot, "missed",
                              f"not sent: the daemon was not running between {_local(slot.instant, tz)} and "
-                             f"{_local(slot.instant + window, tz)} (grace {settings.grace_minutes} min)")
+                             f"{_local(slot.instant + window, tz)} (grace {settings.grace_minutes} min)", replace)
             elif action == "pause":
-                _record_skip(engine, slot, "paused", "sending was paused at the send time")
+                _record_skip(engine, slot, "paused", "sending was paused at the send time", replace)
             elif action == "expire":
                 _expire(engine, slot, run)  # type: ignore[arg-type]
             else:
@@ -283,8 +298,9 @@ def _local(instant: datetime, tz: ZoneInfo) -> str:
     return instant.astimezone(tz).strftime("%Y-%m-%d %H:%M %Z")
 
 
-def _record_skip(engine: Engine, slot: Slot, state: str, why: str) -> None:
-    run = calendar.record_outcome(engine, slot.day, slot.kind, state, planned_at=slot.instant, error=why)
+def _record_skip(engine: Engine, slot: Slot, state: str, why: str, replace: Run | None = None) -> None:
+    run = calendar.record_outcome(engine, slot.day, slot.kind, state, planned_at=slot.instant, error=why,
+                                  replace=replace)
     if run is None:
         return  # another process recorded the day first
     if slot.kind == "daily":
@@ -322,11 +338,20 @@ def run_day(engine: Engine, settings: Settings, content_dir: Path | str, day: da
                                                               error="another process holds the send lease")
         current = calendar.get_run(engine, day, kind)
         now = clock.now()
-        if not force and (current is None or current.state == "pending") and now > slot.instant + grace(settings):
-            _record_skip(engine, slot, "missed", f"too late: more than {settings.grace_minutes} min after the send time")
+        reopen = reopened(slot, current)
+        if not force and (current is None or current.state == "pending" or reopen) \
+                and now > slot.instant + grace(settings):
+            _record_skip(engine, slot, "missed", f"too late: more than {settings.grace_minutes} min after the send time",
+                         current if reopen else None)
             return calendar.get_run(engine, day, kind) or current  # type: ignore[return-value]
-        retry = ("pending", "failed") + (("missed", "paused", "content-error", "nothing-to-send") if force else ())
-        claimed = calendar.claim_run(engine, day, kind, holder, planned_at=slot.instant, retry=retry)
+        retry: tuple[str, ...] = ("pending", "failed")
+        if reopen and current is not None:
+            retry += (current.state,)
+        if force:
+            retry += ("missed", "paused", "content-error", "nothing-to-send")
+        # holding the lease, a run left `running` is a dead holder's: resume it (the ledger
+        # underneath skips whoever it already mailed)
+        claimed = calendar.claim_run(engine, day, kind, holder, planned_at=slot.instant, retry=retry, take_over=True)
         if claimed is None:
             return calendar.get_run(engine, day, kind)  # type: ignore[return-value]
         log.info("%s issue of %s: started (attempt %d)", kind, day.isoformat(), claimed.attempts)
@@ -373,18 +398,112 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
         return calendar.finish_run(engine, day, kind, holder, "failed", error=message)
 
 
+# -- the send ledger underneath --------------------------------------------------------------
+
+def issue_key(day: date, kind: str) -> str:
+    """The key the ledger and the archive use (``pipeline.issue.Issue.key``)."""
+    return day.isoformat() if kind == "daily" else f"{day.isoformat()}-weekly"
+
+
 def issue_number(engine: Engine, day: date, kind: str) -> int:
-    """Issues are numbered per kind in date order: the sent days before this one, plus one.
-    A retried day keeps its number."""
+    """Issues are numbered per kind in date order, as the ledger has them: a day the
+    ledger already knows (a retry) keeps its number, a new one follows the issues
+    of earlier days (whether the daemon or `newsletter send` sent them)."""
     from sqlalchemy import func, select
 
-    from pipeline.calendar import RunRecord
     from pipeline.database import transaction
+    from pipeline.ledger import IssueRecord
 
     with transaction(engine) as session:
-        before = session.scalar(select(func.count()).select_from(RunRecord).where(
-            RunRecord.kind == kind, RunRecord.state == "sent", RunRecord.day < day))
+        known = session.scalar(select(IssueRecord.number).where(IssueRecord.key == issue_key(day, kind)))
+        if known is not None:
+            return int(known)
+        before = session.scalar(select(func.max(IssueRecord.number)).where(
+            IssueRecord.kind == kind, IssueRecord.date < day, IssueRecord.audience_topic.is_(None)))
     return int(before or 0) + 1
+
+
+def sent_slugs(engine: Engine) -> set[str]:
+    """Articles already sent in a daily issue: on the calendar as sent, or in the
+    ledger (an issue sent by hand with `newsletter send` counts too)."""
+    import json
+
+    from sqlalchemy import select
+
+    from pipeline.database import transaction
+    from pipeline.ledger import IssueRecord
+
+    slugs = calendar.sent_slugs(engine)
+    with transaction(engine) as session:
+        for articles in session.scalars(select(IssueRecord.articles).where(
+                IssueRecord.kind == "daily", IssueRecord.state != "composed")):
+            slugs.update(json.loads(articles or "[]"))
+    return slugs
+
+
+def ledger_counts(engine: Engine, keys: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per issue key, the ledger's rows by outcome now: bounces arrive after the run
+    ended, so `status` reads them here rather than from the run."""
+    from sqlalchemy import func, select
+
+    from pipeline import ledger
+    from pipeline.database import transaction
+
+    found: dict[str, dict[str, int]] = {}
+    if not keys:
+        return found
+    with transaction(engine) as session:
+        rows = session.execute(
+            select(ledger.IssueRecord.key, ledger.Delivery.state, func.count())
+            .join(ledger.Delivery, ledger.Delivery.issue_id == ledger.IssueRecord.id)
+            .where(ledger.IssueRecord.key.in_(list(keys)))
+            .group_by(ledger.IssueRecord.key, ledger.Delivery.state)).all()
+    for key, state, count in rows:
+        counts = found.setdefault(key, {"sent": 0, "deferred": 0, "failed": 0, "bounced": 0})
+        if state == ledger.SENT:
+            counts["sent"] += count
+        elif state in (ledger.DEFERRED, ledger.QUEUED, ledger.SENDING, ledger.UNCERTAIN):
+            counts["deferred"] += count
+        elif state == ledger.FAILED:
+            counts["failed"] += count
+        elif state == ledger.BOUNCED:
+            counts["bounced"] += count
+    return found
+
+
+def settle_from_ledger(engine: Engine) -> list[Run]:
+    """Runs that ended in a content error or a failure, whose issue an editor has since
+    sent by hand (`newsletter send`) to the end: record them sent, with the ledger's
+    counts, and mark the day's articles sent, so `status` stops alerting."""
+    import json
+
+    from sqlalchemy import select
+
+    from pipeline.database import transaction
+    from pipeline.ledger import IssueRecord
+
+    settled = []
+    for run in calendar.recent_runs(engine, 30):
+        if run.state not in calendar.ALERT:
+            continue
+        key = issue_key(run.day, run.kind)
+        with transaction(engine) as session:
+            record = session.execute(select(IssueRecord.state, IssueRecord.articles)
+                                     .where(IssueRecord.key == key)).first()
+        if record is None or record.state != "sent":
+            continue
+        counts = ledger_counts(engine, [key]).get(key, {})
+        note = f"sent by hand after {run.state}: {run.error or ''}".strip()
+        done = calendar.settle_run(engine, run, "sent", issue_key=key, counts=counts, error=note)
+        if done is None:
+            continue
+        if run.kind == "daily":
+            slugs = set(json.loads(record.articles or "[]"))
+            calendar.mark_entries(engine, [e.id for e in calendar.scheduled_on(engine, run.day) if e.slug in slugs],
+                                  "sent", key)
+        log.info("%s issue of %s was sent by hand; recorded as sent", run.kind, run.day.isoformat())
+        settled.append(done)
+    return settled
 
 
 def _compose(engine: Engine, settings: Settings, library, day: date, kind: str, entries: list[Entry]):
@@ -398,7 +517,7 @@ def _compose(engine: Engine, settings: Settings, library, day: date, kind: str, 
     if not entries and not settings.send_when_nothing_due:
         return None
     return compose_issue(library, day, number=number, scheduled=[e.slug for e in entries],
-                         sent=calendar.sent_slugs(engine))
+                         sent=sent_slugs(engine))
 
 
 def _publish_and_send(engine: Engine, settings: Settings, library, issue, entries: list[Entry], holder: str,

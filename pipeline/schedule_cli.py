@@ -70,7 +70,9 @@ def _check_day(engine, settings, day: date, at: str | None, slug: str | None = N
     if day < today:
         raise ScheduleError(f"{day.isoformat()} is in the past (today is {today.isoformat()} in {settings.timezone})")
     run = calendar.get_run(engine, day, "daily")
-    if run is not None and run.state not in ("pending",):
+    # a day that ended without an email can still take a later send; one that sent
+    # (or is sending, or needs an editor) cannot
+    if run is not None and run.state not in ("pending",) + calendar.REOPEN:
         raise ScheduleError(f"the issue of {day.isoformat()} is already done ({run.state}); choose a later date")
     others = [e.at for e in calendar.scheduled_on(engine, day) if e.slug != slug]
     slot_at = schedule.daily_time(settings, others + [at])
@@ -142,7 +144,7 @@ def _queue_preview(obj, settings, engine, days: list[date], planned: dict[date, 
         return {}
     from pipeline.compose import next_in_queue
 
-    taken = calendar.sent_slugs(engine) | {s for slugs in planned.values() for s in slugs}
+    taken = schedule.sent_slugs(engine) | {s for slugs in planned.values() for s in slugs}
     preview = {}
     for day in days:
         if planned.get(day):
@@ -269,18 +271,22 @@ def status(obj, next_count: int) -> None:
         table.add_row(slot.day.isoformat(), f"{slot.instant.astimezone(tz):%H:%M %Z}", slot.kind, articles)
     console.print(table)
 
+    schedule.settle_from_ledger(engine)
     recent = calendar.recent_runs(engine, 10)
+    live = schedule.ledger_counts(engine, [r.issue_key for r in recent if r.issue_key])
     table = Table("date", "kind", "state", "sent", "deferred", "failed", "bounced", "issue", "note", title="Last sends")
     for run in recent:
-        table.add_row(run.day.isoformat(), run.kind, run.state, str(run.sent), str(run.deferred), str(run.failed),
-                      str(run.bounced), run.issue_key or "", (run.error or "")[:70])
+        counts = live.get(run.issue_key or "", {"sent": run.sent, "deferred": run.deferred, "failed": run.failed,
+                                                 "bounced": run.bounced})
+        table.add_row(run.day.isoformat(), run.kind, run.state, str(counts["sent"]), str(counts["deferred"]),
+                      str(counts["failed"]), str(counts["bounced"]), run.issue_key or "", (run.error or "")[:70])
     console.print(table)
 
     library = _library(obj.content_dir)
     if library is None:
         console.print("queue: unknown (the library has errors: run `newsletter check`)")
     else:
-        sent = calendar.sent_slugs(engine)
+        sent = schedule.sent_slugs(engine)
         planned = {e.slug: e.day for e in calendar.entries(engine, states=("scheduled",))}
         queue = [a for a in library.articles if a.slug not in sent]
         console.print(f"queue: {len(queue)} unsent article(s)"
