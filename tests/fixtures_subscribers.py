@@ -1,0 +1,79 @@
+"""Helpers for the subscriber and web tests: settings with a test secret and a
+private outbox, reading mail back, and the web app under a real uvicorn."""
+from __future__ import annotations
+
+import mailbox
+import re
+import threading
+import time
+from contextlib import contextmanager
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import uvicorn
+
+from conftest import free_port
+
+SECRET = "test-secret-not-for-production-0123456789"
+CONSENT = {"consent": "yes", "consent_version": "2026-03-01"}
+
+
+def subscriber_settings(settings, tmp_path: Path, **changes):
+    """The committed site settings with a test secret and everything written under tmp_path."""
+    outbox = tmp_path / "outbox"
+    # Create the Maildir with its tmp/new/cur folders up front: pipeline.transport.Outbox
+    # makes the folder first and mailbox.Maildir then skips the sub-folders.
+    mailbox.Maildir(outbox, create=True)
+    return settings.replace(secret_key=SECRET, outbox_dir=str(outbox), public_dir=str(tmp_path / "public"),
+                            var_dir=str(tmp_path / "var"), **changes)
+
+
+@pytest.fixture
+def sub_settings(settings, tmp_path):
+    return subscriber_settings(settings, tmp_path)
+
+
+def outbox_messages(settings) -> list[EmailMessage]:
+    box = mailbox.Maildir(settings.outbox_dir, create=False)
+    return [message_from_bytes(box.get_bytes(key), policy=policy.default) for key in sorted(box.keys())]
+
+
+def text_part(message: EmailMessage) -> str:
+    return message.get_body(("plain",)).get_content()
+
+
+def html_part(message: EmailMessage) -> str:
+    return message.get_body(("html",)).get_content()
+
+
+def link(message: EmailMessage, kind: str) -> str:
+    """The first ``/{kind}/TOKEN`` URL in the plain-text part."""
+    found = re.search(rf"\S+/{kind}/[A-Za-z0-9_-]+", text_part(message))
+    assert found, f"no /{kind}/ link in:\n{text_part(message)}"
+    return found.group(0)
+
+
+@contextmanager
+def serve_on(app, port: int) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn server on 127.0.0.1:port; yield its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+__all__ = ["SECRET", "CONSENT", "subscriber_settings", "sub_settings", "outbox_messages", "text_part", "html_part",
+           "link", "serve_on", "free_port"]
