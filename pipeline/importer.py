@@ -58,19 +58,19 @@ Inline = tuple["str | Cite | Link", ...]
 class Heading:
     level: int  # 2 or 3: the title is the page's only h1
     text: Inline
-    line: int
+    line: int = field(default=0, compare=False)  # where in the page, for messages
 
 
 @dataclass(frozen=True)
 class Paragraph:
     text: Inline
-    line: int
+    line: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
 class BulletList:
     items: tuple[Inline, ...]
-    line: int
+    line: int = field(default=0, compare=False)
 
 
 Block = Heading | Paragraph | BulletList
@@ -87,7 +87,7 @@ class SiteText:
 
 @dataclass(frozen=True)
 class Page:
-    source: Path
+    source: Path = field(compare=False)
     title: str
     blocks: tuple[Block, ...]
     references: tuple[Reference, ...]
@@ -246,8 +246,10 @@ def plain(text: Inline) -> str:
 
 # -- references -------------------------------------------------------------------
 
-MONTHS = {m: i for i, m in enumerate(
-    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)}
+MONTH_NAMES = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+               "november", "december"]
+MONTHS = {**{m[:3]: i for i, m in enumerate(MONTH_NAMES, 1)}, **{m: i for i, m in enumerate(MONTH_NAMES, 1)},
+          "sept": 9}
 CITED_RE = re.compile(r"\s*\[cited\s+([^\]]*)\]")
 AVAILABLE_RE = re.compile(r"\s*Available from:\s*(\S*)", re.IGNORECASE)
 
@@ -255,10 +257,10 @@ AVAILABLE_RE = re.compile(r"\s*Available from:\s*(\S*)", re.IGNORECASE)
 def _cited_date(raw: str) -> date | None:
     """Vancouver "2023 Feb 17" (month abbreviated or in full)."""
     match = re.fullmatch(r"(\d{4})\s+([A-Za-z]+)\.?\s+(\d{1,2})", raw.strip())
-    if not match or match.group(2)[:3].lower() not in MONTHS:
+    if not match or match.group(2).lower() not in MONTHS:
         return None
     try:
-        return date(int(match.group(1)), MONTHS[match.group(2)[:3].lower()], int(match.group(3)))
+        return date(int(match.group(1)), MONTHS[match.group(2).lower()], int(match.group(3)))
     except ValueError:
         return None
 
@@ -295,6 +297,8 @@ def parse_reference(number: int, raw: str, path: Path, line: int, href: str | No
         url = href
         text = text.replace(href, "").strip()
     text = " ".join(text.split())
+    if not any(c.isalnum() for c in text):
+        text = ""  # only the punctuation around the cut-out parts was left
     if not text and not url:
         raise ImportError_(f"reference {number} has neither text nor URL", path=path, line=line)
     return Reference(number=number, text=text, url=url, cited=cited)
@@ -458,7 +462,7 @@ def read_text(path: Path, text: str) -> Page:
     ref_index = next((i for i in range(title_index + 1, len(lines)) if REFERENCES_RE.match(lines[i].strip())), None)
     if ref_index is None:
         raise ImportError_("no References section (a 'References' line followed by a numbered list)",
-                           path=path, line=len(lines))
+                           path=path, line=len(text.rstrip("\n").split("\n")))
     references, trailer_start = _text_references(lines, ref_index, path)
     count = len(references)
     blocks, notes = _text_body(lines, title_index + 1, ref_index, count, path)
@@ -470,7 +474,7 @@ def read_text(path: Path, text: str) -> Page:
             group += 1
             continue
         trailer.append(_Line(" ".join(lines[i].split()), i + 1, group))
-    author, site, trailer_notes = _read_trailer(trailer, path, len(lines))
+    author, site, trailer_notes = _read_trailer(trailer, path, len(text.rstrip("\n").split("\n")))
     return Page(path, title, tuple(blocks), tuple(references), author, site, tuple(notes + trailer_notes))
 
 
@@ -791,14 +795,16 @@ def default_summary(page: Page) -> str:
     return summary
 
 
-MD_ESCAPE_RE = re.compile(r"([\\`*_\[\]<])|&(?=#?\w+;)")
+# Markdown syntax characters escaped in page text, so a page's "*" or "[" stays text
+MD_ESCAPE_RE = re.compile(r"([\\`*_\[\]<#])|&(?=#?\w+;)")
 
 
 def _md_text(text: str, at_start: bool) -> str:
     text = MD_ESCAPE_RE.sub(lambda m: "\\" + (m.group(1) or "&"), text)
     if at_start:
-        # a block that starts like Markdown syntax stays a paragraph
-        text = re.sub(r"^(#|[-+>]|=+|\d+(?=[.)]))", r"\\\1", text)
+        # a block that starts like a list, quote or fence stays a paragraph
+        text = re.sub(r"^([-+>~=])", r"\\\1", text)
+        text = re.sub(r"^(\d+)([.)])", r"\1\\\2", text)
     return text
 
 
