@@ -626,3 +626,54 @@ def test_personalise_escapes_values_and_replaces_every_placeholder(rendered):
     assert "Hello &lt;b&gt;Jo&lt;/b&gt; &amp; &quot;Al&quot;," in html
     assert not doc.xpath("//b")  # the greeting's markup stayed text
     assert 'Hello <b>Jo</b> & "Al",' in text and personal.unsubscribe_url in text.split()
+
+
+# -- newsletter preview ------------------------------------------------------------------------------
+
+def test_preview_command_writes_html_text_and_a_mime_message(content_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    out = tmp_path / "preview"
+    result = CliRunner().invoke(cli, ["--content", str(content_dir), "preview", "--article", "microneedling",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("issue.html", "issue.txt", "issue.eml"):
+        assert f"wrote {out / name}" in result.output
+    assert "subject:   What Is Microneedling?" in result.output
+    assert "preheader: Microneedling uses small, fine needles" in result.output
+    assert re.search(r"html size: \d+\.\d KB", result.output)
+    html = (out / "issue.html").read_text(encoding="utf-8")
+    text = (out / "issue.txt").read_text(encoding="utf-8")
+    assert "personalise.invalid" not in html + text and PLACEHOLDERS["greeting"] not in html + text
+    assert f'href="{BASE}/unsubscribe"' in html and "\nHello,\n" in text
+    message = message_from_bytes((out / "issue.eml").read_bytes(), policy=policy.default)
+    assert message.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in message.iter_parts()] == ["text/plain", "text/html"]
+    assert message["Subject"] == "What Is Microneedling?" and "preview@example.com" in message["To"]
+    # the message's parts are the written files, line ends aside (CRLF on the wire)
+    assert message.get_body(("html",)).get_content().replace("\r\n", "\n").rstrip("\n") == html.rstrip("\n")
+    assert message.get_body(("plain",)).get_content().replace("\r\n", "\n").rstrip("\n") == text.rstrip("\n")
+
+
+def test_preview_refuses_date_and_article_together(content_dir):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    result = CliRunner().invoke(cli, ["--content", str(content_dir), "preview", "--article", "microneedling",
+                                      "--date", "2026-03-03"])
+    assert result.exit_code != 0 and "not both" in result.output
+
+
+def test_preview_by_date_takes_the_queue_and_says_when_nothing_is_due(content_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["--content", str(content_dir), "preview", "--date", "2026-03-03", "--out", str(tmp_path)])
+    assert result.exit_code == 0 and "issue:     2026-03-03 (number 1): microneedling" in result.output
+    result = runner.invoke(cli, ["--content", str(content_dir), "preview", "--date", "2020-01-01", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "nothing is due on 2020-01-01" in result.output

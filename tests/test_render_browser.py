@@ -113,3 +113,21 @@ def test_footer_links_are_visible(open_email):
         link = page.get_by_role("link", name=name, exact=True)
         assert link.count() == 1 and link.is_visible() and link.get_attribute("href") == href
     assert page.get_by_text("Hello Jo,", exact=True).is_visible()
+
+
+def test_preview_screenshots_are_pngs_375_and_600_wide(content_dir, tmp_path):
+    import struct
+    import subprocess
+    import sys
+
+    # the real command in its own process (the session's Playwright already runs in this one)
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "--content", str(content_dir), "preview",
+                             "--article", "microneedling", "--out", str(tmp_path), "--screenshots"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {tmp_path / 'issue-375.png'}" in result.stdout
+    for width in (375, 600):
+        data = (tmp_path / f"issue-{width}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        png_width, png_height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+        assert png_width == width and png_height > 3000  # the whole email, not one screen
