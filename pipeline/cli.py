@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("pipeline.web:serve", "Serve sign-up, confirmation, preferences, one-click unsubscribe and public/."),
     "build": ("pipeline.build_cli:build", "Write the feeds, article pages and archive to public/ (--date: that day's issue page)."),
     "preview": ("pipeline.render_cli:preview", "Render an issue to issue.html/.txt/.eml (and --screenshots) for editors."),
+    "send": ("pipeline.deliver_cli:send", "Send the day's issue to the daily subscribers, exactly once (--resume, --dry-run)."),
+    "send-test": ("pipeline.deliver_cli:send_test", "Mail one [TEST] copy of the day's issue to --to; the ledger is untouched."),
 }
 
 

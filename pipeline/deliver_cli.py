@@ -1,0 +1,97 @@
+"""``newsletter send`` and ``newsletter send-test``.
+
+``send`` composes the day's issue (or reuses the one already recorded for that
+date, so a re-run or ``--resume`` sends exactly what the first run sent), renders
+it, records it in ``issues`` and hands it to ``pipeline.deliver.send_issue`` for
+the daily subscribers.  ``send-test`` mails one "[TEST]" copy and never touches
+the ledger.
+"""
+from __future__ import annotations
+
+import sys
+from datetime import date
+from zoneinfo import ZoneInfo
+
+import click
+
+from pipeline import clock
+from pipeline.errors import DeliveryError
+from pipeline.issue import RenderedIssue
+
+
+def local_today(settings) -> date:
+    return clock.now().astimezone(ZoneInfo(settings.timezone)).date()
+
+
+def issue_for(engine, library, day: date, *, record: bool) -> RenderedIssue | None:
+    """The rendered daily issue of ``day``: the recorded one if it exists, else freshly
+    composed (number = issues recorded + 1; articles of earlier issues count as sent)."""
+    from pipeline import ledger
+    from pipeline.compose import compose_issue
+    from pipeline.render import render_issue
+
+    key = day.isoformat()
+    found = ledger.find_issue(engine, key) if engine is not None else None
+    if found is not None:
+        issue = compose_issue(library, day, number=found.number, scheduled=found.articles,
+                              audience_topic=found.audience_topic, kind=found.kind)
+    else:
+        sent = ledger.sent_slugs(engine) if engine is not None else set()
+        number = ledger.issue_count(engine) + 1 if engine is not None else 1
+        issue = compose_issue(library, day, number=number, sent=sent)
+    if issue is None:
+        return None
+    rendered = render_issue(issue, library.settings)
+    if record and found is None:
+        ledger.record_issue(engine, issue, rendered.subject)
+    return rendered
+
+
+@click.command("send")
+@click.option("--date", "day", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Issue date (default: today in the configured time zone).")
+@click.option("--dry-run", is_flag=True, help="Count the recipients and build one message; write and send nothing.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted send, giving deferred messages another smtp_max_attempts tries.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.pass_obj
+def send(obj, day, dry_run: bool, resume: bool, progress: bool | None) -> None:
+    """Send the day's issue to the daily subscribers, exactly once."""
+    from pipeline.database import open_database
+    from pipeline.deliver import send_issue
+
+    library = obj.library()
+    settings = library.settings
+    day = day.date() if day else local_today(settings)
+    engine = open_database(settings.database_url)
+    rendered = issue_for(engine, library, day, record=not dry_run)
+    if rendered is None:
+        click.echo(f"nothing to send for {day.isoformat()}: no article is due")
+        return
+    summary = send_issue(engine, settings, rendered, frequency="daily", resume=resume, dry_run=dry_run,
+                         progress=sys.stderr.isatty() if progress is None else progress)
+    for line in summary.lines():
+        click.echo(line)
+    if summary.error:
+        raise DeliveryError(f"send stopped early ({summary.error}); nothing was lost: "
+                            "fix the cause and run `newsletter send --resume`")
+
+
+@click.command("send-test")
+@click.option("--to", "to", required=True, help="Address that gets the one test copy.")
+@click.option("--date", "day", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Issue date (default: today in the configured time zone).")
+@click.pass_obj
+def send_test(obj, to: str, day) -> None:
+    """Mail one copy of the day's issue, subject prefixed "[TEST]"; the ledger is not touched."""
+    from pipeline.database import open_database
+    from pipeline.deliver import send_test as deliver_test
+
+    library = obj.library()
+    settings = library.settings
+    day = day.date() if day else local_today(settings)
+    rendered = issue_for(open_database(settings.database_url), library, day, record=False)
+    if rendered is None:
+        raise DeliveryError(f"nothing to send for {day.isoformat()}: no article is due")
+    receipt = deliver_test(settings, rendered, to)
+    click.echo(f"test copy of {rendered.issue.key} sent to {to} ({receipt})")
