@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 import yaml
@@ -28,7 +28,6 @@ AUTHOR_FIELDS = {"name", "credentials", "bio", "photo"}
 REFERENCE_FIELDS = {"text", "url", "cited"}
 PUBLISHER_FIELDS = ("company_name", "registered_office", "vat_number", "company_number", "phone", "email")
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-LINK_RE = re.compile(r"\]\(([^)\s]+)")
 
 
 @dataclass(frozen=True)
@@ -94,6 +93,9 @@ def _key_lines(text: str, first_line: int = 1) -> dict[str, int]:
         return lines
     for key, value in node.value:
         lines[str(key.value)] = key.start_mark.line + first_line
+        if isinstance(value, yaml.MappingNode):
+            for k, _ in value.value:
+                lines[f"{key.value}.{k.value}"] = k.start_mark.line + first_line
         if isinstance(value, yaml.SequenceNode):
             for i, item in enumerate(value.value, 1):
                 lines[f"{key.value}.{i}"] = item.start_mark.line + first_line
@@ -114,6 +116,22 @@ def _load_yaml(text: str, path: Path, first_line: int, out: _Collector) -> Any:
         return None
 
 
+def _read(path: Path, out: _Collector) -> str | None:
+    """The file's text, or None after recording why it cannot be read (a stray
+    binary or Latin-1 file must be reported like any other problem, not crash)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        out.error(path, None, f"cannot read the file: {exc.strerror}")
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        out.error(path, data[:exc.start].count(b"\n") + 1, f"not UTF-8 text (byte 0x{data[exc.start]:02x})")
+        return None
+    return text.removeprefix("\ufeff")
+
+
 def _as_date(value: Any) -> date | None:
     if isinstance(value, datetime):
         return None  # a date is wanted, not a time
@@ -128,7 +146,12 @@ def _as_date(value: Any) -> date | None:
 
 
 def is_absolute_http_url(url: str) -> bool:
-    parts = urlsplit(url)
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        return False
     return parts.scheme in ("http", "https") and bool(parts.netloc) and not any(c.isspace() for c in url)
 
 
@@ -136,24 +159,37 @@ def is_absolute_http_url(url: str) -> bool:
 
 def _check_site(settings: Settings, out: _Collector) -> None:
     path = settings.source or Path("site.yaml")
+    lines: dict[str, int] = {}
+    if path.exists():
+        text = _read(path, out)
+        lines = _key_lines(text) if text is not None else {}
     for name in ("disclaimer", "privacy_notice"):
-        if not str(settings[name] or "").strip():
-            out.error(path, None, f"site settings lack the {name.replace('_', ' ')}")
+        if not isinstance(settings[name], str) or not settings[name].strip():
+            out.error(path, lines.get(name), f"site settings lack the {name.replace('_', ' ')}")
     publisher = settings.publisher
     if not isinstance(publisher, dict):
-        out.error(path, None, "site settings lack the publisher footer (a mapping)")
-        return
-    for name in PUBLISHER_FIELDS:
-        if not publisher.get(name):
-            out.error(path, None, f"publisher footer lacks {name}")
-    if not is_absolute_http_url(settings.base_url) or not settings.base_url.startswith("https://"):
-        out.error(path, None, f"base_url must be an absolute https URL, got {settings.base_url!r}")
+        out.error(path, lines.get("publisher"), "site settings lack the publisher footer (a mapping with "
+                  + ", ".join(PUBLISHER_FIELDS) + ")")
+    else:
+        for name in PUBLISHER_FIELDS:
+            value = publisher.get(name)
+            if name == "registered_office" and isinstance(value, list):
+                value = [line for line in value if isinstance(line, str) and line.strip()]
+            elif not isinstance(value, (str, int)) or isinstance(value, bool):
+                value = None
+            if value in (None, "", []):
+                out.error(path, lines.get(f"publisher.{name}", lines.get("publisher")), f"publisher footer lacks {name}")
+    base_url = settings.base_url
+    if not is_absolute_http_url(base_url) or not base_url.startswith("https://"):
+        out.error(path, lines.get("base_url"), f"base_url must be an absolute https URL, got {base_url!r}")
     if not isinstance(settings.topics, dict):
-        out.error(path, None, "topics must be a mapping of topic id -> {name, sensitive}")
+        out.error(path, lines.get("topics"), "topics must be a mapping of topic id -> {name, sensitive}")
 
 
 def _load_author(path: Path, out: _Collector) -> Author | None:
-    text = path.read_text(encoding="utf-8")
+    text = _read(path, out)
+    if text is None:
+        return None
     data = _load_yaml(text, path, 1, out)
     if data is None and not any(p.path == path for p in out.problems):
         out.error(path, 1, "author file is empty")
@@ -166,8 +202,9 @@ def _load_author(path: Path, out: _Collector) -> Author | None:
     for key in sorted(set(data) - AUTHOR_FIELDS):
         out.error(path, lines.get(key), f"unknown author field {key!r}")
     for key in ("name", "credentials", "bio"):
-        if not str(data.get(key) or "").strip():
-            out.error(path, lines.get(key, 1), f"author has no {key}")
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            out.error(path, lines.get(key, 1), f"author has no {key}" if data.get(key) in (None, "") or
+                      isinstance(data.get(key), str) else f"author {key} must be text")
             ok = False
     if not ok:
         return None
@@ -182,7 +219,7 @@ def _load_author(path: Path, out: _Collector) -> Author | None:
 
 def split_front_matter(text: str) -> tuple[str, str, int] | None:
     """Return (front matter, body, line number of the body's first line), or None."""
-    lines = text.splitlines(keepends=True)
+    lines = text.removeprefix("\ufeff").splitlines(keepends=True)
     if not lines or lines[0].strip() != "---":
         return None
     for i in range(1, len(lines)):
@@ -191,33 +228,46 @@ def split_front_matter(text: str) -> tuple[str, str, int] | None:
     return None
 
 
-def _load_article(path: Path, authors: dict[str, Author], topics: dict, out: _Collector) -> Article | None:
-    text = path.read_text(encoding="utf-8")
+def _load_article(path: Path, authors: dict[str, Author], topics: dict | None,
+                  out: _Collector) -> tuple[Article | None, int | None]:
+    """The article (None on any error) and the line of its slug."""
+    text = _read(path, out)
+    if text is None:
+        return None, None
     parts = split_front_matter(text)
     if parts is None:
-        out.error(path, 1, "no YAML front matter (the file must start with a '---' line and close it with another)")
-        return None
+        if text.removeprefix("\ufeff").startswith("---"):
+            out.error(path, 1, "the front matter is not closed: no second '---' line")
+        else:
+            out.error(path, 1, "no YAML front matter (the file must start with a '---' line and close it with another)")
+        return None, None
     front, body, body_line = parts
     data = _load_yaml(front, path, 2, out)
     if data is None:
         if not any(p.path == path for p in out.problems):
             out.error(path, 2, "front matter is empty")
-        return None
+        return None, None
     if not isinstance(data, dict):
         out.error(path, 2, "front matter must be a mapping")
-        return None
+        return None, None
     lines = _key_lines(front, 2)
     before = len([p for p in out.problems if p.level == "error"])
 
     for key in sorted(set(data) - ARTICLE_FIELDS):
         out.error(path, lines.get(key), f"unknown front matter field {key!r}")
     for key in ARTICLE_REQUIRED:
-        if data.get(key) in (None, ""):
+        value = data.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
             out.error(path, lines.get(key, 1), f"front matter is missing required field {key!r}")
+        elif key in ("title", "summary", "slug", "author") and not isinstance(value, str):
+            out.error(path, lines.get(key), f"{key} must be text, got {type(value).__name__} {value!r}")
 
-    slug = str(data.get("slug") or "")
+    slug = data.get("slug") if isinstance(data.get("slug"), str) else ""
     if slug and not SLUG_RE.match(slug):
         out.error(path, lines.get("slug"), f"slug {slug!r} must be lowercase letters, digits and hyphens")
+    elif slug and slug != path.stem:
+        out.warning(path, lines.get("slug"), f"slug {slug!r} differs from the file name {path.name!r} "
+                    "(articles are content/articles/<slug>.md)")
 
     published = _as_date(data.get("published")) if data.get("published") is not None else None
     if data.get("published") is not None and published is None:
@@ -232,37 +282,39 @@ def _load_article(path: Path, authors: dict[str, Author], topics: dict, out: _Co
 
     author = None
     author_id = data.get("author")
-    if author_id:
-        author = authors.get(str(author_id))
+    if author_id and isinstance(author_id, str):
+        author = authors.get(author_id)
         if author is None:
-            out.error(path, lines.get("author"), f"unknown author {author_id!r} (no content/authors/{author_id}.yaml, or it has errors)")
+            out.error(path, lines.get("author"), f"unknown author {author_id!r} (no "
+                      f"{path.parent.parent / 'authors' / (author_id + '.yaml')}, or it has errors)")
 
     raw_topics = data.get("topics") or []
     if not isinstance(raw_topics, list):
         out.error(path, lines.get("topics"), "topics must be a list")
         raw_topics = []
-    for topic in raw_topics:
-        if str(topic) not in topics:
-            out.error(path, lines.get("topics"), f"unknown topic {topic!r} (not in site settings)")
+    for i, topic in enumerate(raw_topics, 1):
+        if topics is not None and str(topic) not in topics:
+            out.error(path, lines.get(f"topics.{i}", lines.get("topics")), f"unknown topic {topic!r} (not in site settings)")
 
     references = _load_references(data.get("references"), path, lines, out)
 
     if not body.strip():
-        out.error(path, body_line, "the article body is empty")
+        # point at the closing '---': the body's first line may not exist
+        out.error(path, body_line - 1, "the article body is empty (nothing after the front matter)")
     else:
         _check_body(body, body_line, len(references) if references is not None else None, path, out)
     if references:
-        cited = {n for _, n in markup.citations(body)}
+        cited = {n for _, n in _citations(body)}
         for ref in references:
             if ref.number not in cited:
                 out.warning(path, lines.get(f"references.{ref.number}"), f"reference {ref.number} is never cited")
 
     if len([p for p in out.problems if p.level == "error"]) > before or author is None or published is None:
-        return None
+        return None, lines.get("slug")
     return Article(slug=slug, title=" ".join(str(data["title"]).split()), summary=" ".join(str(data["summary"]).split()),
                    published=published, updated=updated, author=author, body=body,
                    topics=tuple(str(t) for t in raw_topics), references=tuple(references or ()),
-                   source=path, body_line=body_line)
+                   source=path, body_line=body_line), lines.get("slug")
 
 
 def _load_references(raw: Any, path: Path, lines: dict[str, int], out: _Collector) -> list[Reference] | None:
@@ -276,12 +328,14 @@ def _load_references(raw: Any, path: Path, lines: dict[str, int], out: _Collecto
         line = lines.get(f"references.{i}")
         if isinstance(item, str):
             item = {"text": item}
+        elif item is None:
+            item = {}  # a bare "-": reported below as having neither text nor URL
         if not isinstance(item, dict):
             out.error(path, line, f"reference {i} must be a mapping with text, url and cited")
             continue
         for key in sorted(set(item) - REFERENCE_FIELDS):
             out.error(path, lines.get(f"references.{i}.{key}", line), f"reference {i} has unknown field {key!r}")
-        text = str(item.get("text") or "").strip()
+        text = " ".join(str(item.get("text") or "").split())
         url = str(item.get("url") or "").strip() or None
         if not text and not url:
             out.error(path, line, f"reference {i} has neither text nor URL")
@@ -296,12 +350,30 @@ def _load_references(raw: Any, path: Path, lines: dict[str, int], out: _Collecto
     return refs
 
 
+def _inline_lines(toks) -> Iterable[tuple[int, Any]]:
+    """(line offset in the body, child token) for every inline child, counting the
+    line breaks inside a paragraph so a problem points at its exact line."""
+    for token in toks:
+        if token.type != "inline" or not token.children:
+            continue
+        line = token.map[0] if token.map else 0
+        for child in token.children:
+            if child.type in ("softbreak", "hardbreak"):
+                line += 1
+            yield line, child
+
+
+def _citations(body: str) -> list[tuple[int, int]]:
+    return [(line, n) for line, child in _inline_lines(markup.tokens(body)) if child.type == "citation"
+            for n in child.meta["numbers"]]
+
+
 def _check_body(body: str, body_line: int, reference_count: int | None, path: Path, out: _Collector) -> None:
     toks = markup.tokens(body)
     # headings: no h1 (the title is the h1), no skipped levels, no empty sections
     last_level = 1
     open_heading: tuple[int, int] | None = None  # (level, line) of a heading with nothing under it yet
-    for token in toks:
+    for i, token in enumerate(toks):
         line = body_line + (token.map[0] if token.map else 0)
         if token.type == "heading_open":
             level = int(token.tag[1])
@@ -309,6 +381,8 @@ def _check_body(body: str, body_line: int, reference_count: int | None, path: Pa
                 out.error(path, line, "the body must not contain a level-1 heading: the title is the page's only h1")
             elif level > last_level + 1:
                 out.error(path, line, f"heading level skips from h{last_level} to h{level}")
+            if not toks[i + 1].content.strip():
+                out.error(path, line, "empty heading")
             if open_heading and open_heading[0] >= level:
                 out.error(path, open_heading[1], "empty section: a heading with no content before the next heading")
             open_heading = (level, line)
@@ -318,20 +392,26 @@ def _check_body(body: str, body_line: int, reference_count: int | None, path: Pa
             open_heading = None
     if open_heading:
         out.error(path, open_heading[1], "empty section: a heading with no content after it")
-    for offset, number in markup.citations(body):
-        if reference_count is not None and not 1 <= number <= reference_count:
-            out.error(path, body_line + offset,
-                      f"citation [{number}] points to a reference that does not exist (there are {reference_count})")
-    for i, text_line in enumerate(body.splitlines()):
-        for url in LINK_RE.findall(text_line):
-            if not is_absolute_http_url(url) and not url.startswith("mailto:"):
-                out.error(path, body_line + i, f"link URL is not absolute http(s): {url!r}")
+    for offset, child in _inline_lines(toks):
+        if child.type == "citation" and reference_count is not None:
+            for number in child.meta["numbers"]:
+                if not 1 <= number <= reference_count:
+                    out.error(path, body_line + offset, f"citation [{number}] points to a reference that does not "
+                              f"exist (there are {reference_count})")
+        elif child.type in ("link_open", "image"):
+            url = child.attrGet("href" if child.type == "link_open" else "src") or ""
+            if not is_absolute_http_url(url) and not (child.type == "link_open" and url.startswith("mailto:")):
+                kind = "link" if child.type == "link_open" else "image"
+                out.error(path, body_line + offset, f"{kind} URL is not absolute http(s): {url!r}")
 
 
 # -- the library --------------------------------------------------------------------
 
 def check_library(content_dir: Path | str = "content", settings: Settings | None = None) -> tuple[Library | None, list[Problem]]:
-    """Load everything and return (library or None, every problem found)."""
+    """Load everything and return (library or None, every problem found).
+
+    Like a compiler, it keeps going after an error: when the site settings cannot
+    be loaded, authors and articles are still checked (without the topic list)."""
     content_dir = Path(content_dir)
     out = _Collector()
     if settings is None:
@@ -339,8 +419,8 @@ def check_library(content_dir: Path | str = "content", settings: Settings | None
             settings = load_settings(content_dir)
         except ContentError as exc:
             out.error(exc.path or content_dir / "site.yaml", exc.line, exc.message)
-            return None, out.problems
-    _check_site(settings, out)
+    if settings is not None:
+        _check_site(settings, out)
     authors: dict[str, Author] = {}
     for path in sorted((content_dir / "authors").glob("*.yaml")):
         author = _load_author(path, out)
@@ -351,18 +431,18 @@ def check_library(content_dir: Path | str = "content", settings: Settings | None
     article_paths = sorted((content_dir / "articles").glob("*.md"))
     if not article_paths:
         out.warning(content_dir / "articles", None, "no articles")
-    topics = settings.topics if isinstance(settings.topics, dict) else {}
+    topics = settings.topics if settings is not None and isinstance(settings.topics, dict) else None
     for path in article_paths:
-        article = _load_article(path, authors, topics, out)
+        article, slug_line = _load_article(path, authors, topics, out)
         if article is None:
             continue
         if article.slug in seen:
-            out.error(path, None, f"duplicate slug {article.slug!r} (also in {seen[article.slug]})")
+            out.error(path, slug_line, f"duplicate slug {article.slug!r} (also in {seen[article.slug]})")
             continue
         seen[article.slug] = path
         articles.append(article)
     articles.sort(key=lambda a: (a.published, a.slug))
-    if any(p.level == "error" for p in out.problems):
+    if settings is None or any(p.level == "error" for p in out.problems):
         return None, out.problems
     warnings = tuple(p for p in out.problems if p.level == "warning")
     return Library(settings=settings, authors=authors, articles=tuple(articles), warnings=warnings), out.problems
