@@ -10,7 +10,8 @@ rows are imported and each bad row is reported with its line number and why:
 - an invalid address, or one already given on an earlier line,
 - an unknown topic or frequency, a bad ``consented_at``,
 - a cell that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``,
-  tab, carriage return at the start): rejected, never stored,
+  tab, carriage return at the start), or such a cell escaped with ``'`` by an
+  export: rejected, never stored,
 - no consent wording.
 
 A record must fit on one line: each line is parsed on its own, so one stray
@@ -103,8 +104,13 @@ def _row(settings, names: list[str], cells: list[str], line: int, default_consen
                               "(an unquoted comma?)")
     values = {name: cell.strip() for name, cell in zip(names, cells)}
     for name, cell in zip(names, cells):
-        # leading spaces are skipped by some spreadsheets before they look for "="
-        if cell.lstrip(" ").startswith(FORMULA_START):
+        # Leading spaces are skipped by some spreadsheets before they look for "=".
+        # A cell our export escaped ("'=...") is refused too: taken literally it would
+        # turn "+a@example.com" into the different address "'+a@example.com".
+        bare = cell.lstrip(" ")
+        if bare.startswith("'") and bare[1:].lstrip(" ").startswith(FORMULA_START):
+            raise SubscriberError(f"cell {name!r} is an escaped spreadsheet formula: {_show(cell)}")
+        if bare.startswith(FORMULA_START):
             raise SubscriberError(f"cell {name!r} starts with {cell.lstrip(' ')[:1]!r} and would run as a spreadsheet "
                                   f"formula: {_show(cell)}")
     address, key = store.normalise_email(values.get("email", ""))

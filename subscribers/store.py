@@ -595,14 +595,17 @@ def import_rows(engine: Engine, settings, rows: Sequence[ImportRow], *, method: 
                                                   "line": row.line},
                                          sort_keys=True)}
 
-        insert_sub = sub_t.insert().returning(sub_t.c.id, sort_by_parameter_order=True)
         for start in range(0, len(new), CHUNK):
             part = new[start:start + CHUNK]
             params = [{"email": r.email, "email_key": r.email_key, "email_hash": hashes[r.email_key], "name": r.name,
                        "status": "confirmed", "frequency": r.frequency or "daily", "created_at": at, "updated_at": at,
-                       "pending_at": None, "confirmed_at": at, "unsubscribed_at": None, "bounced_at": None,
-                       "complained_at": None, "confirm_sent_at": None} for r in part]
-            ids = [r.id for r in conn.execute(insert_sub, params)]
+                       "confirmed_at": at} for r in part]  # the other timestamps stay NULL
+            # A plain executemany, then one SELECT for the new ids: INSERT ... RETURNING
+            # with ordered rows falls back to one statement per row on SQLite.
+            conn.execute(sub_t.insert(), params)
+            id_of = dict(conn.execute(select(sub_t.c.email_key, sub_t.c.id)
+                                      .where(sub_t.c.email_key.in_([r.email_key for r in part]))).all())
+            ids = [id_of[r.email_key] for r in part]
             topic_params = [{"subscriber_id": sid, "topic": t} for r, sid in zip(part, ids) for t in (r.topics or ())]
             if topic_params:
                 conn.execute(top_t.insert(), topic_params)
