@@ -414,6 +414,9 @@ PLAIN_NUMBERS = st.one_of(
     st.integers(1000, 99999).map(lambda n: f"£{n:,}"),
     st.integers(1900, 2100).map(lambda n: f"in {n}."),
     st.integers(0, 99).map(lambda n: f"({n})"),
+    st.integers(0, 99).map(lambda n: f"SPF{n}"),                                 # glued, but codes
+    st.tuples(st.sampled_from(["B", "CO", "H", "MP", "Omega", "COVID"]), st.integers(0, 99)).map(lambda t: f"{t[0]}{t[1]}"),
+    st.tuples(st.integers(1, 9), st.integers(1, 9)).map(lambda t: f"H{t[0]}N{t[1]}"),
 )
 
 
