@@ -36,9 +36,19 @@ def sub_settings(settings, tmp_path):
     return subscriber_settings(settings, tmp_path)
 
 
+def _delivery_order(key: str) -> tuple[int, int, int]:
+    # Maildir keys are "<seconds>.M<microseconds>P<pid>Q<count>.<host>"; as text they do not sort by time
+    seconds, _, rest = key.partition(".")
+    micro = re.search(r"M(\d+)", rest)
+    count = re.search(r"Q(\d+)", rest)
+    return int(seconds), int(micro.group(1)) if micro else 0, int(count.group(1)) if count else 0
+
+
 def outbox_messages(settings) -> list[EmailMessage]:
+    """Every message in the outbox, oldest first."""
     box = mailbox.Maildir(settings.outbox_dir, create=False)
-    return [message_from_bytes(box.get_bytes(key), policy=policy.default) for key in sorted(box.keys())]
+    return [message_from_bytes(box.get_bytes(key), policy=policy.default)
+            for key in sorted(box.keys(), key=_delivery_order)]
 
 
 def text_part(message: EmailMessage) -> str:
