@@ -89,6 +89,8 @@ def _check_to(to: str) -> tuple[str, str]:
         raise DeliveryError(f"refusing To {to!r}: control characters in an address could inject headers")
     name, addr = parseaddr(to)
     check_address(addr, "recipient address")
+    if to.strip() != addr and not to.rstrip().endswith(f"<{addr}>"):  # parseaddr forgives too much
+        raise DeliveryError(f"refusing To {to!r}: not 'address' or 'Name <address>'")
     return sanitise_text(name, 200), addr
 
 
@@ -233,10 +235,26 @@ def _crlf(data: bytes) -> bytes:
 
 
 def _no_leading_dots(encoded: bytes) -> bytes:
-    # encoded is LF-terminated here; "=2E" decodes to "." and spares dot-stuffing
-    if encoded.startswith(b"."):
-        encoded = b"=2E" + encoded[1:]
-    return encoded.replace(b"\n.", b"\n=2E")
+    """Write a line-initial "." as "=2E" (it decodes the same), re-wrapping the line
+    if that makes it longer than 76.  ``encoded`` is LF-terminated here."""
+    if not encoded.startswith(b".") and b"\n." not in encoded:
+        return encoded
+    return b"\n".join(_escape_dot(line) if line.startswith(b".") else line for line in encoded.split(b"\n"))
+
+
+def _escape_dot(line: bytes) -> bytes:
+    line = b"=2E" + line[1:]
+    if len(line) <= 76:
+        return line
+    # split with a soft break at the last token boundary that fits (never inside an
+    # "=XX" escape); the short tail gets the same treatment if it starts with "."
+    boundaries, i = [], 0
+    while i < len(line):
+        boundaries.append(i)
+        i += 3 if line[i] == 61 and i + 2 < len(line) else 1  # 61 is "="
+    cut = max(b for b in boundaries if b <= 75)
+    tail = line[cut:]
+    return line[:cut] + b"=\n" + (b"=2E" + tail[1:] if tail.startswith(b".") else tail)
 
 
 def qp_static(text: str) -> bytes:
