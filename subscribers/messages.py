@@ -10,6 +10,7 @@ here, so a name typed into the form cannot add a header.
 from __future__ import annotations
 
 import json
+from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -39,7 +40,8 @@ def _message(settings, to: SubscriberInfo, subject: str, template: str, values: 
     values = {"publication": settings.publication_name, "name": to.name, "address": to.email, "subject": subject,
               "language": settings.language, "privacy_notice": settings.privacy_notice,
               "company": settings.publisher.get("company_name", ""), **values}
-    msg = EmailMessage()
+    # policy.SMTP: CRLF line ends, which an SMTP relay requires (send_single passes the bytes through as they are)
+    msg = EmailMessage(policy=policy.SMTP)
     msg["Subject"] = _safe(subject)
     msg["From"] = Address(_safe(settings.sender_name), addr_spec=settings.sender_address)
     msg["To"] = Address(_safe(to.name or ""), addr_spec=to.email)

@@ -52,11 +52,11 @@ def outbox_messages(settings) -> list[EmailMessage]:
 
 
 def text_part(message: EmailMessage) -> str:
-    return message.get_body(("plain",)).get_content()
+    return message.get_body(("plain",)).get_content().replace("\r\n", "\n")
 
 
 def html_part(message: EmailMessage) -> str:
-    return message.get_body(("html",)).get_content()
+    return message.get_body(("html",)).get_content().replace("\r\n", "\n")
 
 
 def link(message: EmailMessage, kind: str) -> str:
