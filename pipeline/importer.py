@@ -13,8 +13,8 @@ After the reference list both layouts carry the same trailer, read by one functi
 notice is kept for comparison), the author block, the comment form (dropped) and the
 footer (terms notice, the site description, which is dropped, and the publisher block).
 
-One writer (``render_article``, ``render_author``, ``write_page``) turns a ``Page`` into
-``articles/<slug>.md`` and ``authors/<id>.yaml``.  The output depends only on the page
+One writer (``render_article`` and ``render_author``, written by ``import_page``) turns a
+``Page`` into ``articles/<slug>.md`` and ``authors/<id>.yaml``.  The output depends only on the page
 and the options (no clock, no set order), so an import is reproducible byte for byte.
 The page's disclaimer, privacy notice and publisher block are never written anywhere:
 ``compare_site`` reports how they differ from ``site.yaml``.
@@ -34,6 +34,7 @@ from typing import Iterable, Sequence
 import yaml
 
 from pipeline.article import Author, Reference
+from pipeline.content import is_absolute_http_url as _is_http_url
 from pipeline.errors import ImportError_
 
 # -- the intermediate value -------------------------------------------------------
@@ -304,11 +305,6 @@ def parse_reference(number: int, raw: str, path: Path, line: int, href: str | No
     return Reference(number=number, text=text, url=url, cited=cited)
 
 
-def _is_http_url(url: str) -> bool:
-    from pipeline.content import is_absolute_http_url
-    return is_absolute_http_url(url)
-
-
 # -- the trailer: disclaimer, sign-up box, author, comment form, footer -------------
 
 SIGNUP_RE = re.compile(r"^(get|sign up (for|to)|subscribe to) (our|the) .*newsletter\b", re.IGNORECASE)
@@ -338,6 +334,11 @@ class _Line:
 
 
 def _read_trailer(lines: Sequence[_Line], path: Path, end_line: int) -> tuple[Author, SiteText, list[str]]:
+    """Read what follows the reference list, in the library's page order: disclaimer,
+    sign-up box, author block (name, credentials, bio), comment form, footer.  The
+    author block has no marker of its own, so it is everything between the sign-up
+    box and the comment form (or the first footer line: terms notice, a labelled
+    publisher field or a company name); the bio is its third line onwards."""
     notes: list[str] = []
     i = 0
 
@@ -391,13 +392,13 @@ def _read_trailer(lines: Sequence[_Line], path: Path, end_line: int) -> tuple[Au
         label = LABEL_RE.match(text)
         if label:
             in_publisher, collecting_address = True, False
-            name_ = LABEL_FIELDS[label.group(1).lower()]
+            setting = LABEL_FIELDS[label.group(1).lower()]
             value = label.group(2).strip()
-            if not value and i + 1 < len(lines) and VALUE_RES[name_].match(lines[i + 1].text):
+            if not value and i + 1 < len(lines) and VALUE_RES[setting].match(lines[i + 1].text):
                 value = lines[i + 1].text
                 i += 1
             if value:
-                publisher.append((name_, value))
+                publisher.append((setting, value))
         elif COMPANY_RE.search(text) and not any(f == "company_name" for f, _ in publisher):
             in_publisher = collecting_address = True
             publisher.append(("company_name", text))
@@ -639,6 +640,12 @@ def read_html(path: Path, text: str) -> Page:
     return Page(path, title, tuple(body), tuple(references), author, site, tuple(notes + trailer_notes))
 
 
+@dataclass(frozen=True)
+class _Sup:
+    """A ``<sup>`` holding numbers: a citation once the reference count is known."""
+    text: str
+
+
 def _resolve_cites(parts: list, count: int, notes: list[str], path: Path, line: int) -> list:
     out = []
     for part in parts:
@@ -653,11 +660,6 @@ def _resolve_cites(parts: list, count: int, notes: list[str], path: Path, line: 
         else:
             out.append(part)
     return out
-
-
-@dataclass(frozen=True)
-class _Sup:
-    text: str
 
 
 GROUP_TAGS = {"article", "section", "aside", "footer", "header", "main", "body", "div", "address", "blockquote",

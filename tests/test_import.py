@@ -456,3 +456,16 @@ def test_page_text_survives_markdown(text):
     assert [t.type for t in toks] == ["paragraph_open", "inline", "paragraph_close"]
     assert [c.type for c in inline[0].children] == ["text"] * len(inline[0].children)
     assert "".join(c.content for c in inline[0].children) == text
+
+
+def test_html_body_links_are_kept_when_absolute(tmp_path):
+    html = HTML_PAGE.read_text(encoding="utf-8").replace(
+        "<h2>Overview</h2>",
+        '<p>See <a href="https://www.nhs.uk/skin">the NHS [skin] page</a> and <a href="/local">our page</a>.</p>\n'
+        "<h2>Overview</h2>")
+    page = read_page(write(tmp_path, html, "page.html"))
+    body = render_body(page.blocks)
+    assert "See [the NHS \\[skin\\] page](https://www.nhs.uk/skin) and our page.\n" in body
+    links = [c.attrGet("href") for t in markup.tokens(body) if t.type == "inline" for c in t.children
+             if c.type == "link_open"]
+    assert links == ["https://www.nhs.uk/skin"]
