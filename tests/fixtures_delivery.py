@@ -60,10 +60,12 @@ class Script:
     """What the scripted server does, keyed by recipient address."""
 
     temp_fail_once: set[str] = field(default_factory=set)  # 451 at RCPT the first time
+    temp_fail: set[str] = field(default_factory=set)  # 451 at RCPT while the address is in the set
     reject: set[str] = field(default_factory=set)  # 550 at RCPT, always
     drop_in_data_once: set[str] = field(default_factory=set)  # close mid-DATA, the first time
     stall_once: set[str] = field(default_factory=set)  # no reply to the end of data, the first time
     stall_seconds: float = 2.0
+    reject_sender: bool = False  # 550 to every MAIL FROM
 
 
 @dataclass
@@ -71,17 +73,18 @@ class ScriptedServer:
     host: str
     port: int
     script: Script
-    accepted: list[tuple[str, str, bytes]] = field(default_factory=list)  # (rcpt, Message-ID, data)
+    accepted: list[tuple[str, str]] = field(default_factory=list)  # (rcpt, Message-ID); not the bytes (memory)
     seen: Counter = field(default_factory=Counter)  # RCPT attempts per address
+    peers: Counter = field(default_factory=Counter)  # messages accepted per connection (client address)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def by_recipient(self) -> Counter:
         with self.lock:
-            return Counter(r for r, _, _ in self.accepted)
+            return Counter(r for r, _ in self.accepted)
 
     def message_ids(self) -> Counter:
         with self.lock:
-            return Counter(m for _, m, _ in self.accepted)
+            return Counter(m for _, m in self.accepted)
 
 
 def start_scripted_server(script: Script, port: int):
@@ -100,24 +103,31 @@ def start_scripted_server(script: Script, port: int):
         return False
 
     class Handler:
+        async def handle_MAIL(self, _server, _session, envelope, address, _options):
+            if script.reject_sender:
+                return "550 5.7.1 Sender not allowed"
+            envelope.mail_from = address
+            return "250 OK"
+
         async def handle_RCPT(self, _server, _session, envelope, address, _options):
             with server.lock:
                 server.seen[address] += 1
             if address in script.reject:
                 return "550 5.1.1 No such user here"
-            if once("451", address, script.temp_fail_once):
+            if address in script.temp_fail or once("451", address, script.temp_fail_once):
                 return "451 4.7.1 Greylisted, try again later"
             envelope.rcpt_tos.append(address)
             return "250 OK"
 
-        async def handle_DATA(self, _server, _session, envelope):
+        async def handle_DATA(self, _server, session, envelope):
             rcpt = envelope.rcpt_tos[0]
             if once("stall", rcpt, script.stall_once):
                 await asyncio.sleep(script.stall_seconds)
                 return "451 4.4.2 Took too long"  # the client gave up already; nothing is kept
             mid = message_from_bytes(envelope.content, policy=policy.default)["Message-ID"]
             with server.lock:
-                server.accepted.append((rcpt, str(mid), envelope.content))
+                server.accepted.append((rcpt, str(mid)))
+                server.peers[session.peer] += 1
             return "250 2.0.0 OK queued"
 
     class DroppingSMTP(SMTP):

@@ -1,0 +1,140 @@
+"""The send ledger on a real SQLite file: who is a recipient, written once,
+in-flight rows after a crash, and the one-sender lease."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from fixtures_delivery import add_subscribers, small_rendered
+from pipeline import clock, ledger
+from pipeline.database import open_database
+from pipeline.errors import DeliveryError
+
+
+@pytest.fixture
+def engine(db_url):
+    return open_database(db_url)
+
+
+@pytest.fixture
+def s(settings):
+    return settings.replace(secret_key="ledger-test-secret")
+
+
+def issue_id(engine) -> int:
+    rendered = small_rendered()
+    return ledger.record_issue(engine, rendered.issue, rendered.subject).id
+
+
+def ledger_subscribers(engine, iid) -> set[int]:
+    with engine.connect() as conn:
+        return {r.subscriber_id for r in conn.execute(select(ledger.DELIVERIES.c.subscriber_id)
+                                                       .where(ledger.DELIVERIES.c.issue_id == iid))}
+
+
+def test_recipients_are_confirmed_unsuppressed_subscribers_of_the_frequency(engine, s):
+    from subscribers import store
+
+    confirmed = add_subscribers(engine, s, 5, start=0)
+    pending = add_subscribers(engine, s, 2, start=10, status="pending")
+    unsubscribed = add_subscribers(engine, s, 2, start=20, status="unsubscribed")
+    bounced = add_subscribers(engine, s, 2, start=30, status="bounced")
+    weekly = add_subscribers(engine, s, 2, start=40, frequency="weekly")
+    # confirmed in the table, but the address is on the suppression list (e.g. a complaint
+    # about an address that later signed up again without confirming the way back)
+    suppressed = add_subscribers(engine, s, 1, start=50)
+    from subscribers.models import Suppression
+    from subscribers.tokens import email_hash
+    with engine.begin() as conn:
+        conn.execute(insert(Suppression.__table__).values(email_hash=email_hash(s, "sub50@example.com"),
+                                                          reason="complained", at=clock.now()))
+    iid = issue_id(engine)
+    assert ledger.count_recipients(engine, "daily") == 5
+    assert ledger.write_recipients(engine, iid, "daily") == 5
+    got = ledger_subscribers(engine, iid)
+    assert got == set(confirmed)
+    assert not got & set(pending + unsubscribed + bounced + weekly + suppressed)
+    assert ledger.state_counts(engine, iid)["queued"] == 5
+    assert ledger.find_issue(engine, "2026-03-02").state == "queued"
+    assert store.get(engine, confirmed[0]) is not None
+
+
+def test_topic_and_frequency_filters(engine, s):
+    hair = add_subscribers(engine, s, 3, start=0, topics=("hair-loss",))
+    skin = add_subscribers(engine, s, 2, start=10, topics=("skin-care", "wellbeing"))
+    add_subscribers(engine, s, 2, start=20, frequency="weekly", topics=("hair-loss",))
+    assert ledger.count_recipients(engine, "daily", "hair-loss") == 3
+    assert ledger.count_recipients(engine, "weekly", "hair-loss") == 2
+    assert ledger.count_recipients(engine, "daily") == 5
+    iid = issue_id(engine)
+    ledger.write_recipients(engine, iid, "daily", "skin-care")
+    assert ledger_subscribers(engine, iid) == set(skin)
+    assert not ledger_subscribers(engine, iid) & set(hair)
+
+
+def test_recipients_are_written_once_per_issue(engine, s):
+    add_subscribers(engine, s, 4)
+    iid = issue_id(engine)
+    assert ledger.write_recipients(engine, iid, "daily") == 4
+    add_subscribers(engine, s, 3, start=100)  # confirmed after the ledger was written
+    assert ledger.write_recipients(engine, iid, "daily") is None
+    assert sum(ledger.state_counts(engine, iid).values()) == 4
+    with pytest.raises(IntegrityError):  # one row per (issue, subscriber), enforced by the schema
+        with engine.begin() as conn:
+            sid = next(iter(ledger_subscribers(engine, iid)))
+            conn.execute(insert(ledger.DELIVERIES).values(issue_id=iid, subscriber_id=sid, email="x@example.com",
+                                                          state="queued", updated_at=clock.now()))
+
+
+def test_record_issue_returns_the_first_composition(engine):
+    first = small_rendered(subject="First")
+    again = small_rendered(subject="Second")
+    a = ledger.record_issue(engine, first.issue, first.subject)
+    b = ledger.record_issue(engine, again.issue, again.subject)
+    assert a.id == b.id and b.subject == "First"
+    assert ledger.issue_count(engine) == 1
+
+
+@pytest.mark.parametrize("policy,state", [("skip", "uncertain"), ("resend", "deferred")])
+def test_rows_left_sending_become_uncertain(engine, s, policy, state):
+    add_subscribers(engine, s, 6)
+    iid = issue_id(engine)
+    ledger.write_recipients(engine, iid, "daily")
+    with engine.begin() as conn:  # a crash after three rows were marked sending
+        ids = [r.id for r in conn.execute(select(ledger.DELIVERIES.c.id).limit(3))]
+        conn.execute(update(ledger.DELIVERIES).where(ledger.DELIVERIES.c.id.in_(ids)).values(state="sending"))
+    assert ledger.recover_in_flight(engine, iid, policy) == 3
+    counts = ledger.state_counts(engine, iid)
+    assert counts[state] == 3 and counts["sending"] == 0 and counts["queued"] == 3
+    with engine.connect() as conn:
+        marks = conn.execute(select(ledger.DELIVERIES.c.uncertain).where(ledger.DELIVERIES.c.id.in_(ids))).scalars()
+        assert list(marks) == [1, 1, 1]
+    assert ledger.recover_in_flight(engine, iid, policy) == 0
+    with pytest.raises(DeliveryError, match="uncertain_policy"):
+        ledger.recover_in_flight(engine, iid, "maybe")
+
+
+def test_lease_keeps_a_second_sender_out_and_passes_from_a_dead_one(engine):
+    iid = issue_id(engine)
+    with engine.begin() as conn:  # held by a live process elsewhere
+        conn.execute(update(ledger.ISSUES).values(lease_owner="otherhost:1",
+                                                  lease_expires_at=clock.now() + timedelta(seconds=60)))
+    with pytest.raises(DeliveryError, match="being sent by otherhost:1"):
+        ledger.acquire_lease(engine, iid)
+    # held by a process on this host that has died: taken at once
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+    with engine.begin() as conn:
+        conn.execute(update(ledger.ISSUES).values(lease_owner=f"{socket.gethostname()}:{dead.pid}"))
+    owner = ledger.acquire_lease(engine, iid)
+    assert owner.endswith(f":{os.getpid()}")
+    ledger.release_lease(engine, iid, owner)
+    with engine.connect() as conn:
+        assert conn.execute(select(ledger.ISSUES.c.lease_owner)).scalar_one() is None
