@@ -312,10 +312,12 @@ def recent_runs(engine: Engine, limit: int = 10) -> list[Run]:
         return [_run(r) for r in rows]
 
 
-def latest_run_day(engine: Engine, kind: str) -> date | None:
+def run_days(engine: Engine) -> tuple[date | None, date | None]:
+    """The first and the latest day any run was recorded for (None, None on a new database)."""
+    from sqlalchemy import func
     with transaction(engine) as session:
-        return session.scalars(select(RunRecord.day).where(RunRecord.kind == kind)
-                               .order_by(RunRecord.day.desc()).limit(1)).first()
+        first, latest = session.execute(select(func.min(RunRecord.day), func.max(RunRecord.day))).one()
+        return first, latest
 
 
 def record_outcome(engine: Engine, day: date, kind: str, state: str, *, planned_at: datetime | None = None,

@@ -191,12 +191,14 @@ def reopened(slot: Slot, run: Run | None) -> bool:
             and slot.instant > run.planned_at)
 
 
-def candidate_days(today_: date, last_run_day: date | None) -> list[date]:
-    """Days a waking daemon looks at, oldest first: today and up to LOOKBACK_DAYS before
-    it, but on a database that has never run, only yesterday and today (nothing
-    older was ever expected of it)."""
-    back = LOOKBACK_DAYS if last_run_day is not None else 1
-    return [today_ - timedelta(days=n) for n in range(back, -1, -1)]
+def candidate_days(today_: date, first_run_day: date | None) -> list[date]:
+    """Days a waking daemon looks at, oldest first: today and up to LOOKBACK_DAYS
+    before it, but never before the first day this database ever recorded a run
+    (nothing older was expected of it); on a new database, yesterday and today."""
+    if first_run_day is None:
+        return [today_ - timedelta(days=1), today_]
+    start = max(today_ - timedelta(days=LOOKBACK_DAYS), min(first_run_day, today_))
+    return [start + timedelta(days=n) for n in range((today_ - start).days + 1)]
 
 
 def next_instant(now: datetime, settings: Settings, custom_by_day: dict[date, list[str | None]],
@@ -260,8 +262,8 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
     window = grace(settings)
     tz = zone(settings)
     today_ = local_day(now, tz)
-    latest = calendar.latest_run_day(engine, "daily")
-    days = candidate_days(today_, latest)
+    first, _latest = calendar.run_days(engine)
+    days = candidate_days(today_, first)
     runs = calendar.runs_between(engine, days[0], today_)
     custom = custom_times(engine, days[0], today_)
     pause = calendar.get_pause(engine)
@@ -270,7 +272,7 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
     for day in days:
         for slot in slots_for(day, settings, custom.get(day, [])):
             run = runs.get((day, slot.kind))
-            if latest is None and day < today_ and now > slot.instant + window:
+            if first is None and day < today_ and now > slot.instant + window:
                 continue  # a database that never ran: yesterday was not expected of anyone
             action = decide(slot, now, window, run, pause.covers(day))
             if action in ("wait", "done"):
@@ -507,9 +509,15 @@ def settle_from_ledger(engine: Engine) -> list[Run]:
 
 
 def _compose(engine: Engine, settings: Settings, library, day: date, kind: str, entries: list[Entry]):
+    from pipeline import ledger
     from pipeline.compose import compose_issue, weekly_issue
 
     number = issue_number(engine, day, kind)
+    known = ledger.find_issue(engine, issue_key(day, kind))
+    if known is not None and known.state != "composed" and known.articles:
+        # a retry or a resumed crash: part of it may be out already, so it must stay
+        # the same issue, whatever the calendar says now
+        return compose_issue(library, day, number=known.number, scheduled=list(known.articles), kind=kind)
     if kind == "weekly":
         sent_on = {e.slug: e.day for e in calendar.entries(engine, start=day - timedelta(days=6), end=day,
                                                           states=("sent",))}
@@ -533,13 +541,23 @@ def _publish_and_send(engine: Engine, settings: Settings, library, issue, entrie
     publish_issue(rendered, settings.public_dir)
     build_site(library, settings.public_dir, as_of=day)
     summary = send_issue(engine, settings, rendered, frequency=kind, resume=resume, progress=False)
-    counts = {name: int(getattr(summary, name, 0) or 0) for name in ("sent", "deferred", "failed", "bounced")}
+    counts = ledger_counts(engine, [issue.key]).get(issue.key) or {
+        name: int(getattr(summary, name, 0) or 0) for name in ("sent", "deferred", "failed", "bounced")}
+    ids = [e.id for e in entries]
+    if summary.state != "sent":
+        # rows left deferred (or a relay refusing everything): retried, resuming the
+        # ledger, inside the grace window; after it `status` alerts
+        why = f"unfinished: {counts['deferred']} recipient(s) not yet delivered"
+        if summary.error:
+            why += f" ({summary.error})"
+        calendar.mark_entries(engine, ids, "failed")
+        log.error("%s issue %s: %s", kind, issue.key, why)
+        return calendar.finish_run(engine, day, kind, holder, "failed", issue_key=issue.key, counts=counts, error=why)
     if kind == "daily":
         # a queued article (nothing was scheduled) goes on the calendar as sent, so the
-        # queue moves on and the weekly digest finds it
-        ids = [e.id for e in entries]
-        queued = [a.slug for a in issue.articles if a.slug not in {e.slug for e in entries}]
-        for slug in queued:
+        # weekly digest finds it and `schedule list` shows it
+        scheduled = {e.slug for e in entries}
+        for slug in (a.slug for a in issue.articles if a.slug not in scheduled):
             ids.append(calendar.add_sent_entry(engine, slug, day, issue.key))
         calendar.mark_entries(engine, ids, "sent", issue.key)
     log.info("%s issue %s (%s): sent %d, deferred %d, failed %d, bounced %d", kind, issue.key,

@@ -136,29 +136,37 @@ def engine(db_url):
     return open_database(db_url)
 
 
-def test_lease_is_exclusive_until_it_expires(engine, frozen):
-    assert calendar.acquire(engine, "send", "a", 60)
-    assert not calendar.acquire(engine, "send", "b", 60)
-    assert calendar.acquire(engine, "send", "a", 60)  # renewing our own
+@pytest.fixture
+def both(store_url):
+    """An engine once on SQLite and once on PostgreSQL: the lease and the run claim
+    must be atomic on both."""
+    from pipeline.database import open_database
+    return open_database(store_url)
+
+
+def test_lease_is_exclusive_until_it_expires(both, frozen):
+    assert calendar.acquire(both, "send", "a", 60)
+    assert not calendar.acquire(both, "send", "b", 60)
+    assert calendar.acquire(both, "send", "a", 60)  # renewing our own
     frozen.advance(seconds=59)
-    assert not calendar.acquire(engine, "send", "b", 60)
-    assert calendar.renew(engine, "send", "a", 60)
+    assert not calendar.acquire(both, "send", "b", 60)
+    assert calendar.renew(both, "send", "a", 60)
     frozen.advance(seconds=61)  # a stopped renewing (crashed): the lease frees itself
-    assert calendar.acquire(engine, "send", "b", 60)
-    assert not calendar.renew(engine, "send", "a", 60)
-    calendar.release(engine, "send", "a")  # not a's any more: no effect
-    assert calendar.lease_holder(engine, "send")[0] == "b"
-    calendar.release(engine, "send", "b")
-    assert calendar.lease_holder(engine, "send") is None
+    assert calendar.acquire(both, "send", "b", 60)
+    assert not calendar.renew(both, "send", "a", 60)
+    calendar.release(both, "send", "a")  # not a's any more: no effect
+    assert calendar.lease_holder(both, "send")[0] == "b"
+    calendar.release(both, "send", "b")
+    assert calendar.lease_holder(both, "send") is None
 
 
-def test_lease_race_between_threads_has_one_winner(engine, frozen):
+def test_lease_race_between_threads_has_one_winner(both, frozen):
     winners = []
     barrier = threading.Barrier(8)
 
     def take(name):
         barrier.wait()
-        if calendar.acquire(engine, "race", name, 60):
+        if calendar.acquire(both, "race", name, 60):
             winners.append(name)
 
     threads = [threading.Thread(target=take, args=(f"h{i}",)) for i in range(8)]
@@ -169,24 +177,24 @@ def test_lease_race_between_threads_has_one_winner(engine, frozen):
     assert len(winners) == 1
 
 
-def test_claim_run_once_per_day_and_kind(engine, frozen):
+def test_claim_run_once_per_day_and_kind(both, frozen):
     day = date(2026, 3, 2)
-    first = calendar.claim_run(engine, day, "daily", "a", planned_at=SLOT.instant)
+    first = calendar.claim_run(both, day, "daily", "a", planned_at=SLOT.instant)
     assert first is not None and first.state == "running" and first.attempts == 1
-    calendar.finish_run(engine, day, "daily", "a", "sent", issue_key="2026-03-02", counts={"sent": 3})
-    assert calendar.claim_run(engine, day, "daily", "b", planned_at=SLOT.instant, retry=("failed",)) is None
-    assert calendar.get_run(engine, day, "daily").sent == 3
+    calendar.finish_run(both, day, "daily", "a", "sent", issue_key="2026-03-02", counts={"sent": 3})
+    assert calendar.claim_run(both, day, "daily", "b", planned_at=SLOT.instant, retry=("failed",)) is None
+    assert calendar.get_run(both, day, "daily").sent == 3
     # the weekly kind of the same day is a separate run
-    assert calendar.claim_run(engine, day, "weekly", "b", planned_at=SLOT.instant) is not None
+    assert calendar.claim_run(both, day, "weekly", "b", planned_at=SLOT.instant) is not None
 
 
-def test_failed_run_can_be_retried_once_by_one_holder(engine, frozen):
+def test_failed_run_can_be_retried_once_by_one_holder(both, frozen):
     day = date(2026, 3, 2)
-    calendar.claim_run(engine, day, "daily", "a", planned_at=SLOT.instant)
-    calendar.finish_run(engine, day, "daily", "a", "failed", error="relay down")
-    retried = calendar.claim_run(engine, day, "daily", "b", planned_at=SLOT.instant, retry=("failed",))
+    calendar.claim_run(both, day, "daily", "a", planned_at=SLOT.instant)
+    calendar.finish_run(both, day, "daily", "a", "failed", error="relay down")
+    retried = calendar.claim_run(both, day, "daily", "b", planned_at=SLOT.instant, retry=("failed",))
     assert retried.state == "running" and retried.attempts == 2 and retried.holder == "b"
-    assert calendar.claim_run(engine, day, "daily", "c", planned_at=SLOT.instant, retry=("failed",)) is None
+    assert calendar.claim_run(both, day, "daily", "c", planned_at=SLOT.instant, retry=("failed",)) is None
 
 
 def test_calendar_add_move_cancel(engine, frozen):
@@ -204,16 +212,16 @@ def test_calendar_add_move_cancel(engine, frozen):
     assert calendar.add_entry(engine, "microneedling", date(2026, 3, 10), "08:00").at == "08:00"
 
 
-def test_only_one_scheduled_entry_per_article_even_racing(engine, frozen):
+def test_only_one_scheduled_entry_per_article_even_racing(both, frozen):
     """The partial unique index holds even when the application check is bypassed."""
     from sqlalchemy.exc import IntegrityError
 
     from pipeline.calendar import CalendarEntry
     from pipeline.database import transaction
 
-    calendar.add_entry(engine, "microneedling", date(2026, 3, 5), None)
+    calendar.add_entry(both, "microneedling", date(2026, 3, 5), None)
     with pytest.raises(IntegrityError):
-        with transaction(engine) as session:
+        with transaction(both) as session:
             now = frozen.now()
             session.add(CalendarEntry(slug="microneedling", day=date(2026, 3, 6), state="scheduled",
                                       created_at=now, updated_at=now))
