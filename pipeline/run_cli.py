@@ -26,6 +26,7 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -222,7 +223,11 @@ def _serve_web(settings: Settings, engine: Engine, host: str, port: int) -> None
 
     from pipeline.web import create_app
 
-    # uvicorn installs SIGINT/SIGTERM handlers and returns from run() on either
+    # uvicorn installs its own SIGINT/SIGTERM handlers while it runs, and re-raises the
+    # signal when it is done, to the handler it found: a quiet one here, so that
+    # the scheduler is shut down and the heartbeat removed before the process exits
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
     uvicorn.Server(uvicorn.Config(create_app(settings, engine), host=host, port=port, log_level="info",
                                   access_log=False)).run()
 
@@ -240,17 +245,20 @@ def _wait_for_signal() -> None:
 def run_once(engine: Engine, settings: Settings, content_dir: Path, day: date) -> list[Run]:
     """The day's work now, whatever the time: the daily issue, and on the weekly day
     the weekly digest.  A day already sent is not sent again."""
-    runs = [schedule.run_day(engine, settings, content_dir, day, "daily", force=True)]
+    holder = calendar.new_holder()
+    runs = [schedule.run_day(engine, settings, content_dir, day, "daily", force=True, holder=holder)]
     if schedule.is_weekly_day(day, settings):
-        runs.append(schedule.run_day(engine, settings, content_dir, day, "weekly", force=True))
-    return runs
+        runs.append(schedule.run_day(engine, settings, content_dir, day, "weekly", force=True, holder=holder))
+    return [run if run.holder == holder else replace(run, error=run.error or "done earlier; not sent again")
+            for run in runs]
 
 
 def describe_run(run: Run) -> str:
     counts = f"sent {run.sent}, deferred {run.deferred}, failed {run.failed}, bounced {run.bounced}"
     head = f"{run.kind} issue of {run.day.isoformat()}: {run.state}"
     if run.state == "sent":
-        return f"{head} (issue {run.issue_key}; {counts})"
+        earlier = f"; {run.error}" if run.error else ""
+        return f"{head} (issue {run.issue_key}; {counts}{earlier})"
     return f"{head}" + (f": {run.error}" if run.error else "")
 
 
@@ -279,6 +287,7 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @click.command("run")
