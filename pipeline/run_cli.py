@@ -85,7 +85,9 @@ def wake_job() -> None:
     """Entry point of the persisted ``next-send`` job (a textual reference, so a job
     written by one daemon can be run by another)."""
     if _daemon is not None:
-        _daemon.tick("send time")
+        # a reconcile may be reading the calendar at this very moment: wait for it
+        # rather than leave the send to the next reconcile
+        _daemon.tick("send time", wait=10.0)
 
 
 def reconcile_job() -> None:
@@ -134,10 +136,10 @@ class Daemon:
         except Exception:  # the next reconcile tries again; the daemon must not die of a hiccup
             log.exception("reconcile failed")
 
-    def tick(self, why: str) -> list[Run]:
+    def tick(self, why: str, wait: float = 0.0) -> list[Run]:
         """Do what is due, unless this process is already at it (a send can take hours;
-        the heartbeat and planning must go on meanwhile)."""
-        if not self._tick.acquire(blocking=False):
+        the heartbeat and planning must go on meanwhile, so reconcile never waits)."""
+        if not (self._tick.acquire(timeout=wait) if wait > 0 else self._tick.acquire(blocking=False)):
             return []
         try:
             runs = schedule.wake(self.engine, self.settings, self.content_dir, self.holder)
