@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from datetime import timedelta
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -237,7 +237,7 @@ def test_mail_failure_is_a_clear_503_and_a_retry_sends(wsettings, engine):
 def test_confirm_sends_a_welcome_with_the_latest_issue(client, wsettings, engine):
     issues = wsettings.public_dir + "/issues"
     for key in ["2026-02-27", "2026-03-02", "2026-03-01"]:
-        folder = __import__("pathlib").Path(issues) / key
+        folder = Path(issues) / key
         folder.mkdir(parents=True)
         (folder / "issue.json").write_text(json.dumps({"key": key}))
     sign_up(client)
@@ -456,7 +456,7 @@ def test_health_and_readiness(client, wsettings, tmp_path):
 
 
 def test_everything_else_is_served_from_public(client, wsettings):
-    public = __import__("pathlib").Path(wsettings.public_dir)
+    public = Path(wsettings.public_dir)
     public.mkdir(parents=True, exist_ok=True)
     (public / "index.html").write_text("<!DOCTYPE html><title>Archive</title><h1>Archive</h1>")
     response = client.get("/")
