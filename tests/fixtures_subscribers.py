@@ -24,8 +24,7 @@ CONSENT = {"consent": "yes", "consent_version": "2026-03-01"}
 def subscriber_settings(settings, tmp_path: Path, **changes):
     """The committed site settings with a test secret and everything written under tmp_path."""
     outbox = tmp_path / "outbox"
-    # Create the Maildir with its tmp/new/cur folders up front: pipeline.transport.Outbox
-    # makes the folder first and mailbox.Maildir then skips the sub-folders.
+    # made up front so a test can read an outbox nothing was sent to
     mailbox.Maildir(outbox, create=True)
     return settings.replace(secret_key=SECRET, outbox_dir=str(outbox), public_dir=str(tmp_path / "public"),
                             var_dir=str(tmp_path / "var"), **changes)
