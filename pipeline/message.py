@@ -339,7 +339,17 @@ class MessageTemplate:
         """The message for one recipient (CRLF, no line needing dot-stuffing)."""
         if "\r" in to or "\n" in to:
             raise DeliveryError(f"refusing To {to!r}: control characters in an address could inject headers")
-        to_line = self._to_line(to)
+        return self._render(self._to_line(to), personal, message_id)
+
+    def render_to(self, email: str, name: str | None, *, personal: Personal, message_id: str) -> bytes:
+        """``render`` for a subscriber's address and name, without formatting and
+        re-parsing a To string (the send loop's path)."""
+        check_address(email, "recipient address")
+        clean = sanitise_text(name or "", 200)
+        value = to_header_value(clean, email) if clean else email
+        return self._render(b"To: " + value.encode("ascii") + b"\r\n", personal, message_id)
+
+    def _render(self, to_line: bytes, personal: Personal, message_id: str) -> bytes:
         _check_message_id(message_id)
         values = _personal_values(personal)
         encoded: dict[tuple[str, bool], bytes] = {}

@@ -108,7 +108,7 @@ SETTINGS: tuple[Setting, ...] = (
             "connections; after that the row stays deferred for `newsletter send --resume`.", kind=int),
     Setting("smtp_retry_delay", 5.0, "Seconds before the first retry of a deferred message; doubles each try "
             "(capped at 5 minutes).", kind=float),
-    Setting("delivery_batch_size", 20, "Ledger rows marked `sending` (and then `sent`) per transaction, per "
+    Setting("delivery_batch_size", 10, "Ledger rows marked `sending` (and then `sent`) per transaction, per "
             "connection. At most this times smtp_connections messages can be uncertain after a crash.", kind=int),
     Setting("uncertain_policy", "skip", "What a resumed send does with messages that were in flight when the "
             "previous process died: 'skip' (default: never risk a duplicate; they are counted) or 'resend'."),

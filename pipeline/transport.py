@@ -316,8 +316,14 @@ class SMTPConnection:
         return "pipelining" in self.extensions
 
     async def send_batch(self, mail_from: str, messages: list[tuple[str, bytes]],
-                         before_each: Callable[[], Awaitable[None]] | None = None) -> list[Outcome]:
+                         before_each: Callable[[], Awaitable[None]] | None = None,
+                         dot_safe: bool = False) -> list[Outcome]:
         """Send ``(recipient, data)`` pairs; one Outcome per message, in order.
+
+        ``dot_safe`` says the data has CRLF line ends and no line starting with
+        "." (what ``MessageTemplate`` writes), which spares a scan of every message:
+        searching 60 KB for a line-initial dot costs more than the rest of the
+        per-message work.
 
         A refused message does not stop the batch.  A lost connection or a
         timeout ends it: the message under way is ``lost``, later ones ``unsent``,
@@ -374,7 +380,7 @@ class SMTPConnection:
                             self._write(b"DATA\r\n")
                             data_reply = await reply(timeout)
                 if data_reply is not None and data_reply.code == 354:
-                    pending = (index, _content(data))
+                    pending = (index, data + b".\r\n" if dot_safe else _content(data))
                     continue
                 # refused before the content: say where, and reset the transaction
                 if mail.code != 250:

@@ -246,3 +246,18 @@ def test_dkim_key_from_the_environment_setting_and_refused_inside_the_repo(setti
     assert dkim_signer(settings.replace(dkim_selector="", dkim_private_key=key.read_text())) is None
     with pytest.raises(DeliveryError, match="outside the repository"):
         dkim_signer(settings.replace(dkim_selector="s", dkim_private_key_path=str(ROOT / "pyproject.toml")))
+
+
+@pytest.mark.parametrize("name", [None, 'Jöhn "Q" Smith', "Eve\r\nBcc: victim@example.net"])
+def test_render_to_gives_what_render_gives(real, name):
+    rendered, settings = real
+    template = MessageTemplate(rendered, settings)
+    mid = "<2026-03-02.9.abc@my.klarity.health>"
+    a = parse(template.render(to=recipient("reader@example.com", name), personal=personal(), message_id=mid))
+    b = parse(template.render_to("reader@example.com", name, personal=personal(), message_id=mid))
+    assert [(x.display_name, x.addr_spec) for x in a["To"].addresses] == \
+           [(x.display_name, x.addr_spec) for x in b["To"].addresses]
+    assert b["Bcc"] is None
+    assert [p.get_content() for p in a.iter_parts()] == [p.get_content() for p in b.iter_parts()]
+    with pytest.raises(DeliveryError):
+        template.render_to("reader@example.com\r\nBcc: v@x.y", name, personal=personal(), message_id=mid)
