@@ -213,6 +213,7 @@ class _Run:
             due, waiting = self.ledger.next_due(self.max_attempts)
             if not waiting:
                 return []
+            self.ledger.renew_lease()  # waiting for retries can outlast the lease
             delay = (due - clock.now()).total_seconds() if due else 0.0
             await asyncio.sleep(min(max(delay, 0.01), 1.0))
         return []

@@ -364,7 +364,18 @@ class LedgerRun:
             row["now"] = now
         with self.engine.begin() as conn:
             conn.execute(self._outcome, rows)
-            if clock.monotonic() - self._renewed > LEASE_SECONDS / 6:
-                conn.execute(update(ISSUES).where(ISSUES.c.id == self.issue_id)
-                             .values(lease_owner=self.owner, lease_expires_at=now + timedelta(seconds=LEASE_SECONDS)))
-                self._renewed = clock.monotonic()
+            self.renew_lease(conn, now)
+
+    def renew_lease(self, conn=None, now: datetime | None = None) -> None:
+        """Push the lease's expiry forward, at most every LEASE_SECONDS / 6."""
+        if clock.monotonic() - self._renewed <= LEASE_SECONDS / 6:
+            return
+        now = now or clock.now()
+        statement = (update(ISSUES).where(ISSUES.c.id == self.issue_id)
+                     .values(lease_owner=self.owner, lease_expires_at=now + timedelta(seconds=LEASE_SECONDS)))
+        if conn is None:
+            with self.engine.begin() as own:
+                own.execute(statement)
+        else:
+            conn.execute(statement)
+        self._renewed = clock.monotonic()

@@ -249,6 +249,7 @@ class SMTPConnection:
         self.timeout = timeout
         self.extensions: dict[str, str] = {}
         self.sent = 0  # messages accepted on this connection (for the per-connection cap)
+        self.usable = True  # False once a batch ended in a lost connection or a timeout
 
     @classmethod
     async def open(cls, settings: Settings) -> "SMTPConnection":
@@ -410,8 +411,6 @@ class SMTPConnection:
                 if outcome is None:
                     outcomes[index] = Outcome("unsent", None, error)
         return outcomes  # type: ignore[return-value]
-
-    usable = True
 
     def _finish(self, outcomes: list, under_way: list[int], index: int, reply: Reply) -> None:
         under_way.remove(index)

@@ -66,6 +66,7 @@ class Script:
     stall_once: set[str] = field(default_factory=set)  # no reply to the end of data, the first time
     stall_seconds: float = 2.0
     reject_sender: bool = False  # 550 to every MAIL FROM
+    pipelining: bool = False  # advertise PIPELINING (aiosmtpd reads commands in order either way)
 
 
 @dataclass
@@ -103,6 +104,12 @@ def start_scripted_server(script: Script, port: int):
         return False
 
     class Handler:
+        async def handle_EHLO(self, _server, session, _envelope, hostname, responses):
+            session.host_name = hostname
+            if script.pipelining:
+                responses.insert(len(responses) - 1, "250-PIPELINING")  # before the final "250 HELP"
+            return responses
+
         async def handle_MAIL(self, _server, _session, envelope, address, _options):
             if script.reject_sender:
                 return "550 5.7.1 Sender not allowed"

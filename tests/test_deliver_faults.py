@@ -3,6 +3,8 @@
 the server: nobody is lost and nobody gets two copies."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from conftest import free_port
@@ -10,6 +12,7 @@ from fixtures_delivery import Script, add_subscribers, small_rendered, start_scr
 from pipeline import ledger
 from pipeline.database import open_database
 from pipeline.deliver import send_issue
+from pipeline.transport import SMTPConnection
 
 SECRET = "faults-test-secret"
 
@@ -17,6 +20,12 @@ SECRET = "faults-test-secret"
 @pytest.fixture
 def engine(db_url):
     return open_database(db_url)
+
+
+async def pipelines(settings) -> bool:
+    conn = await SMTPConnection.open(settings)
+    await conn.quit()
+    return conn.pipelining
 
 
 def addresses(*numbers: int) -> set[str]:
@@ -29,16 +38,19 @@ def fault_settings(settings, port: int, **more):
                                 "smtp_connections": 3, "delivery_batch_size": 4} | more))
 
 
-def test_451_retried_550_bounced_drops_and_stalls_retried_nobody_lost_or_doubled(engine, settings):
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
+def test_451_retried_550_bounced_drops_and_stalls_retried_nobody_lost_or_doubled(engine, settings, pipelining):
     from subscribers import store
 
     script = Script(temp_fail_once=addresses(3, 11, 20, 33), reject=addresses(5, 17),
-                    drop_in_data_once=addresses(7, 25), stall_once=addresses(9), stall_seconds=1.5)
+                    drop_in_data_once=addresses(7, 25), stall_once=addresses(9), stall_seconds=1.5,
+                    pipelining=pipelining)
     port = free_port()
     controller, server = start_scripted_server(script, port)
     s = fault_settings(settings, port)
     ids = add_subscribers(engine, s, 60)
     try:
+        assert asyncio.run(pipelines(s)) is pipelining  # the path under test is the one taken
         summary = send_issue(engine, s, small_rendered(), progress=False)
     finally:
         controller.stop()
@@ -64,8 +76,9 @@ def test_451_retried_550_bounced_drops_and_stalls_retried_nobody_lost_or_doubled
     assert ledger.count_recipients(engine, "daily") == 58
 
 
-def test_persistent_451_stays_deferred_within_bounded_attempts_and_resume_delivers(engine, settings):
-    script = Script(temp_fail=addresses(2, 4))
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-by-one", "pipelined"])
+def test_persistent_451_stays_deferred_within_bounded_attempts_and_resume_delivers(engine, settings, pipelining):
+    script = Script(temp_fail=addresses(2, 4), pipelining=pipelining)
     port = free_port()
     controller, server = start_scripted_server(script, port)
     s = fault_settings(settings, port, smtp_max_attempts=3)
