@@ -258,3 +258,14 @@ def test_send_command_reports_a_refusing_relay_as_one_line_and_loses_nobody(cont
     counts = ledger.state_counts(engine, ledger.find_issue(engine, "2026-03-02").id)
     assert counts["failed"] == counts["bounced"] == counts["sent"] == 0
     assert counts["queued"] + counts["deferred"] == 5
+
+
+def test_send_test_over_smtp_mails_one_marked_copy_and_no_ledger(engine, settings, smtp_server):
+    from pipeline.deliver import send_test
+
+    s = smtp_settings(settings, smtp_server.port)
+    receipt = send_test(s, small_rendered(), "editor@example.com")
+    (got,) = smtp_server.wait_for(1)
+    assert got.rcpt_tos == ["editor@example.com"] and receipt.startswith("smtp:127.0.0.1")
+    assert got.message["Subject"] == "[TEST] What Is Microneedling?"
+    assert ledger.find_issue(engine, "2026-03-02") is None
