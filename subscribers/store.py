@@ -524,6 +524,10 @@ def erase(engine: Engine, settings, subscriber: int | str, *, method: str = "web
         s.execute(update(ConsentRecord).where(ConsentRecord.subscriber_id == sid)
                   .values(subscriber_id=None, ip=None, detail=None))
         s.execute(delete(SubscriberTopic).where(SubscriberTopic.subscriber_id == sid))
+        # The send ledger keeps a snapshot of the address (and the relay's reply may
+        # echo it); erasure clears both, keeping only the anonymous delivery counts.
+        from pipeline.ledger import Delivery
+        s.execute(update(Delivery).where(Delivery.subscriber_id == sid).values(email=None, last_reply=None))
         s.expunge(sub)
         s.execute(delete(Subscriber).where(Subscriber.id == sid))
         _suppress(s, hash_, "erased", at)

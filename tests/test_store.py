@@ -363,3 +363,16 @@ def test_schema_on_this_database(engine):
     assert {"subscribers", "subscriber_topics", "consent_records", "suppressions"} <= names
     assert {"email_hash", "pending_at", "confirm_sent_at"} <= columns
     assert Subscriber.__table__.c.keys() and set(Subscriber.__table__.c.keys()) == columns
+
+
+def test_erase_also_clears_the_address_from_the_send_ledger(engine, sub_settings, tmp_path, frozen):
+    from fixtures_delivery import small_rendered
+    from pipeline.deliver import send_issue
+
+    sub = store.add(engine, sub_settings, "ledger.person@example.com", name="Lee Ledger", confirmed=True, consent="y")
+    settings = sub_settings.replace(transport="outbox", outbox_dir=str(tmp_path / "outbox"))
+    summary = send_issue(engine, settings, small_rendered(), progress=False)
+    assert summary.sent == 1
+    assert "ledger.person" in all_text(engine)  # the ledger snapshot exists before erasure
+    assert store.erase(engine, sub_settings, sub.id)
+    assert "ledger.person" not in all_text(engine).lower()
