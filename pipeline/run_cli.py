@@ -113,6 +113,8 @@ class Daemon:
         self.holder = holder or calendar.new_holder()
         self.started_at = clock.now()
         self._tick = threading.Lock()
+        self._reconciling = threading.Lock()
+        self._stopping = threading.Event()
         self.scheduler: BackgroundScheduler | None = None
 
     # -- jobs ----------------------------------------------------------------------------
@@ -128,13 +130,17 @@ class Daemon:
         self.settings = fresh.replace(database_url=self.settings.database_url)
 
     def reconcile(self) -> None:
-        try:
-            calendar.beat(self.engine, self.holder, self.started_at)
-            self.reload_settings()
-            self.tick("reconcile")
-            self.plan()
-        except Exception:  # the next reconcile tries again; the daemon must not die of a hiccup
-            log.exception("reconcile failed")
+        with self._reconciling:
+            if self._stopping.is_set():
+                return
+            try:
+                calendar.beat(self.engine, self.holder, self.started_at)
+                self.reload_settings()
+                self.tick("reconcile")
+                if not self._stopping.is_set():
+                    self.plan()
+            except Exception:  # the next reconcile tries again; the daemon must not die of a hiccup
+                log.exception("reconcile failed")
 
     def tick(self, why: str, wait: float = 0.0) -> list[Run]:
         """Do what is due, unless this process is already at it (a send can take hours;
@@ -200,6 +206,12 @@ class Daemon:
 
     def stop(self) -> None:
         global _daemon
+        # APScheduler's shutdown(wait=True) holds its job-store lock while it waits for
+        # running jobs, and a reconcile in plan() needs that lock: let any reconcile
+        # finish first, and start no other.  A send in progress is waited for.
+        self._stopping.set()
+        with self._reconciling:
+            pass
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         try:

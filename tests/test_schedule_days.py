@@ -344,3 +344,22 @@ def test_status_shows_next_sends_last_sends_queue_and_daemon(days):
     assert "microneedling  (unscheduled)" in text and f"{slugs[1]}  (scheduled 2026-03-05)" in text
     days.clock.set(utc(2026, 3, 3, 9, 0))
     assert "daemon: not running" in days.cli("status").output
+
+
+@pytest.mark.postgres
+def test_a_day_on_postgresql(content_dir, tmp_path, postgres_database):
+    with frozen_clock(utc(2026, 3, 2, 6, 0)) as clock:
+        days = Day(content_dir, tmp_path, postgres_database, clock)
+        days.subscribe("reader@example.com")
+        days.schedule("microneedling", date(2026, 3, 3))
+        days.wake_at(utc(2026, 3, 3, 6, 59))
+        assert days.mails() == []
+        days.wake_at(utc(2026, 3, 3, 7, 0))
+        days.wake_at(utc(2026, 3, 3, 7, 1))
+        assert [m["Subject"] for m in days.mails()] == ["What Is Microneedling?"]
+        assert days.run(date(2026, 3, 3)).state == "sent"
+        days.wake_at(utc(2026, 3, 4, 9, 30))  # down at the next send, nothing was due anyway
+        assert days.run(date(2026, 3, 4)).state == "nothing-to-send"
+        status = days.cli("status")
+        assert status.exit_code == 0, status.output
+        assert "queue: 0 unsent article(s)" in status.output
