@@ -520,9 +520,14 @@ def held(engine: Engine, name: str, holder: str, seconds: float) -> Iterator[boo
 
 # -- heartbeats ------------------------------------------------------------------------------
 
+HEARTBEAT_KEPT = timedelta(days=1)
+
+
 def beat(engine: Engine, holder: str, started_at: datetime) -> None:
+    """Say this daemon is alive; forget daemons silent for a day (they crashed)."""
     now = clock.now()
     with engine.begin() as conn:
+        conn.execute(delete(Heartbeat).where(Heartbeat.last_seen < now - HEARTBEAT_KEPT))
         result = conn.execute(update(Heartbeat).where(Heartbeat.holder == holder).values(last_seen=now))
         if result.rowcount == 0:
             conn.execute(insert(Heartbeat).values(holder=holder, pid=os.getpid(), host=socket.gethostname(),

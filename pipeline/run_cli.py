@@ -123,7 +123,8 @@ class Daemon:
         A broken file keeps the previous settings; the day's run will report it."""
         try:
             fresh = load_settings(self.content_dir)
-        except ContentError as exc:
+            schedule.zone(fresh), schedule.parse_hhmm(fresh.send_time, "send_time"), schedule.weekly_weekday(fresh)
+        except (ContentError, ScheduleError) as exc:
             log.error("site settings do not load, keeping the previous ones: %s", exc)
             return
         # the database cannot change under a running daemon

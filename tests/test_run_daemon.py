@@ -106,3 +106,22 @@ def test_shared_job_store_tolerates_another_daemon_removing_the_job(store_url):
     finally:
         ours.shutdown(wait=False)
         theirs.shutdown(wait=False)
+
+
+def test_a_broken_site_file_keeps_the_previous_settings(content_dir, db_url, caplog):
+    from pipeline.database import open_database
+    from pipeline.run_cli import Daemon
+    from pipeline.settings import load_settings
+
+    settings = load_settings(content_dir, env={}).replace(database_url=db_url)
+    d = Daemon(open_database(db_url), settings, content_dir)
+    site = content_dir / "site.yaml"
+    site.write_text(site.read_text(encoding="utf-8").replace('send_time: "07:00"', 'send_time: "08:15"'),
+                    encoding="utf-8")
+    d.reload_settings()  # editors may change the send time while the daemon runs
+    assert d.settings.send_time == "08:15" and d.settings.database_url == db_url
+    site.write_text(site.read_text(encoding="utf-8").replace("timezone: Europe/London", "timezone: Europe/Narnia"),
+                    encoding="utf-8")
+    d.reload_settings()
+    assert d.settings.timezone == "Europe/London"
+    assert any("keeping the previous ones" in r.getMessage() and "Narnia" in r.getMessage() for r in caplog.records)

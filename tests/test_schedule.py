@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from pipeline import calendar, schedule
 from pipeline.calendar import Pause, Run
 from pipeline.cli import cli
-from pipeline.clock import frozen_clock
 from pipeline.errors import ScheduleError
 
 UTC = timezone.utc
