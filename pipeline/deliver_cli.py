@@ -24,21 +24,22 @@ def local_today(settings) -> date:
 
 
 def issue_for(engine, library, day: date, *, record: bool) -> RenderedIssue | None:
-    """The rendered daily issue of ``day``: the recorded one if it exists, else freshly
-    composed (number = issues recorded + 1; articles of earlier issues count as sent)."""
-    from pipeline import ledger
+    """The rendered daily issue of ``day``: the recorded one if it exists (a re-run or
+    ``--resume`` sends exactly what the first run sent), else composed the way the
+    daemon composes it: the articles the calendar has for that day, else the next
+    unsent article, numbered after the daily issues of earlier days."""
+    from pipeline import calendar, ledger, schedule
     from pipeline.compose import compose_issue
     from pipeline.render import render_issue
 
-    key = day.isoformat()
-    found = ledger.find_issue(engine, key) if engine is not None else None
+    found = ledger.find_issue(engine, schedule.issue_key(day, "daily"))
     if found is not None:
         issue = compose_issue(library, day, number=found.number, scheduled=found.articles,
                               audience_topic=found.audience_topic, kind=found.kind)
     else:
-        sent = ledger.sent_slugs(engine) if engine is not None else set()
-        number = ledger.issue_count(engine) + 1 if engine is not None else 1
-        issue = compose_issue(library, day, number=number, sent=sent)
+        issue = compose_issue(library, day, number=schedule.issue_number(engine, day, "daily"),
+                              scheduled=[e.slug for e in calendar.scheduled_on(engine, day)],
+                              sent=schedule.sent_slugs(engine))
     if issue is None:
         return None
     rendered = render_issue(issue, library.settings)

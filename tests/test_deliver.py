@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from datetime import date
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -235,6 +236,30 @@ def test_send_command_sends_once_and_send_test_leaves_the_ledger_alone(content_d
     result = runner.invoke(cli, base + ["send", "--date", "2026-03-02"], env=env)
     assert result.exit_code == 0 and "sent 0 " in result.output
     assert len(Outbox(tmp_path / "outbox").messages()) == 4
+
+
+def test_send_command_sends_what_the_calendar_has_for_the_day(content_dir, tmp_path, db_url, settings):
+    """A manual send (after a content error, say) sends the editors' choice for the
+    day, not the head of the queue, and numbers it like the daemon would."""
+    from pipeline import calendar
+    from pipeline.cli import cli
+
+    source = (content_dir / "articles" / "microneedling.md").read_text(encoding="utf-8")
+    (content_dir / "articles" / "later.md").write_text(
+        source.replace("slug: microneedling\n", "slug: later\n", 1)
+        .replace("title: What Is Microneedling?", "title: A later article", 1)
+        .replace("published: 2023-02-17", "published: 2023-03-01", 1), encoding="utf-8")
+    engine = open_database(db_url)
+    add_subscribers(engine, settings.replace(secret_key=SECRET), 2)
+    calendar.add_entry(engine, "later", date(2026, 3, 2), None)
+
+    result = CliRunner().invoke(cli, ["--content", str(content_dir), "send", "--date", "2026-03-02"],
+                                env=cli_env(tmp_path, db_url))
+    assert result.exit_code == 0, result.output
+    issue = ledger.find_issue(engine, "2026-03-02")
+    assert (issue.number, issue.articles) == (1, ("later",))
+    subjects = {message_from_bytes(m, policy=policy.default)["Subject"] for m in Outbox(tmp_path / "outbox").messages()}
+    assert subjects == {"A later article"}
 
 
 def test_send_command_reports_a_refusing_relay_as_one_line_and_loses_nobody(content_dir, tmp_path, db_url, settings):
