@@ -385,15 +385,21 @@ def claim_run(engine: Engine, day: date, kind: str, holder: str, *, planned_at: 
     return get_run(engine, day, kind)
 
 
-def finish_run(engine: Engine, day: date, kind: str, holder: str, state: str, *, issue_key: str | None = None,
-               counts: dict[str, int] | None = None, error: str | None = None) -> Run:
-    assert state in RUN_STATES, state
-    values: dict = dict(state=state, finished_at=clock.now(), error=error)
+def _outcome(state: str, issue_key: str | None, counts: dict[str, int] | None, error: str | None) -> dict:
+    """The columns a run's outcome sets: state, error, and the issue and counts when known."""
+    values: dict = dict(state=state, error=error)
     if issue_key is not None:
         values["issue_key"] = issue_key
     for name in ("sent", "deferred", "failed", "bounced"):
         if counts and name in counts:
             values[name] = int(counts[name])
+    return values
+
+
+def finish_run(engine: Engine, day: date, kind: str, holder: str, state: str, *, issue_key: str | None = None,
+               counts: dict[str, int] | None = None, error: str | None = None) -> Run:
+    assert state in RUN_STATES, state
+    values = dict(_outcome(state, issue_key, counts, error), finished_at=clock.now())
     with transaction(engine) as session:
         session.execute(update(RunRecord).where(RunRecord.day == day, RunRecord.kind == kind,
                                                 RunRecord.holder == holder).values(**values))
@@ -405,12 +411,7 @@ def finish_run(engine: Engine, day: date, kind: str, holder: str, state: str, *,
 def settle_run(engine: Engine, run: Run, state: str, *, issue_key: str | None = None,
                counts: dict[str, int] | None = None, error: str | None = None) -> Run | None:
     """Change a finished run's outcome if it is still exactly as read (compare-and-set)."""
-    values: dict = dict(state=state, error=error)
-    if issue_key is not None:
-        values["issue_key"] = issue_key
-    for name in ("sent", "deferred", "failed", "bounced"):
-        if counts and name in counts:
-            values[name] = int(counts[name])
+    values = _outcome(state, issue_key, counts, error)
     with transaction(engine) as session:
         result = session.execute(update(RunRecord).where(
             RunRecord.day == run.day, RunRecord.kind == run.kind, RunRecord.state == run.state,

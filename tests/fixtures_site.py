@@ -2,19 +2,13 @@
 and a real uvicorn server on 127.0.0.1 in a thread."""
 from __future__ import annotations
 
-import threading
-import time
-from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Iterator
-
-import uvicorn
 
 from pipeline.content import Library
 from pipeline.issue import PLACEHOLDERS, Issue, RenderedIssue
 
-from conftest import free_port
+from conftest import free_port, serve  # noqa: F401  (serve is re-exported for the site tests)
 
 
 def write_article(content_dir: Path, slug: str, published: str, *, title: str | None = None,
@@ -54,21 +48,3 @@ def sample_issue(library: Library, on: date, number: int, slugs: tuple[str, ...]
                          text=text, web_url=f"{base}/issues/{issue.key}/")
 
 
-@contextmanager
-def serve(app) -> Iterator[str]:
-    """Run ``app`` under a real uvicorn server on 127.0.0.1; yield its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import mailbox
 import re
-import threading
-import time
-from contextlib import contextmanager
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import uvicorn
 
-from conftest import free_port
+from conftest import free_port, serve
 
 SECRET = "test-secret-not-for-production-0123456789"
 CONSENT = {"consent": "yes", "consent_version": "2026-03-01"}
@@ -65,23 +61,9 @@ def link(message: EmailMessage, kind: str) -> str:
     return found.group(0)
 
 
-@contextmanager
-def serve_on(app, port: int) -> Iterator[str]:
+def serve_on(app, port: int):
     """Run ``app`` under a real uvicorn server on 127.0.0.1:port; yield its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    return serve(app, port)
 
 
 __all__ = ["SECRET", "CONSENT", "subscriber_settings", "sub_settings", "outbox_messages", "text_part", "html_part",
