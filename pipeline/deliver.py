@@ -39,6 +39,7 @@ relay's own processing (``smtp_timeout``) keeps that rare.
 from __future__ import annotations
 
 import asyncio
+import threading
 import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -435,7 +436,7 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
         pending = before[ledger.QUEUED] + before[ledger.DEFERRED]
         with (_Bar(pending, issue_key) if progress and pending else nullcontext()) as bar:
             run = _Run(engine, settings, issue, template, signer, owner, max_attempts, summary, bar)
-            asyncio.run(_drive(run))
+            run_coroutine(_drive(run))
         summary.error = run.stop
         summary.state = ledger.finish_issue(engine, issue.id)
         after = ledger.state_counts(engine, issue.id)
@@ -445,6 +446,33 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
         ledger.release_lease(engine, issue.id, owner)
         summary.elapsed = clock.monotonic() - started
     return summary
+
+
+def run_coroutine(coro):
+    """Run ``coro`` to completion from synchronous code.
+
+    The send loop is asyncio inside a synchronous API.  When the calling thread
+    already runs an event loop (a caller inside an ASGI app, or Playwright's sync
+    API in the same thread), ``asyncio.run`` refuses, so the loop gets a thread
+    of its own and the caller waits for it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: dict = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as exc:  # handed back to the caller below
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="newsletter-send")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
 
 
 async def _drive(run: _Run) -> None:
@@ -480,7 +508,7 @@ def send_test(settings, rendered: RenderedIssue, to: str) -> str:
             return outbox.send(data, envelope)
         finally:
             outbox.close()
-    return asyncio.run(_send_one(settings, envelope, data))
+    return run_coroutine(_send_one(settings, envelope, data))
 
 
 async def _send_one(settings, envelope: Envelope, data: bytes) -> str:

@@ -135,9 +135,12 @@ def smtp_server():
         controller.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Headless Debian Chromium driven by Playwright (executablePath), shared by the session."""
+    """Headless Debian Chromium driven by Playwright (executablePath), shared by a module.
+
+    Not by the whole session: Playwright's sync API keeps an event loop running in
+    the main thread while it is open, which code under test must not have to meet."""
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium is not installed (make test installs it as root)")
     from playwright.sync_api import sync_playwright

@@ -90,6 +90,19 @@ def test_smtp_send_reaches_everyone_once_and_the_ledger_records_it(engine, setti
     assert len(smtp_server.received) == 50
 
 
+def test_send_issue_works_when_the_caller_runs_an_event_loop(engine, outbox_settings):
+    """A caller inside an event loop (an ASGI handler, Playwright's sync API) still sends."""
+    import asyncio
+
+    add_subscribers(engine, outbox_settings, 3)
+
+    async def inside_a_loop():
+        return send_issue(engine, outbox_settings, small_rendered(), progress=False)
+
+    assert asyncio.run(inside_a_loop()).sent == 3
+    assert len(Outbox(outbox_settings.outbox_dir).messages()) == 3
+
+
 def test_subscriber_who_leaves_after_the_ledger_was_written_is_skipped(engine, outbox_settings):
     from subscribers import store
 
