@@ -31,7 +31,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import click
-from apscheduler.jobstores.base import JobLookupError
+from apscheduler.jobstores.base import BaseJobStore, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -55,7 +55,13 @@ class SharedJobStore(SQLAlchemyJobStore):
     before this one does the same, or replaced it; APScheduler 3 would raise
     ``JobLookupError`` inside its main loop and stop scheduling.  Here a missing
     row on update is re-inserted, and a missing row on remove is already gone.
+    Its table belongs to the migrations, like every other table.
     """
+
+    def start(self, scheduler, alias):
+        # the table is made by migration 0003 (pipeline/database.open_database), so
+        # daemons starting together do not race to CREATE it
+        BaseJobStore.start(self, scheduler, alias)
 
     def update_job(self, job):
         try:

@@ -15,6 +15,16 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # APScheduler 3's job store table, with the columns SQLAlchemyJobStore declares.
+    # It is created here, not by each daemon on start, because two daemons starting
+    # together both ran CREATE TABLE and one of them died of "already exists".
+    op.create_table(
+        "apscheduler_jobs",
+        sa.Column("id", sa.Unicode(191), primary_key=True),
+        sa.Column("next_run_time", sa.Float(25)),
+        sa.Column("job_state", sa.LargeBinary, nullable=False),
+    )
+    op.create_index("ix_apscheduler_jobs_next_run_time", "apscheduler_jobs", ["next_run_time"])
     op.create_table(
         "calendar_entries",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -76,6 +86,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_apscheduler_jobs_next_run_time", table_name="apscheduler_jobs")
+    op.drop_table("apscheduler_jobs")
     op.drop_table("heartbeats")
     op.drop_table("leases")
     op.drop_table("schedule_pause")
