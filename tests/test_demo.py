@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
+from conftest import missing
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,7 +28,7 @@ def fresh_copy(tmp_path: Path) -> Path:
         shutil.copytree(ROOT / name, copy / name)
     shutil.copy(ROOT / "Makefile", copy / "Makefile")
     if not (ROOT / ".venv" / "bin" / "newsletter").exists():
-        pytest.skip("no .venv with the newsletter command (make install)")
+        missing("no .venv with the newsletter command (make install)")
     (copy / ".venv").symlink_to(ROOT / ".venv")
     return copy
 

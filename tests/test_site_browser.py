@@ -17,7 +17,7 @@ from pipeline.content import load_library
 from pipeline.site import build_site, publish_issue
 from pipeline.static_files import StaticSite
 
-from conftest import ROOT
+from conftest import ROOT, missing
 from fixtures_site import sample_issue, serve, write_article
 
 pytestmark = pytest.mark.browser
@@ -32,7 +32,7 @@ WEB_SERVICE_PATHS = {"/subscribe", "/preferences", "/unsubscribe"}
 @pytest.fixture(scope="module")
 def axe_source() -> str:
     if not AXE_JS.is_file():
-        pytest.skip(f"axe-core not found at {AXE_JS}: run `make system-deps` (npm install axe-core into .venv/node) "
+        missing(f"axe-core not found at {AXE_JS}: run `make system-deps` (npm install axe-core into .venv/node) "
                     "or set AXE_CORE_JS")
     return AXE_JS.read_text(encoding="utf-8")
 
