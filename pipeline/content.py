@@ -28,6 +28,11 @@ AUTHOR_FIELDS = {"name", "credentials", "bio", "photo"}
 REFERENCE_FIELDS = {"text", "url", "cited"}
 PUBLISHER_FIELDS = ("company_name", "registered_office", "vat_number", "company_number", "phone", "email")
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+# Characters XML 1.0 cannot carry (C0 controls other than tab/LF/CR, U+FFFE/U+FFFF):
+# lxml refuses them, so one in an article would crash the feed build
+XML_INVALID_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# an href in raw HTML inside the Markdown (nh3 keeps relative ones)
+HTML_HREF_RE = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,10 @@ def _read(path: Path, out: _Collector) -> str | None:
     except UnicodeDecodeError as exc:
         out.error(path, data[:exc.start].count(b"\n") + 1, f"not UTF-8 text (byte 0x{data[exc.start]:02x})")
         return None
+    bad = XML_INVALID_RE.search(text)
+    if bad:
+        out.error(path, text.count("\n", 0, bad.start()) + 1,
+                  f"control character U+{ord(bad.group()):04X} is not allowed (XML feeds cannot carry it)")
     return text.removeprefix("\ufeff")
 
 
@@ -403,6 +412,18 @@ def _check_body(body: str, body_line: int, reference_count: int | None, path: Pa
             if not is_absolute_http_url(url) and not (child.type == "link_open" and url.startswith("mailto:")):
                 kind = "link" if child.type == "link_open" else "image"
                 out.error(path, body_line + offset, f"{kind} URL is not absolute http(s): {url!r}")
+        elif child.type == "html_inline":
+            _check_html_hrefs(child.content, body_line + offset, path, out)
+    for token in toks:
+        if token.type == "html_block":
+            _check_html_hrefs(token.content, body_line + (token.map[0] if token.map else 0), path, out)
+
+
+def _check_html_hrefs(html: str, line: int, path: Path, out: _Collector) -> None:
+    for match in HTML_HREF_RE.finditer(html):
+        url = next(g for g in match.groups() if g is not None)
+        if not is_absolute_http_url(url) and not url.startswith("mailto:"):
+            out.error(path, line + html.count("\n", 0, match.start()), f"link URL is not absolute http(s): {url!r}")
 
 
 # -- the library --------------------------------------------------------------------

@@ -173,10 +173,21 @@ def test_reference_url_must_be_absolute(content_dir, article):
     ("[our guide](www.example.org)", "link URL is not absolute http(s): 'www.example.org'"),
     ("[our guide](ftp://example.org/x)", "link URL is not absolute http(s): 'ftp://example.org/x'"),
     ("![a photo](images/a.png)", "image URL is not absolute http(s): 'images/a.png'"),
+    # raw HTML in the Markdown: nh3 keeps a relative href, which would reach the feeds as-is
+    ('<a href="/guides/skin">our guide</a>', "link URL is not absolute http(s): '/guides/skin'"),
+    ("<a href='//example.org/x'>our guide</a>", "link URL is not absolute http(s): '//example.org/x'"),
 ])
 def test_body_link_url_must_be_absolute(content_dir, article, link, reason):
     edit(article, "## Summary\n\n", f"## Summary\n\nSee\n{link} for more.\n\n")
     assert_fails_with(content_dir, f"{article}:{line_of(article, link)}: error: {reason}")
+
+
+def test_control_character_in_the_body_is_reported_not_crashed(content_dir, article):
+    # a vertical tab or form feed pasted from a word processor is not allowed in XML:
+    # the feeds could not be built, so check must name the line instead
+    edit(article, "## Summary\n\n", "## Summary\n\nPasted\x0btext.\n\n")
+    assert_fails_with(content_dir, f"{article}:{line_of(article, 'Pasted')}: error: control character U+000B "
+                                   "is not allowed (XML feeds cannot carry it)")
 
 
 def test_absolute_and_mailto_links_are_fine(content_dir, article):
