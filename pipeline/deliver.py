@@ -55,6 +55,7 @@ PAGE = 500  # ledger rows read per query (a keyset page; memory stays flat)
 MAX_RETRY_DELAY = 300.0
 FAILURE_STREAK = 10  # consecutive non-bounce refusals that stop the run: the relay refuses everything
 CONNECT_TRIES = 5
+LEASE_LOST = "the send lease expired and another process took the issue over"
 
 
 @dataclass
@@ -194,7 +195,8 @@ class _Run:
                 return []
             send = [r for r in rows if r.eligible]
             skipped = [r.id for r in rows if not r.eligible]
-            self.ledger.claim([r.id for r in send], skipped)
+            claimed = set(self.ledger.claim([r.id for r in send], skipped))
+            send = [r for r in send if r.id in claimed]  # another sender claimed the rest first
             self.summary.skipped += len(skipped)
             self._advance(len(skipped))
             if send:
@@ -214,7 +216,9 @@ class _Run:
             due, waiting = self.ledger.next_due(self.max_attempts)
             if not waiting:
                 return []
-            self.ledger.renew_lease()  # waiting for retries can outlast the lease
+            if not self.ledger.renew_lease():  # waiting for retries can outlast the lease
+                self.stop = self.stop or LEASE_LOST
+                return []
             delay = (due - clock.now()).total_seconds() if due else 0.0
             await asyncio.sleep(min(max(delay, 0.01), 1.0))
         return []
@@ -259,7 +263,8 @@ class _Run:
                 self.failure_streak += 1
                 if self.failure_streak >= FAILURE_STREAK:
                     self.stop = self.stop or f"{FAILURE_STREAK} messages in a row refused: {outcome.detail}"
-        self.ledger.record(updates)
+        if not self.ledger.record(updates):
+            self.stop = self.stop or LEASE_LOST
         self.in_flight -= len(rows)
         self._advance(sum(1 for u in updates if u["new_state"] != ledger.DEFERRED))
         for row in bounced:

@@ -321,7 +321,7 @@ class LedgerRun:
                                  d.c.attempts < bindparam("max_attempts")))
         self._claim = (update(d).where(d.c.id.in_(bindparam("ids", expanding=True)),
                                        d.c.state.in_((QUEUED, DEFERRED)))
-                       .values(state=SENDING, updated_at=bindparam("now")))
+                       .values(state=SENDING, updated_at=bindparam("now")).returning(d.c.id))
         self._skip = (update(d).where(d.c.id.in_(bindparam("ids", expanding=True)))
                       .values(state=SKIPPED, updated_at=bindparam("now"),
                               last_reply="no longer confirmed, or suppressed, at send time"))
@@ -347,35 +347,43 @@ class LedgerRun:
             when = datetime.fromisoformat(str(when)).replace(tzinfo=timezone.utc)
         return when, count
 
-    def claim(self, ids: list[int], skipped: list[int]) -> None:
-        """Mark ``ids`` sending (and ``skipped`` skipped) in one transaction, before any SMTP."""
+    def claim(self, ids: list[int], skipped: list[int]) -> list[int]:
+        """Mark ``ids`` sending (and ``skipped`` skipped) in one transaction, before any SMTP.
+        Returns the ids this claim moved to sending: a row another run claimed since
+        it was read is not ours to send."""
         now = clock.now()
+        claimed: set[int] = set()
         with self.engine.begin() as conn:
             if ids:
-                conn.execute(self._claim, {"ids": ids, "now": now})
+                claimed = set(conn.execute(self._claim, {"ids": ids, "now": now}).scalars())
             if skipped:
                 conn.execute(self._skip, {"ids": skipped, "now": now})
+        return [i for i in ids if i in claimed]
 
-    def record(self, rows: list[dict]) -> None:
+    def record(self, rows: list[dict]) -> bool:
         """Write a batch's outcomes (dicts with row, new_state, tried, reply, mid, retry_at)
-        in one transaction, and renew the lease now and then."""
+        in one transaction, and renew the lease now and then.  False when the lease
+        has passed to another process."""
         now = clock.now()
         for row in rows:
             row["now"] = now
         with self.engine.begin() as conn:
             conn.execute(self._outcome, rows)
-            self.renew_lease(conn, now)
+            return self.renew_lease(conn, now)
 
-    def renew_lease(self, conn=None, now: datetime | None = None) -> None:
-        """Push the lease's expiry forward, at most every LEASE_SECONDS / 6."""
+    def renew_lease(self, conn=None, now: datetime | None = None) -> bool:
+        """Push the lease's expiry forward, at most every LEASE_SECONDS / 6.  Only our
+        own lease: False when another process took it over after it expired (this
+        run must stop, never take it back while the other one sends)."""
         if clock.monotonic() - self._renewed <= LEASE_SECONDS / 6:
-            return
+            return True
         now = now or clock.now()
-        statement = (update(ISSUES).where(ISSUES.c.id == self.issue_id)
-                     .values(lease_owner=self.owner, lease_expires_at=now + timedelta(seconds=LEASE_SECONDS)))
+        statement = (update(ISSUES).where(ISSUES.c.id == self.issue_id, ISSUES.c.lease_owner == self.owner)
+                     .values(lease_expires_at=now + timedelta(seconds=LEASE_SECONDS)))
         if conn is None:
             with self.engine.begin() as own:
-                own.execute(statement)
+                ours = own.execute(statement).rowcount == 1
         else:
-            conn.execute(statement)
+            ours = conn.execute(statement).rowcount == 1
         self._renewed = clock.monotonic()
+        return ours

@@ -138,3 +138,34 @@ def test_lease_keeps_a_second_sender_out_and_passes_from_a_dead_one(engine):
     ledger.release_lease(engine, iid, owner)
     with engine.connect() as conn:
         assert conn.execute(select(ledger.ISSUES.c.lease_owner)).scalar_one() is None
+
+
+def test_a_row_claimed_by_another_run_is_not_claimed_again(engine, s):
+    # Two runs that read the same page (a second sender that got in while the first
+    # was alive) must not both send a row: only the run whose claim moved it from
+    # queued to sending may send it.
+    add_subscribers(engine, s, 4)
+    iid = issue_id(engine)
+    ledger.write_recipients(engine, iid, "daily")
+    first = ledger.LedgerRun(engine, iid, "host-a:1")
+    second = ledger.LedgerRun(engine, iid, "host-b:2")
+    page_a = first.page(ledger.QUEUED, 0, 10, 5)
+    page_b = second.page(ledger.QUEUED, 0, 10, 5)
+    ids = [r.id for r in page_a]
+    assert ids == [r.id for r in page_b] and len(ids) == 4
+    assert first.claim(ids, []) == ids
+    assert second.claim(ids, []) == []
+    assert ledger.state_counts(engine, iid)["sending"] == 4
+
+
+def test_renewing_never_takes_back_a_lease_another_process_took_over(engine, s, monkeypatch):
+    iid = issue_id(engine)
+    owner = ledger.acquire_lease(engine, iid)
+    run = ledger.LedgerRun(engine, iid, owner)
+    with engine.begin() as conn:  # the lease expired and another sender took it over
+        conn.execute(update(ledger.ISSUES).values(lease_owner="otherhost:1",
+                                                  lease_expires_at=clock.now() + timedelta(seconds=60)))
+    monkeypatch.setattr(run, "_renewed", clock.monotonic() - ledger.LEASE_SECONDS)  # renewal is due
+    assert run.renew_lease() is False
+    with engine.connect() as conn:
+        assert conn.execute(select(ledger.ISSUES.c.lease_owner)).scalar_one() == "otherhost:1"
