@@ -124,7 +124,9 @@ def normalise_email(address: str) -> tuple[str, str]:
     if len(address) > 320:
         raise SubscriberError("email address is longer than 320 characters")
     try:
-        valid = validate_email(address, check_deliverability=False)
+        # allow_smtputf8=False: a non-ASCII local part needs SMTPUTF8, which neither the
+        # messages (email.headerregistry refuses it) nor the transport speak
+        valid = validate_email(address, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise SubscriberError(f"invalid email address {address!r}: {exc}") from None
     return valid.normalized, valid.normalized.lower()

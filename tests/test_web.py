@@ -194,6 +194,16 @@ def test_bad_sign_up_input_gets_the_form_back_with_the_reason(client, wsettings,
     assert store.counts(engine) == {} and outbox_messages(wsettings) == []
 
 
+def test_an_address_we_cannot_mail_is_refused_not_a_server_error(wsettings, engine):
+    # A non-ASCII local part needs SMTPUTF8, which our messages and transport do not
+    # speak: the confirmation email could not be built (a 500, with a pending row left).
+    with TestClient(web.create_app(wsettings, engine, rate_per_minute=1000), raise_server_exceptions=False) as c:
+        response = sign_up(c, "josé@example.com")
+    assert response.status_code == 400
+    assert "before the @" in soup(response).find(id="error").get_text()
+    assert store.counts(engine) == {} and outbox_messages(wsettings) == []
+
+
 def test_sign_up_is_rate_limited_per_ip(wsettings, engine):
     with TestClient(web.create_app(wsettings, engine, rate_per_minute=2)) as c:
         assert [sign_up(c, f"p{i}@example.com").status_code for i in range(3)] == [200, 200, 429]
