@@ -195,8 +195,9 @@ class _Run:
                 return []
             send = [r for r in rows if r.eligible]
             skipped = [r.id for r in rows if not r.eligible]
-            claimed = set(self.ledger.claim([r.id for r in send], skipped))
-            send = [r for r in send if r.id in claimed]  # another sender claimed the rest first
+            claimed, skipped = self.ledger.claim([r.id for r in send], skipped)
+            mine = set(claimed)
+            send = [r for r in send if r.id in mine]  # another sender claimed the rest first
             self.summary.skipped += len(skipped)
             self._advance(len(skipped))
             if send:

@@ -322,6 +322,8 @@ class LedgerRun:
         self._claim = (update(d).where(d.c.id.in_(bindparam("ids", expanding=True)),
                                        d.c.state.in_((QUEUED, DEFERRED)))
                        .values(state=SENDING, updated_at=bindparam("now")).returning(d.c.id))
+        self._still_eligible = (select(d.c.id).select_from(d.join(sub, sub.c.id == d.c.subscriber_id))
+                                .where(d.c.id.in_(bindparam("ids", expanding=True)), eligible))
         self._skip = (update(d).where(d.c.id.in_(bindparam("ids", expanding=True)))
                       .values(state=SKIPPED, updated_at=bindparam("now"),
                               last_reply="no longer confirmed, or suppressed, at send time"))
@@ -347,18 +349,23 @@ class LedgerRun:
             when = datetime.fromisoformat(str(when)).replace(tzinfo=timezone.utc)
         return when, count
 
-    def claim(self, ids: list[int], skipped: list[int]) -> list[int]:
+    def claim(self, ids: list[int], skipped: list[int]) -> tuple[list[int], list[int]]:
         """Mark ``ids`` sending (and ``skipped`` skipped) in one transaction, before any SMTP.
-        Returns the ids this claim moved to sending: a row another run claimed since
-        it was read is not ours to send."""
+        Returns (the ids this claim moved to sending, the ids skipped).  A row another
+        run claimed since it was read is not ours to send; a subscriber who left (or
+        was suppressed) since the page was read is skipped, not mailed."""
         now = clock.now()
         claimed: set[int] = set()
         with self.engine.begin() as conn:
             if ids:
+                still = set(conn.execute(self._still_eligible, {"ids": ids}).scalars())
+                skipped = skipped + [i for i in ids if i not in still]
+                ids = [i for i in ids if i in still]
+            if ids:
                 claimed = set(conn.execute(self._claim, {"ids": ids, "now": now}).scalars())
             if skipped:
                 conn.execute(self._skip, {"ids": skipped, "now": now})
-        return [i for i in ids if i in claimed]
+        return [i for i in ids if i in claimed], skipped
 
     def record(self, rows: list[dict]) -> bool:
         """Write a batch's outcomes (dicts with row, new_state, tried, reply, mid, retry_at)
