@@ -134,8 +134,11 @@ class StaticSite:
         target = self.resolve(url_path)
         if target is not None and target.is_dir():
             if not url_path.endswith("/"):
-                # relative links in index.html need the trailing slash
-                return RedirectResponse(quote(mount_path + url_path) + "/", status_code=301, headers=COMMON_HEADERS)
+                # relative links in index.html need the trailing slash.  Empty segments are
+                # dropped: "//articles" echoed back would be a protocol-relative URL to another host.
+                clean = "/".join(p for p in url_path.split("/") if p not in ("", "."))
+                return RedirectResponse(quote(f"{mount_path}/{clean}".rstrip("/")) + "/", status_code=301,
+                                        headers=COMMON_HEADERS)
             index = target / INDEX
             target = index if index.is_file() else None
         if target is None or not target.is_file():

@@ -354,6 +354,22 @@ def test_no_path_traversal(server, public, tmp_path):
         assert raw_get(server, target) in (400, 404), target
 
 
+def test_directory_redirect_is_never_to_another_host(server, public):
+    # "//articles" resolves to the articles folder; echoing it back as "Location: //articles/"
+    # would send the browser to the host "articles" (a protocol-relative URL)
+    host, port = server.removeprefix("http://").split(":")
+    for target, expected in (("//articles", "/articles/"), ("//articles//microneedling", "/articles/microneedling/")):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.putrequest("GET", target, skip_accept_encoding=True)
+            conn.endheaders()
+            response = conn.getresponse()
+            response.read()
+        finally:
+            conn.close()
+        assert response.status == 301 and response.getheader("location") == expected, target
+
+
 def test_mounted_under_a_prefix(public):
     from starlette.applications import Starlette
     from starlette.routing import Mount
