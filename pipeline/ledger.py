@@ -203,8 +203,16 @@ def acquire_lease(engine: Engine, issue_id: int) -> str:
         if held and not _owner_is_dead(row.lease_owner):
             raise DeliveryError(f"issue {row.key} is being sent by {row.lease_owner} (lease until "
                                 f"{row.lease_expires_at.isoformat(timespec='seconds')}); not sending it twice")
-        conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id)
-                     .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=LEASE_SECONDS)))
+        # compare-and-set on the holder just read: of two processes that read the same
+        # row at the same moment, only one update matches, and the other stops here
+        same_holder = (ISSUES.c.lease_owner.is_(None) if row.lease_owner is None
+                       else ISSUES.c.lease_owner == row.lease_owner)
+        same_expiry = (ISSUES.c.lease_expires_at.is_(None) if row.lease_expires_at is None
+                       else ISSUES.c.lease_expires_at == row.lease_expires_at)
+        taken = conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id, same_holder, same_expiry)
+                             .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=LEASE_SECONDS)))
+        if taken.rowcount != 1:
+            raise DeliveryError(f"issue {row.key} was just taken by another process; not sending it twice")
     return owner
 
 

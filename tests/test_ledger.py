@@ -190,3 +190,31 @@ def test_a_subscriber_who_leaves_after_the_page_was_read_is_skipped_not_mailed(e
     assert [r.subscriber_id for r in rows if r.id in skipped] == [ids[1]]
     counts = ledger.state_counts(engine, iid)
     assert counts["sending"] == 2 and counts["skipped"] == 1
+
+
+def test_two_senders_reading_a_free_lease_at_once_do_not_both_take_it(postgres_database):
+    """On PostgreSQL (read committed) a plain read-then-update lets the second of two
+    processes that read a free lease overwrite the first's; the compare-and-set
+    update makes the loser stop instead."""
+    from sqlalchemy import event
+
+    engine = open_database(postgres_database)
+    iid = issue_id(engine)
+    raced = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def another_process_gets_in_first(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("UPDATE ISSUES") and not raced:
+            raced.append(True)
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as other:
+                other.execute(update(ledger.ISSUES).values(
+                    lease_owner="otherhost:1", lease_expires_at=clock.now() + timedelta(seconds=60)))
+
+    try:
+        with pytest.raises(DeliveryError, match="taken by another process"):
+            ledger.acquire_lease(engine, iid)
+    finally:
+        event.remove(engine, "before_cursor_execute", another_process_gets_in_first)
+    assert raced
+    with engine.connect() as conn:
+        assert conn.execute(select(ledger.ISSUES.c.lease_owner)).scalar_one() == "otherhost:1"
