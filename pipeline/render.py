@@ -24,6 +24,7 @@ import re
 import unicodedata
 from datetime import date
 from functools import lru_cache
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +199,8 @@ def render_mjml(issue: Issue, settings: Settings, subject: str, preheader: str, 
     context = _context(issue, settings, subject, preheader, web_url)
     lead = issue.lead
     # sanitised by nh3 in to_html, hence Markup: autoescape must not escape it again
-    context["lead"]["body_html"] = Markup(_unwrap_dead_links(markup.to_html(lead.body, citation_href(settings, lead))))
+    body = _unlink_non_https(_unwrap_dead_links(markup.to_html(lead.body, citation_href(settings, lead))))
+    context["lead"]["body_html"] = Markup(body)
     try:
         return email_environment().get_template("layout.mjml").render(context)
     except jinja2.TemplateError as exc:
@@ -212,6 +214,24 @@ def _unwrap_dead_links(html: str) -> str:
     """Keep the text of links nh3 took the URL from (``javascript:`` and the like):
     an ``<a>`` without href is no link, and every link in the email must be https."""
     return _DEAD_LINK.sub(r"\1", html)
+
+
+# nh3 output: attribute values are double-quoted and escaped
+_NON_HTTPS_LINK = re.compile(r'<a\b[^>]*?\shref="(?!https://)([^"]*)"[^>]*>(.*?)</a>', re.S)
+
+
+def _unlink_non_https(html: str) -> str:
+    """``http:`` and ``mailto:`` links (which ``newsletter check`` accepts) become text with
+    the address shown, as http references do: every link in the email must be https."""
+    def text(match: re.Match) -> str:
+        shown = match.group(1).removeprefix("mailto:")
+        return match.group(2) if shown == match.group(2) else f"{match.group(2)} ({shown})"
+    return _NON_HTTPS_LINK.sub(text, html)
+
+
+def non_https_links(markdown: str) -> list[str]:
+    """The body links the email shows as text (see ``_unlink_non_https``), for warnings."""
+    return [unescape(m.group(1)) for m in _NON_HTTPS_LINK.finditer(markup.to_html(markdown, lambda n: "https://x/"))]
 
 
 def compile_mjml(source: str) -> str:
@@ -335,6 +355,8 @@ def render_issue(issue: Issue, settings: Settings) -> RenderedIssue:
     for ref in issue.lead.references:
         if ref.url and not ref.url.startswith("https://"):
             warnings.append(f"{issue.lead.slug}: reference {ref.number} URL is not https, so it is shown as text, not a link")
+    for url in non_https_links(issue.lead.body):
+        warnings.append(f"{issue.lead.slug}: body link {url} is not https, so it is shown as text, not a link")
     size = len(html.encode("utf-8"))
     if size >= CLIP_BYTES:
         raise RenderError(f"issue {issue.key}: the HTML is {size / KB:.1f} KB; Gmail clips above {CLIP_BYTES // KB} KB. "

@@ -530,6 +530,22 @@ def test_non_https_reference_is_text_not_a_link(lib):
     assert any("reference 1" in w for w in rendered.warnings)
 
 
+def test_http_and_mailto_body_links_are_text_not_a_failed_render(lib):
+    # `newsletter check` accepts them (see test_check), so the email must not refuse them
+    # at send time: like an http reference they stay visible as text, with a warning
+    article = lib.article("microneedling")
+    body = article.body.replace("## Summary\n\n", "## Summary\n\nWrite to [our editors](mailto:editors@example.org) "
+                                "or see [the old site](http://old.example.org/page).\n\n", 1)
+    assert body != article.body
+    rendered = render_issue(Issue(DAY, 1, (dataclasses.replace(article, body=body),)), lib.settings)
+    doc = lxml.html.document_fromstring(rendered.html)
+    assert all(a.get("href").startswith("https://") for a in doc.xpath("//a"))
+    text = body_text(doc)
+    assert "our editors (editors@example.org)" in text and "the old site (http://old.example.org/page)" in text
+    assert any("mailto:editors@example.org" in w for w in rendered.warnings)
+    assert any("http://old.example.org/page" in w for w in rendered.warnings)
+
+
 def test_oversized_issue_is_refused(lib):
     article = lib.article("microneedling")
     huge = dataclasses.replace(article, body=article.body * 12)
