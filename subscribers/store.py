@@ -259,6 +259,7 @@ def export_data(engine: Engine, settings, subscriber_id: int) -> dict | None:
         records = s.scalars(select(ConsentRecord).where(ConsentRecord.subscriber_id == subscriber_id)
                             .order_by(ConsentRecord.id)).all()
         suppressed = s.scalar(select(Suppression.reason).where(Suppression.email_hash == sub.email_hash))
+        deliveries = _deliveries_of(s, subscriber_id)
         return {
             "subscriber": {
                 "email": info.email, "name": info.name, "status": info.status, "frequency": info.frequency,
@@ -269,8 +270,21 @@ def export_data(engine: Engine, settings, subscriber_id: int) -> dict | None:
             "topics": [{"id": t, "name": (settings.topics.get(t) or {}).get("name", t)} for t in info.topics],
             "consent_records": [_consent_dict(r) for r in records],
             "suppressed": suppressed,
+            "emails_sent": deliveries,
             "exported_at": clock.now().isoformat(),
         }
+
+
+def _deliveries_of(session, subscriber_id: int) -> list[dict]:
+    """The send ledger's rows about this person: which issue, when, what happened."""
+    from pipeline.ledger import Delivery, IssueRecord
+
+    rows = session.execute(
+        select(IssueRecord.key, IssueRecord.subject, Delivery.state, Delivery.message_id, Delivery.updated_at)
+        .join(IssueRecord, IssueRecord.id == Delivery.issue_id)
+        .where(Delivery.subscriber_id == subscriber_id).order_by(Delivery.id)).all()
+    return [{"issue": r.key, "subject": r.subject, "state": r.state, "message_id": r.message_id,
+             "at": r.updated_at.isoformat() if r.updated_at else None} for r in rows]
 
 
 def _topics_by_id(session, ids: Sequence[int]) -> dict[int, list[str]]:

@@ -374,5 +374,8 @@ def test_erase_also_clears_the_address_from_the_send_ledger(engine, sub_settings
     summary = send_issue(engine, settings, small_rendered(), progress=False)
     assert summary.sent == 1
     assert "ledger.person" in all_text(engine)  # the ledger snapshot exists before erasure
+    # the right of access covers the emails sent, too
+    (sent,) = store.export_data(engine, sub_settings, sub.id)["emails_sent"]
+    assert sent["issue"] == "2026-03-02" and sent["state"] == "sent" and sent["message_id"]
     assert store.erase(engine, sub_settings, sub.id)
     assert "ledger.person" not in all_text(engine).lower()
