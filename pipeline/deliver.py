@@ -401,7 +401,8 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
                resume: bool = False, dry_run: bool = False, progress: bool = True) -> SendSummary:
     """Send ``rendered`` to every matching subscriber exactly once (see the module docstring).
 
-    ``topic`` defaults to the issue's ``audience_topic``.  Re-running is safe: only
+    ``topic`` defaults to the issue's ``audience_topic``; without one, the recipients are
+    those whose topics meet the issue's (``pipeline.ledger``).  Re-running is safe: only
     rows never sent are sent.  ``resume`` also gives rows that used up their
     ``smtp_max_attempts`` in earlier runs that many more tries.  ``dry_run`` writes
     nothing and sends nothing; it counts the recipients and builds one message.
@@ -420,7 +421,7 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
             counts = ledger.state_counts(engine, found.id)
             n = counts[ledger.QUEUED] + counts[ledger.DEFERRED]
         else:
-            n = ledger.count_recipients(engine, frequency, topic)
+            n = ledger.count_recipients(engine, frequency, topic, rendered.issue.topics)
         # build one message so a problem in the issue shows now, not mid-send
         data = template.render(to="dry-run@example.com", personal=personal_for(settings, 1),
                                message_id=f"<dry-run@{settings.sender_domain}>")
@@ -433,7 +434,7 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
     summary = SendSummary(issue_key)
     try:
         summary.uncertain = ledger.recover_in_flight(engine, issue.id, settings.uncertain_policy)
-        ledger.write_recipients(engine, issue.id, frequency, topic)
+        ledger.write_recipients(engine, issue.id, frequency, topic, rendered.issue.topics)
         max_attempts = int(settings.smtp_max_attempts)
         if resume:
             max_attempts += ledger.max_deferred_attempts(engine, issue.id)

@@ -40,6 +40,12 @@ class Issue:
         return self.articles[0]
 
     @property
+    def topics(self) -> tuple[str, ...]:
+        """Every topic of the issue's articles: who gets the issue (see
+        ``pipeline.ledger``) and whether its subject must be neutral (``pipeline.render``)."""
+        return tuple(sorted({topic for article in self.articles for topic in article.topics}))
+
+    @property
     def key(self) -> str:
         """Stable identifier of the issue, used by the ledger and the archive URL."""
         return self.date.isoformat() if self.kind == "daily" else f"{self.date.isoformat()}-weekly"

@@ -23,6 +23,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from typing import Sequence
 
 from sqlalchemy import (Date, Engine, ForeignKey, Index, Integer, String, Text, UniqueConstraint, and_, bindparam,
                         case, exists, func, insert, literal, or_, select, update)
@@ -224,7 +225,12 @@ def release_lease(engine: Engine, issue_id: int, owner: str) -> None:
 
 # -- recipients ------------------------------------------------------------------------
 
-def _recipients_query(issue_id: int | None, frequency: str, topic: str | None, now: datetime):
+def _recipients_query(issue_id: int | None, frequency: str, topic: str | None, now: datetime,
+                      topics: Sequence[str] = ()):
+    """Confirmed, unsuppressed subscribers of ``frequency``.  With ``topic`` (an issue
+    for one topic's audience): only that topic's subscribers.  Otherwise, when the
+    issue's articles have ``topics``: subscribers who chose one of them, and those who
+    chose no topic at all (which means "everything")."""
     from subscribers.models import Subscriber, SubscriberTopic, Suppression
 
     sub, sup, top = Subscriber.__table__, Suppression.__table__, SubscriberTopic.__table__
@@ -237,16 +243,20 @@ def _recipients_query(issue_id: int | None, frequency: str, topic: str | None, n
         ~exists().where(sup.c.email_hash == sub.c.email_hash))
     if topic is not None:
         query = query.where(exists().where(top.c.subscriber_id == sub.c.id, top.c.topic == topic))
+    elif topics:
+        query = query.where(or_(~exists().where(top.c.subscriber_id == sub.c.id),
+                                exists().where(top.c.subscriber_id == sub.c.id, top.c.topic.in_(list(topics)))))
     return query.order_by(sub.c.id)
 
 
-def count_recipients(engine: Engine, frequency: str, topic: str | None = None) -> int:
-    query = _recipients_query(None, frequency, topic, clock.now()).order_by(None)
+def count_recipients(engine: Engine, frequency: str, topic: str | None = None, topics: Sequence[str] = ()) -> int:
+    query = _recipients_query(None, frequency, topic, clock.now(), topics).order_by(None)
     with engine.connect() as conn:
         return conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
 
 
-def write_recipients(engine: Engine, issue_id: int, frequency: str, topic: str | None = None) -> int | None:
+def write_recipients(engine: Engine, issue_id: int, frequency: str, topic: str | None = None,
+                     topics: Sequence[str] = ()) -> int | None:
     """Write one ``queued`` row per recipient, in SQL (INSERT ... SELECT: nothing is
     held in Python), and mark the issue ``queued``; all in one transaction, so a crash
     leaves either every row or none.  Returns the count, or None when the ledger
@@ -255,7 +265,7 @@ def write_recipients(engine: Engine, issue_id: int, frequency: str, topic: str |
         state = conn.execute(select(ISSUES.c.state).where(ISSUES.c.id == issue_id)).scalar_one()
         if state != "composed":
             return None
-        query = _recipients_query(issue_id, frequency, topic, clock.now())
+        query = _recipients_query(issue_id, frequency, topic, clock.now(), topics)
         conn.execute(insert(DELIVERIES).from_select(
             ["issue_id", "subscriber_id", "email", "state", "attempts", "uncertain", "updated_at"], query))
         count = conn.execute(select(func.count()).select_from(DELIVERIES)

@@ -78,7 +78,12 @@ def one_line(value: str) -> str:
 
 
 def is_sensitive(issue: Issue, settings: Settings) -> bool:
-    return issue.audience_topic is not None and issue.audience_topic in settings.sensitive_topics
+    """True when the issue reaches people through a sensitive topic only: it goes to one
+    sensitive topic's audience, or every topic of its articles is sensitive (so each
+    recipient who chose topics chose a health condition)."""
+    if issue.audience_topic is not None:
+        return issue.audience_topic in settings.sensitive_topics
+    return bool(issue.topics) and set(issue.topics) <= settings.sensitive_topics
 
 
 def subject_and_preheader(issue: Issue, settings: Settings) -> tuple[str, str]:

@@ -103,6 +103,23 @@ def test_send_issue_works_when_the_caller_runs_an_event_loop(engine, outbox_sett
     assert len(Outbox(outbox_settings.outbox_dir).messages()) == 3
 
 
+def test_a_real_issue_reaches_its_topics_subscribers_and_those_who_chose_none(engine, outbox_settings, library):
+    from pipeline.compose import compose_issue
+    from pipeline.render import render_issue
+
+    skin = add_subscribers(engine, outbox_settings, 2, start=0, topics=("skin-care",))
+    add_subscribers(engine, outbox_settings, 2, start=10, topics=("hair-loss",))
+    everything = add_subscribers(engine, outbox_settings, 1, start=20)
+    rendered = render_issue(compose_issue(library, date(2026, 3, 2), number=1, scheduled=["microneedling"]),
+                            outbox_settings)
+    assert rendered.issue.topics == ("skin-care",)
+    summary = send_issue(engine, outbox_settings, rendered, progress=False)
+    assert summary.sent == 3
+    got = {message_from_bytes(m, policy=policy.default)["To"].addresses[0].addr_spec
+           for m in Outbox(outbox_settings.outbox_dir).messages()}
+    assert got == {f"sub{i}@example.com" for i in (0, 1, 20)} and len(skin + everything) == 3
+
+
 def test_subscriber_who_leaves_after_the_ledger_was_written_is_skipped(engine, outbox_settings):
     from subscribers import store
 

@@ -78,6 +78,19 @@ def test_topic_and_frequency_filters(engine, s):
     assert not ledger_subscribers(engine, iid) & set(hair)
 
 
+def test_an_issue_goes_to_subscribers_of_its_articles_topics_and_to_those_who_chose_none(engine, s):
+    hair = add_subscribers(engine, s, 3, start=0, topics=("hair-loss",))
+    skin = add_subscribers(engine, s, 2, start=10, topics=("skin-care", "wellbeing"))
+    everything = add_subscribers(engine, s, 2, start=20)  # no topic chosen: every article
+    wellbeing_only = add_subscribers(engine, s, 1, start=30, topics=("wellbeing",))
+    assert ledger.count_recipients(engine, "daily", topics=("skin-care",)) == 4
+    assert ledger.count_recipients(engine, "daily", topics=("hair-loss", "wellbeing")) == 8
+    iid = issue_id(engine)
+    ledger.write_recipients(engine, iid, "daily", topics=("skin-care",))
+    assert ledger_subscribers(engine, iid) == set(skin + everything)
+    assert not ledger_subscribers(engine, iid) & set(hair + wellbeing_only)
+
+
 def test_recipients_are_written_once_per_issue(engine, s):
     add_subscribers(engine, s, 4)
     iid = issue_id(engine)

@@ -442,6 +442,22 @@ def test_non_sensitive_audience_keeps_the_title(lib):
     assert render_issue(issue, lib.settings).subject == "What Is Microneedling?"
 
 
+def test_an_article_only_about_sensitive_topics_gets_the_neutral_subject(lib):
+    """Sent to everyone who chose its topics: if all of them are health conditions,
+    the subject would tell an inbox glance which one the reader chose."""
+    from dataclasses import replace
+
+    s = lib.settings
+    article = replace(lib.article("microneedling"), topics=("hair-loss", "skin-conditions"))
+    issue = compose_issue(replace(lib, articles=(article,)), DAY, number=7, scheduled=["microneedling"])
+    rendered = render_issue(issue, s)
+    assert (rendered.subject, rendered.preheader) == (s.neutral_subject, s.neutral_preheader)
+    # one non-sensitive topic among them: the subject no longer singles out a condition
+    mixed = replace(article, topics=("hair-loss", "skin-care"))
+    issue = compose_issue(replace(lib, articles=(mixed,)), DAY, number=7, scheduled=["microneedling"])
+    assert render_issue(issue, s).subject == "What Is Microneedling?"
+
+
 def test_subject_template_sees_issue_values(lib):
     settings = lib.settings.replace(subject_template="{{ publication_name }} #{{ number }}: {{ title }} ({{ date_label }})")
     issue = compose_issue(lib, DAY, number=7, scheduled=["microneedling"])
