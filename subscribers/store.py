@@ -396,17 +396,21 @@ def sign_up(engine: Engine, settings, address: str, *, name: str | None = None, 
             _set_topics(sub, topics)
             s.add(sub)
             s.flush()
-        elif sub.status != "confirmed":
+        elif sub.status == "pending":
             # The latest request is what the person will confirm.  Nothing is mailed
-            # meanwhile: pending is never a recipient, and a suppression stays until confirm.
+            # meanwhile: pending is never a recipient.
             sub.name, sub.frequency = name, frequency
             _set_topics(sub, topics)
             _set_status(sub, "pending", at)
+        # Someone who left (unsubscribed, bounced, complained) keeps their record exactly
+        # as it is until they confirm: anyone can type their address into the form, and
+        # must not be able to change their choices or make them look subscribed again.
+        # The request waits in the consent record below; ``confirm`` applies it.
         recent = sub.confirm_sent_at is not None and at - sub.confirm_sent_at < resend_after
         send = "none" if recent else ("already" if sub.status == "confirmed" else "confirm")
-        if sub.status == "pending":
+        if sub.status != "confirmed":
             _record(s, sub.id, "subscribe", "web", at, ip=ip, wording=wording, version=version,
-                    detail={"frequency": frequency, "topics": list(topics)})
+                    detail={"frequency": frequency, "topics": list(topics), "name": name})
         return SignUp(_info(sub), send)
 
 
@@ -428,12 +432,22 @@ def confirm(engine: Engine, settings, subscriber_id: int, *, method: str = "web"
             raise SubscriberError("this confirmation link is no longer valid")
         if sub.status == "confirmed":
             return _info(sub), False
-        if sub.status != "pending":
-            raise SubscriberError("this confirmation link is no longer valid: the address has left the list since; "
-                                  "please sign up again")
         signed = s.scalars(select(ConsentRecord).where(ConsentRecord.subscriber_id == sub.id,
                                                        ConsentRecord.action == "subscribe")
                            .order_by(ConsentRecord.id.desc()).limit(1)).first()
+        if sub.status != "pending":
+            # someone who left comes back only through a sign-up made after leaving;
+            # an old link must not undo the unsubscribe
+            left = s.scalar(select(func.max(ConsentRecord.id)).where(
+                ConsentRecord.subscriber_id == sub.id,
+                ConsentRecord.action.in_(("unsubscribe", "bounce", "complaint"))))
+            if signed is None or (left is not None and signed.id < left):
+                raise SubscriberError("this confirmation link is no longer valid: the address has left the list "
+                                      "since; please sign up again")
+            wanted = json.loads(signed.detail or "{}")
+            sub.name = wanted.get("name", sub.name)
+            sub.frequency = wanted.get("frequency", sub.frequency)
+            _set_topics(sub, clean_topics(settings, wanted.get("topics", [])))
         wording, version = (signed.wording, signed.wording_version) if signed else consent_wording(settings)
         _set_status(sub, "confirmed", at)
         s.execute(delete(Suppression).where(Suppression.email_hash == sub.email_hash))

@@ -217,14 +217,18 @@ def test_suppressed_address_comes_back_only_by_fresh_double_opt_in(engine, sub_s
     store.unsubscribe(engine, sub_settings, info.id)
     with pytest.raises(SubscriberError, match="suppression list"):
         store.add(engine, sub_settings, "a@example.com", confirmed=True, consent="yes")
-    again = store.sign_up(engine, sub_settings, "a@example.com", ip="192.0.2.9")
-    assert again.send == "confirm" and again.subscriber.status == "pending"
-    # pending and still suppressed: not mailed until the person clicks
+    again = store.sign_up(engine, sub_settings, "a@example.com", ip="192.0.2.9", topics=["wellbeing"])
+    # the record stays as the person left it (anyone can type an address into the form)
+    # and still suppressed: not mailed until the person clicks
     assert store.suppression_reason(engine, sub_settings, "a@example.com") == "unsubscribed"
     assert list(store.recipients(engine, sub_settings, "daily")) == []
+    assert again.send == "confirm" and again.subscriber.status == "unsubscribed"
+    assert store.get(engine, info.id).topics == ()
     store.confirm(engine, sub_settings, info.id, ip="192.0.2.9")
     assert store.suppression_reason(engine, sub_settings, "a@example.com") is None
     assert [r.email for r in store.recipients(engine, sub_settings, "daily")] == ["a@example.com"]
+    # the choices of the sign-up the person confirmed now apply
+    assert store.get(engine, info.id).topics == ("wellbeing",)
 
 
 def test_bounce_and_complaint(engine, sub_settings, frozen):
