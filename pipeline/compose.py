@@ -43,7 +43,15 @@ def compose_issue(library: Library, on: date, *, number: int, scheduled: Sequenc
         if queued is None:
             return None
         articles = (queued,)
-    return Issue(date=on, number=number, articles=articles, audience_topic=audience_topic, kind=kind)
+    return Issue(date=on, number=number, articles=articles, audience_topic=audience_topic, kind=kind,
+                 audience_label=_label(library, audience_topic))
+
+
+def _label(library: Library, audience_topic: str | None) -> str | None:
+    if audience_topic is None:
+        return None
+    from subscribers.tokens import audience_label
+    return audience_label(library.settings, audience_topic)
 
 
 def next_in_queue(library: Library, on: date, sent: Collection[str] = (),
@@ -72,7 +80,8 @@ def weekly_issue(library: Library, week_ending: date, number: int, *,
         articles = tuple(a for a in articles if audience_topic in a.topics)
     if not articles:
         return None
-    return Issue(date=week_ending, number=number, articles=articles, audience_topic=audience_topic, kind="weekly")
+    return Issue(date=week_ending, number=number, articles=articles, audience_topic=audience_topic, kind="weekly",
+                 audience_label=_label(library, audience_topic))
 
 
 def _queue(library: Library, on: date, sent: Collection[str], audience_topic: str | None):

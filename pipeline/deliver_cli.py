@@ -23,23 +23,27 @@ def local_today(settings) -> date:
     return clock.now().astimezone(ZoneInfo(settings.timezone)).date()
 
 
-def issue_for(engine, library, day: date, *, record: bool) -> RenderedIssue | None:
+def issue_for(engine, library, day: date, *, record: bool, topic: str | None = None) -> RenderedIssue | None:
     """The rendered daily issue of ``day``: the recorded one if it exists (a re-run or
     ``--resume`` sends exactly what the first run sent), else composed the way the
     daemon composes it: the articles the calendar has for that day, else the next
-    unsent article, numbered after the daily issues of earlier days."""
+    unsent article, numbered after the daily issues of earlier days.  With ``topic``,
+    the issue for that topic's subscribers only (its own key, its own ledger)."""
     from pipeline import calendar, ledger, schedule
     from pipeline.compose import compose_issue
+    from pipeline.issue import issue_key
     from pipeline.render import render_issue
+    from subscribers.tokens import audience_label
 
-    found = ledger.find_issue(engine, schedule.issue_key(day, "daily"))
+    label = audience_label(library.settings, topic) if topic else None
+    found = ledger.find_issue(engine, issue_key(day, "daily", label))
     if found is not None:
         issue = compose_issue(library, day, number=found.number, scheduled=found.articles,
                               audience_topic=found.audience_topic, kind=found.kind)
     else:
         issue = compose_issue(library, day, number=schedule.issue_number(engine, day, "daily"),
                               scheduled=[e.slug for e in calendar.scheduled_on(engine, day)],
-                              sent=schedule.sent_slugs(engine))
+                              sent=schedule.sent_slugs(engine), audience_topic=topic)
     if issue is None:
         return None
     rendered = render_issue(issue, library.settings)
@@ -55,8 +59,10 @@ def issue_for(engine, library, day: date, *, record: bool) -> RenderedIssue | No
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted send, giving deferred messages another smtp_max_attempts tries.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--topic", default=None, metavar="TOPIC",
+              help="Send an issue only to this topic's subscribers (a sensitive topic gets the neutral subject).")
 @click.pass_obj
-def send(obj, day, dry_run: bool, resume: bool, progress: bool | None) -> None:
+def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: str | None) -> None:
     """Send the day's issue to the daily subscribers, exactly once."""
     from pipeline.database import open_database
     from pipeline.deliver import send_issue
@@ -65,7 +71,7 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None) -> None:
     settings = library.settings
     day = day.date() if day else local_today(settings)
     engine = open_database(settings.database_url)
-    rendered = issue_for(engine, library, day, record=not dry_run)
+    rendered = issue_for(engine, library, day, record=not dry_run, topic=topic)
     if rendered is None:
         click.echo(f"nothing to send for {day.isoformat()}: no article is due")
         return

@@ -25,6 +25,12 @@ PLACEHOLDERS = {
 }
 
 
+def issue_key(day: date, kind: str = "daily", audience_label: str | None = None) -> str:
+    """``2026-03-02``, ``2026-03-02-weekly``, or either with an audience's opaque label."""
+    key = day.isoformat() if kind == "daily" else f"{day.isoformat()}-{kind}"
+    return f"{key}-{audience_label}" if audience_label else key
+
+
 @dataclass(frozen=True)
 class Issue:
     date: date
@@ -34,6 +40,10 @@ class Issue:
     # sensitive the subject and preheader are neutral (see render)
     audience_topic: str | None = None
     kind: str = "daily"  # or "weekly"
+    # opaque label of the audience (subscribers.tokens.audience_label), so a topic's
+    # issue and the general one of the same day have different keys, and neither
+    # the key nor the archive URL names the topic
+    audience_label: str | None = None
 
     @property
     def lead(self) -> Article:
@@ -48,7 +58,7 @@ class Issue:
     @property
     def key(self) -> str:
         """Stable identifier of the issue, used by the ledger and the archive URL."""
-        return self.date.isoformat() if self.kind == "daily" else f"{self.date.isoformat()}-weekly"
+        return issue_key(self.date, self.kind, self.audience_label)
 
 
 @dataclass(frozen=True)

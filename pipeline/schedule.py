@@ -403,8 +403,9 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
 # -- the send ledger underneath --------------------------------------------------------------
 
 def issue_key(day: date, kind: str) -> str:
-    """The key the ledger and the archive use (``pipeline.issue.Issue.key``)."""
-    return day.isoformat() if kind == "daily" else f"{day.isoformat()}-weekly"
+    """The key the ledger and the archive use for the day's general issue of ``kind``."""
+    from pipeline.issue import issue_key as key_of
+    return key_of(day, kind)
 
 
 def issue_number(engine: Engine, day: date, kind: str) -> int:
@@ -437,8 +438,9 @@ def sent_slugs(engine: Engine) -> set[str]:
 
     slugs = calendar.sent_slugs(engine)
     with transaction(engine) as session:
+        # an issue for one topic's audience does not take its article from everyone else
         for articles in session.scalars(select(IssueRecord.articles).where(
-                IssueRecord.kind == "daily", IssueRecord.state != "composed")):
+                IssueRecord.kind == "daily", IssueRecord.state != "composed", IssueRecord.audience_topic.is_(None))):
             slugs.update(json.loads(articles or "[]"))
     return slugs
 

@@ -163,6 +163,16 @@ def secret(settings) -> str:
                           "(set it in the environment; the generated demo key is used only with transport=outbox)")
 
 
+def audience_label(settings, topic: str) -> str:
+    """A short, stable, opaque label for an issue that goes to one topic's audience.
+
+    It tells that issue apart from the day's general one in the ledger and the
+    archive URL without naming the topic: a keyed hash, so nobody can test it
+    against the (public) list of topics."""
+    digest = hmac.new(secret(settings).encode(), b"audience-label\0" + topic.encode(), hashlib.sha256).digest()
+    return base64.b32encode(digest[:10]).decode("ascii").lower()
+
+
 def unsubscribe_url(settings, subscriber_id: int) -> str:
     """``{base_url}/unsubscribe/{token}``: never expires (a person may leave years later)."""
     return f"{settings.base_url}/unsubscribe/{make_token(secret(settings), UNSUBSCRIBE, subscriber_id)}"

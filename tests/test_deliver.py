@@ -292,6 +292,40 @@ def test_send_command_sends_what_the_calendar_has_for_the_day(content_dir, tmp_p
     assert subjects == {"A later article"}
 
 
+def test_send_to_one_topics_audience_is_its_own_issue_and_names_no_topic(content_dir, tmp_path, db_url, settings):
+    from pipeline import calendar
+    from pipeline.cli import cli
+
+    engine = open_database(db_url)
+    s = settings.replace(secret_key=SECRET)
+    hair = add_subscribers(engine, s, 2, start=0, topics=("hair-loss",))
+    add_subscribers(engine, s, 2, start=10, topics=("skin-care",))
+    add_subscribers(engine, s, 1, start=20)
+    calendar.add_entry(engine, "microneedling", date(2026, 3, 2), None)
+    runner, env, base = CliRunner(), cli_env(tmp_path, db_url), ["--content", str(content_dir)]
+
+    result = runner.invoke(cli, base + ["send", "--date", "2026-03-02", "--topic", "hair-loss"], env=env)
+    assert result.exit_code == 0, result.output
+    topic_mail = [message_from_bytes(m, policy=policy.default) for m in Outbox(tmp_path / "outbox").messages()]
+    assert {m["To"].addresses[0].addr_spec for m in topic_mail} == {f"sub{i}@example.com" for i in range(len(hair))}
+    assert {m["Subject"] for m in topic_mail} == {settings.neutral_subject}
+    for message in topic_mail:  # no header, and no link we built, names the topic
+        assert not any("hair" in str(v).lower() for _, v in message.items())
+
+    # the day's general issue is another issue: its own key and ledger, its own readers
+    result = runner.invoke(cli, base + ["send", "--date", "2026-03-02"], env=env)
+    assert result.exit_code == 0, result.output
+    general = ledger.find_issue(engine, "2026-03-02")
+    assert general is not None and general.audience_topic is None and general.state == "sent"
+    all_mail = [message_from_bytes(m, policy=policy.default) for m in Outbox(tmp_path / "outbox").messages()]
+    assert len(all_mail) == 2 + 3 and sum(m["Subject"] == "What Is Microneedling?" for m in all_mail) == 3
+    with engine.connect() as conn:
+        keys = [k for (k,) in conn.execute(select(ledger.ISSUES.c.key))]
+    assert len(keys) == 2 and "2026-03-02" in keys
+    (topic_key,) = [k for k in keys if k != "2026-03-02"]
+    assert topic_key.startswith("2026-03-02-") and "hair" not in topic_key
+
+
 def test_send_command_reports_a_refusing_relay_as_one_line_and_loses_nobody(content_dir, tmp_path, db_url, settings):
     """The relay refuses our sender (5xx to MAIL FROM): the run stops, nobody is marked
     failed or bounced, and the CLI says so in one line with a non-zero exit."""
