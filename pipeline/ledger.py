@@ -160,12 +160,6 @@ def issue_count(engine: Engine) -> int:
         return conn.execute(select(func.count()).select_from(ISSUES)).scalar_one()
 
 
-def sent_slugs(engine: Engine) -> set[str]:
-    """Slugs of every recorded issue's articles (for compose's ``sent``)."""
-    with engine.connect() as conn:
-        return {slug for (articles,) in conn.execute(select(ISSUES.c.articles)) for slug in json.loads(articles)}
-
-
 # -- the lease: one sending process per issue -------------------------------------
 
 LEASE_SECONDS = 60

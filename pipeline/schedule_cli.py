@@ -82,6 +82,11 @@ def _check_day(engine, settings, day: date, at: str | None, slug: str | None = N
                             "use a later --at or another date")
 
 
+def _at_text(at: str | None) -> str | None:
+    """``--at`` as the calendar stores it (HH:MM), or None when not given."""
+    return f"{schedule.parse_hhmm(at, '--at'):%H:%M}" if at else None
+
+
 @click.group("schedule")
 def schedule_group() -> None:
     """Plan which article goes out on which day."""
@@ -96,7 +101,7 @@ def add(obj, slug: str, on: str, at: str | None) -> None:
     """Put an article on the calendar."""
     settings = obj.settings()
     day = schedule.parse_day(on, "--on")
-    at_text = f"{schedule.parse_hhmm(at, '--at'):%H:%M}" if at else None
+    at_text = _at_text(at)
     _check_slug(obj.content_dir, slug)
     engine = _engine(settings)
     _check_day(engine, settings, day, at_text)
@@ -114,10 +119,10 @@ def move(obj, slug: str, to: str, at: str | None) -> None:
     """Move an article (also a missed or failed one) to another day."""
     settings = obj.settings()
     day = schedule.parse_day(to, "--to")
-    at_text = f"{schedule.parse_hhmm(at, '--at'):%H:%M}" if at else None
+    at_text = _at_text(at)
     _check_slug(obj.content_dir, slug)
     engine = _engine(settings)
-    current = [e for e in calendar.entries(engine, slug=slug, states=calendar.MOVABLE)]
+    current = calendar.entries(engine, slug=slug, states=calendar.MOVABLE)
     keep = at_text is None
     _check_day(engine, settings, day, at_text if not keep else (current[0].at if current else None), slug)
     entry = calendar.move_entry(engine, slug, day, at_text, keep_time=keep)
