@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTENT = ROOT / "content"
+CONTENT = Path(__file__).parent / "fixtures" / "library"  # the tests' own library, never the live content/
 SEED = ROOT.parent / "shared" / "seeds" / "microneedling-guide.txt"
 GOLDEN = Path(__file__).parent / "golden"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -27,7 +27,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 @pytest.fixture
 def content_dir(tmp_path: Path) -> Path:
-    """A private copy of the committed content/ folder, safe to edit."""
+    """A private copy of the fixture library (tests/fixtures/library), safe to edit."""
     target = tmp_path / "content"
     shutil.copytree(CONTENT, target)
     return target

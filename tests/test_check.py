@@ -336,6 +336,8 @@ def test_real_cli_exit_status_and_one_line_per_problem(content_dir, article):
         f"{article}:{line_of(article, '[^1,9]')}: error: citation [9] points to a reference that does not exist (there are 6)",
         "check failed: 1 error(s), 0 warning(s)",
     ]
-    ok = subprocess.run([sys.executable, "-c", "from pipeline.cli import main; main()", "check"], cwd=ROOT,
-                        capture_output=True, text=True, timeout=60)
+    edit(article, "Other small scar types[^1,9]", "Other small scar types[^1,2]")
+    # the default --content is ./content: run where the test's own copy is, never the live library
+    ok = subprocess.run([sys.executable, "-c", "from pipeline.cli import main; main()", "check"],
+                        cwd=content_dir.parent, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and ok.stdout.startswith("ok: ")

@@ -24,8 +24,8 @@ def fresh_copy(tmp_path: Path) -> Path:
     """What a fresh clone has (content, scripts), using this checkout's virtualenv."""
     copy = tmp_path / "repo"
     copy.mkdir()
-    for name in ("content", "scripts"):
-        shutil.copytree(ROOT / name, copy / name)
+    shutil.copytree(Path(__file__).parent / "fixtures" / "library", copy / "content")  # never the live content/
+    shutil.copytree(ROOT / "scripts", copy / "scripts")
     shutil.copy(ROOT / "Makefile", copy / "Makefile")
     if not (ROOT / ".venv" / "bin" / "newsletter").exists():
         missing("no .venv with the newsletter command (make install)")

@@ -30,8 +30,9 @@ from pipeline.importer import (Cite, Paragraph, find_citations, inline_markdown,
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT.parent / "shared" / "seeds" / "microneedling-guide.txt"
 HTML_PAGE = Path(__file__).parent / "fixtures" / "pages" / "microneedling.html"
-ARTICLE = ROOT / "content" / "articles" / "microneedling.md"
-AUTHOR = ROOT / "content" / "authors" / "amy-murtagh.yaml"
+LIBRARY = Path(__file__).parent / "fixtures" / "library"
+ARTICLE = LIBRARY / "articles" / "microneedling.md"
+AUTHOR = LIBRARY / "authors" / "amy-murtagh.yaml"
 GOLDEN = Path(__file__).parent / "golden" / "import"
 
 pytestmark = pytest.mark.skipif(not SEED.exists(), reason="the shared seed is not checked out next to the repo")

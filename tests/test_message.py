@@ -17,6 +17,7 @@ from pipeline.issue import PLACEHOLDERS, Personal
 from pipeline.message import MessageTemplate, build_message, dkim_signer, recipient
 
 ROOT = Path(__file__).resolve().parent.parent
+CONTENT = Path(__file__).parent / "fixtures" / "library"  # the tests' own library
 UNSUB = "https://my.klarity.health/newsletter/unsubscribe/AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 PREFS = "https://my.klarity.health/newsletter/preferences/AQBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
 SINGLE = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version")
@@ -29,7 +30,7 @@ def real():
     from pipeline.content import load_library
     from pipeline.render import render_issue
 
-    library = load_library(ROOT / "content")
+    library = load_library(CONTENT)
     issue = compose_issue(library, date(2026, 3, 2), number=1)
     return render_issue(issue, library.settings), library.settings
 

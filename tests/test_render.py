@@ -27,6 +27,7 @@ from pipeline.render import CLIP_BYTES, DOCTYPE, compile_mjml, inline_css, rende
 from pipeline.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
+CONTENT = Path(__file__).parent / "fixtures" / "library"  # the tests' own library
 GOLDEN = Path(__file__).parent / "golden" / "email"
 DAY = date(2026, 3, 3)
 BASE = "https://my.klarity.health/newsletter"
@@ -39,8 +40,8 @@ URL_RE = re.compile(r"https?://\S+")
 
 @pytest.fixture(scope="module")
 def lib() -> Library:
-    settings = load_settings(ROOT / "content", env={})
-    return load_library(ROOT / "content", settings)
+    settings = load_settings(CONTENT, env={})
+    return load_library(CONTENT, settings)
 
 
 @pytest.fixture(scope="module")

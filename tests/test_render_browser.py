@@ -18,14 +18,15 @@ from pipeline.settings import load_settings
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
+CONTENT = Path(__file__).parent / "fixtures" / "library"  # the tests' own library
 BASE = "https://my.klarity.health/newsletter"
 ARTICLE_URL = f"{BASE}/articles/microneedling/"
 
 
 @pytest.fixture(scope="module")
 def email():
-    settings = load_settings(ROOT / "content", env={})
-    library = load_library(ROOT / "content", settings)
+    settings = load_settings(CONTENT, env={})
+    library = load_library(CONTENT, settings)
     rendered = render_issue(compose_issue(library, date(2026, 3, 3), number=7, scheduled=["microneedling"]), settings)
     html, _ = personalise(rendered, Personal(f"{BASE}/unsubscribe/TOKEN", f"{BASE}/preferences/TOKEN", "Hello Jo,"))
     return html, library.article("microneedling")

@@ -17,7 +17,7 @@ import pytest
 from pipeline.database import open_database
 from subscribers import store
 
-from conftest import ROOT, free_port
+from conftest import CONTENT, ROOT, free_port
 from fixtures_subscribers import CONSENT, SECRET
 
 
@@ -113,4 +113,4 @@ def test_serve_refuses_to_start_without_a_secret_for_smtp(content_dir, tmp_path)
 def store_settings():
     from pipeline.settings import load_settings
 
-    return load_settings(Path(ROOT) / "content", env={"NEWSLETTER_SECRET": SECRET})
+    return load_settings(CONTENT, env={"NEWSLETTER_SECRET": SECRET})
