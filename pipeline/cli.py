@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "resume": ("pipeline.schedule_cli:resume", "Start sending again after a pause."),
     "status": ("pipeline.schedule_cli:status", "Next sends, last sends with counts, the queue, daemon health (exit 2 on alert)."),
     "subscribers": ("subscribers.cli:subscribers", "Add, import, export, list, show, unsubscribe and erase subscribers."),
-    "serve": ("pipeline.web:serve", "Serve sign-up, confirmation, preferences, one-click unsubscribe and public/."),
+    "serve": ("pipeline.web.app:serve", "Serve sign-up, confirmation, preferences, one-click unsubscribe and public/."),
     "build": ("pipeline.build_cli:build", "Write the feeds, article pages and archive to public/ (--date: that day's issue page)."),
     "preview": ("pipeline.render_cli:preview", "Render an issue to issue.html/.txt/.eml (and --screenshots) for editors."),
     "send": ("pipeline.deliver_cli:send", "Send the day's issue to the daily subscribers, exactly once (--resume, --dry-run)."),

@@ -242,7 +242,7 @@ class Daemon:
 def _serve_web(settings: Settings, engine: Engine, host: str, port: int) -> None:
     import uvicorn
 
-    from pipeline.web import create_app
+    from pipeline.web.app import create_app
 
     # uvicorn installs its own SIGINT/SIGTERM handlers while it runs, and re-raises the
     # signal when it is done, to the handler it found: a quiet one here, so that

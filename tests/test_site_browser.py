@@ -25,7 +25,7 @@ pytestmark = pytest.mark.browser
 AXE_JS = Path(os.environ.get("AXE_CORE_JS", ROOT / ".venv" / "node" / "node_modules" / "axe-core" / "axe.min.js"))
 WIDTHS = (375, 1280)
 PAGES = ("/", "/articles/microneedling/")
-# Routes of the web service (pipeline/web.py), not files of public/: the static server alone answers 404.
+# Routes of the web service (pipeline/web/), not files of public/: the static server alone answers 404.
 WEB_SERVICE_PATHS = {"/subscribe", "/preferences", "/unsubscribe"}
 
 

@@ -1,30 +1,4 @@
-"""The web service: sign-up with double opt-in, preferences, one-click unsubscribe.
-
-``create_app(settings, engine)`` is a Starlette ASGI app; ``newsletter serve``
-runs it under uvicorn (``newsletter run`` serves it next to the scheduler).
-Pages are Jinja templates extending ``templates/web/base.html`` (the email's
-look) and work without JavaScript.  Everything that is not one of the routes
-below falls through to ``pipeline.static_files.StaticSite``, which serves
-``public/`` (archive and feeds) with ETags.
-
-Routes (the token in a path is an opaque signed token, ``subscribers.tokens``):
-
-- ``GET/POST /subscribe``: the form; a post makes a ``pending`` subscriber and
-  sends the confirmation link.  The answer is the same whether or not the
-  address is known.  Posts are rate-limited per client IP (token bucket).
-- ``GET /confirm/{token}``: confirms, records consent, sends the welcome email.
-- ``GET /unsubscribe/{token}``: one button.  ``POST /unsubscribe/{token}``:
-  RFC 8058 one-click: no cookies, no login, no CSRF token, 200 with no redirect,
-  idempotent.
-- ``GET/POST /preferences/{token}``: topics, frequency, name (CSRF token bound
-  to the link and a time); ``GET .../export`` JSON of all data held;
-  ``POST .../erase`` deletes the person, keeping only the suppression hash.
-- ``GET /healthz`` (the process answers), ``GET /readyz`` (the database answers).
-
-Behind a reverse proxy, run uvicorn with ``--forwarded-allow-ips`` set to the
-proxy so the client IP (rate limit, consent records) comes from
-``X-Forwarded-For``; ``newsletter serve`` trusts only 127.0.0.1 by default.
-"""
+"""The web service's handlers: sign-up, confirmation, unsubscribe, preferences, data rights."""
 from __future__ import annotations
 
 import json
@@ -34,92 +8,22 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import click
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment
 from sqlalchemy import Engine, text
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline import clock
 from pipeline.errors import DeliveryError, SubscriberError
 from pipeline.settings import Settings
+from pipeline.web.http import NO_STORE, TokenBucket, client_ip, field, fields, is_one_click, read_form
 from subscribers import messages, store, tokens
 
 log = logging.getLogger(__name__)
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "web"  # shared with the archive pages
-MAX_BODY = 64 * 1024  # every form here is a few hundred bytes
+TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates" / "web"  # shared with the archive pages
 FORM_MAX_AGE = 2 * 3600  # seconds a preferences form stays valid (its CSRF token)
-
-# Inline <script> is never allowed; inline styles are (base.html carries its CSS
-# inline, and the archive pages served by the fallback are email-like HTML).
-SECURITY_HEADERS = {
-    "content-security-policy": ("default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-                                "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
-    "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
-    "x-frame-options": "DENY",
-    "cross-origin-opener-policy": "same-origin",
-}
-NO_STORE = {"cache-control": "no-store"}  # pages reached with a personal token
-
-
-class SecurityHeaders:
-    """Adds ``SECURITY_HEADERS`` to every HTTP response, including the static fallback's."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-        self.raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {k.lower() for k, _ in message.get("headers", [])}
-                message["headers"] = list(message.get("headers", [])) + [h for h in self.raw if h[0] not in present]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-class TokenBucket:
-    """Per-key token bucket: ``capacity`` requests at once, refilled at ``per_minute``.
-
-    In memory, so per process; enough to stop one client hammering the form.
-    The table is pruned of full (idle) buckets when it grows past ``max_keys``.
-    """
-
-    def __init__(self, per_minute: float, capacity: float | None = None, max_keys: int = 10_000):
-        self.rate = per_minute / 60.0
-        self.capacity = capacity if capacity is not None else max(per_minute, 1.0)
-        self.max_keys = max_keys
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def allow(self, key: str) -> bool:
-        if self.rate <= 0:
-            return True
-        now = clock.monotonic()
-        tokens_left, last = self._buckets.get(key, (self.capacity, now))
-        tokens_left = min(self.capacity, tokens_left + (now - last) * self.rate)
-        allowed = tokens_left >= 1.0
-        self._buckets[key] = (tokens_left - 1.0 if allowed else tokens_left, now)
-        if len(self._buckets) > self.max_keys:
-            self._prune(now)
-        return allowed
-
-    def _prune(self, now: float) -> None:
-        for key, (left, last) in list(self._buckets.items()):
-            if left + (now - last) * self.rate >= self.capacity:
-                del self._buckets[key]
 
 
 @dataclass
@@ -330,88 +234,3 @@ class WebService:
         return self.message("Something went wrong", "Please try again later.", status=500)
 
 
-# -- request helpers ------------------------------------------------------------------
-
-def client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
-async def read_form(request: Request) -> FormData:
-    """The posted form; no file uploads, a few fields.  A body that is not a form
-    (or is malformed) is treated as an empty form, never as a server error."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        return FormData()
-    try:
-        return await request.form(max_files=0, max_fields=64, max_part_size=MAX_BODY)
-    except HTTPException as exc:
-        if exc.status_code == 413:
-            raise
-        return FormData()
-    except (ValueError, UnicodeDecodeError, KeyError, AssertionError):
-        return FormData()
-
-
-def field(form: FormData, name: str) -> str:
-    value = form.get(name)
-    return value.strip() if isinstance(value, str) else ""
-
-
-def fields(form: FormData, name: str) -> list[str]:
-    return [v for v in form.getlist(name) if isinstance(v, str)]
-
-
-async def is_one_click(request: Request) -> bool:
-    """True for the RFC 8058 body ``List-Unsubscribe=One-Click`` (url-encoded or multipart)."""
-    return field(await read_form(request), "List-Unsubscribe") == "One-Click"
-
-
-# -- the app ------------------------------------------------------------------------------
-
-def create_app(settings: Settings, engine: Engine | None = None, *, send: Callable | None = None,
-               public_dir: Path | str | None = None, static_app: ASGIApp | None = None,
-               rate_per_minute: float | None = None) -> ASGIApp:
-    """The web service.  ``send(settings, EmailMessage)`` defaults to
-    ``pipeline.transport.send_single``; ``static_app`` to ``StaticSite(public_dir)``."""
-    from pipeline.database import open_database
-    from pipeline.static_files import StaticSite
-    from pipeline.transport import send_single
-
-    tokens.secret(settings)  # fail at start, not at the first sign-up, when no secret is set
-    engine = engine if engine is not None else open_database(settings.database_url)
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
-                      undefined=StrictUndefined)
-    service = WebService(settings=settings, engine=engine, send=send or send_single,
-                         limiter=TokenBucket(settings.subscribe_rate_per_minute if rate_per_minute is None
-                                             else rate_per_minute), env=env)
-    static = static_app or StaticSite(public_dir or settings.public_dir)
-    routes = [
-        Route("/subscribe", service.get_subscribe, methods=["GET"]),
-        Route("/subscribe", service.post_subscribe, methods=["POST"]),
-        Route("/confirm/{token}", service.confirm, methods=["GET"]),
-        Route("/unsubscribe/{token}", service.unsubscribe, methods=["GET", "POST"]),
-        Route("/preferences/{token}", service.preferences, methods=["GET", "POST"]),
-        Route("/preferences/{token}/export", service.export, methods=["GET"]),
-        Route("/preferences/{token}/erase", service.erase, methods=["POST"]),
-        Route("/healthz", service.healthz, methods=["GET"]),
-        Route("/readyz", service.readyz, methods=["GET"]),
-        Mount("/", app=static),
-    ]
-    app = Starlette(routes=routes, max_body_size=MAX_BODY,
-                    exception_handlers={HTTPException: service.http_error, Exception: service.server_error})
-    app.state.service = service
-    return SecurityHeaders(app)
-
-
-@click.command("serve")
-@click.option("--host", help="Address to listen on (default: the web_host setting).")
-@click.option("--port", type=int, help="Port to listen on (default: the web_port setting).")
-@click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """Serve sign-up, confirmation, preferences, one-click unsubscribe and public/."""
-    import uvicorn
-
-    settings = ctx.obj.settings()
-    app = create_app(settings)
-    uvicorn.run(app, host=host or settings.web_host, port=port or settings.web_port, proxy_headers=True,
-                server_header=False, log_level="info")

@@ -1,0 +1,33 @@
+"""The web service: sign-up with double opt-in, preferences, one-click unsubscribe.
+
+``create_app(settings, engine)`` is a Starlette ASGI app; ``newsletter serve``
+runs it under uvicorn (``newsletter run`` serves it next to the scheduler).
+Pages are Jinja templates extending ``templates/web/base.html`` (the email's
+look) and work without JavaScript.  Everything that is not one of the routes
+below falls through to ``pipeline.static_files.StaticSite``, which serves
+``public/`` (archive and feeds) with ETags.
+
+Routes (the token in a path is an opaque signed token, ``subscribers.tokens``):
+
+- ``GET/POST /subscribe``: the form; a post makes a ``pending`` subscriber and
+  sends the confirmation link.  The answer is the same whether or not the
+  address is known.  Posts are rate-limited per client IP (token bucket).
+- ``GET /confirm/{token}``: confirms, records consent, sends the welcome email.
+- ``GET /unsubscribe/{token}``: one button.  ``POST /unsubscribe/{token}``:
+  RFC 8058 one-click: no cookies, no login, no CSRF token, 200 with no redirect,
+  idempotent.
+- ``GET/POST /preferences/{token}``: topics, frequency, name (CSRF token bound
+  to the link and a time); ``GET .../export`` JSON of all data held;
+  ``POST .../erase`` deletes the person, keeping only the suppression hash.
+- ``GET /healthz`` (the process answers), ``GET /readyz`` (the database answers).
+
+Behind a reverse proxy, run uvicorn with ``--forwarded-allow-ips`` set to the
+proxy so the client IP (rate limit, consent records) comes from
+``X-Forwarded-For``; ``newsletter serve`` trusts only 127.0.0.1 by default.
+"""
+from __future__ import annotations
+
+from pipeline.web.app import create_app, serve
+from pipeline.web.http import TokenBucket, clock
+
+__all__ = ["create_app", "serve", "TokenBucket", "clock"]
