@@ -11,13 +11,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from html import unescape
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from pipeline import markup
+from pipeline import clock, markup
 from pipeline.article import Article, Author, Reference
 from pipeline.errors import ContentError
 from pipeline.settings import Settings, load_settings
@@ -40,7 +42,7 @@ class Problem:
     path: Path
     line: int | None
     message: str
-    level: str = "error"  # or "warning"
+    level: str = "error"  # or "warning", or "note" (worth knowing, nothing to fix)
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else str(self.path)
@@ -82,6 +84,9 @@ class _Collector:
 
     def warning(self, path: Path, line: int | None, message: str) -> None:
         self.problems.append(Problem(path, line, message, "warning"))
+
+    def note(self, path: Path, line: int | None, message: str) -> None:
+        self.problems.append(Problem(path, line, message, "note"))
 
 
 # -- YAML with line numbers -----------------------------------------------------
@@ -238,7 +243,7 @@ def split_front_matter(text: str) -> tuple[str, str, int] | None:
 
 
 def _load_article(path: Path, authors: dict[str, Author], topics: dict | None,
-                  out: _Collector) -> tuple[Article | None, int | None]:
+                  out: _Collector, today: date | None = None) -> tuple[Article | None, int | None]:
     """The article (None on any error) and the line of its slug."""
     text = _read(path, out)
     if text is None:
@@ -288,6 +293,12 @@ def _load_article(path: Path, authors: dict[str, Author], topics: dict | None,
             out.error(path, lines.get("updated"), f"updated must be a date (YYYY-MM-DD), got {data['updated']!r}")
         elif published and updated < published:
             out.error(path, lines.get("updated"), "updated is earlier than published")
+        elif today and updated > today:
+            out.error(path, lines.get("updated"), f"updated {updated} is in the future (today is {today}): "
+                      "an article can only be corrected on or before today")
+    if published and today and published > today:
+        out.note(path, lines.get("published"), f"published {published} is in the future: the article is embargoed "
+                 "(kept out of the feeds, the archive and every send) until that day")
 
     author = None
     author_id = data.get("author")
@@ -312,6 +323,10 @@ def _load_article(path: Path, authors: dict[str, Author], topics: dict | None,
         out.error(path, body_line - 1, "the article body is empty (nothing after the front matter)")
     else:
         _check_body(body, body_line, len(references) if references is not None else None, path, out)
+        summary = data.get("summary")
+        if isinstance(summary, str) and markup.repeats_opening(summary, body):
+            out.warning(path, lines.get("summary"), "the summary copies the body's first sentence(s); it is not "
+                        "shown as a standfirst (it would say the opening twice): write one that adds to the opening")
     if references:
         cited = {n for _, n in _citations(body)}
         for ref in references:
@@ -407,23 +422,65 @@ def _check_body(body: str, body_line: int, reference_count: int | None, path: Pa
                 if not 1 <= number <= reference_count:
                     out.error(path, body_line + offset, f"citation [{number}] points to a reference that does not "
                               f"exist (there are {reference_count})")
-        elif child.type in ("link_open", "image"):
-            url = child.attrGet("href" if child.type == "link_open" else "src") or ""
-            if not is_absolute_http_url(url) and not (child.type == "link_open" and url.startswith("mailto:")):
-                kind = "link" if child.type == "link_open" else "image"
-                out.error(path, body_line + offset, f"{kind} URL is not absolute http(s): {url!r}")
+        elif child.type == "image":
+            _check_image(markup.image_of(child), body_line + offset, path, out)
         elif child.type == "html_inline":
             _check_html_hrefs(child.content, body_line + offset, path, out)
+    # links from a parser that keeps every URL: the renderer's turns [x](javascript:...) into text
+    for offset, child in _inline_lines(markup.link_parser().parse(body)):
+        if child.type == "link_open":
+            _check_link(child.attrGet("href") or "", body_line + offset, path, out)
     for token in toks:
         if token.type == "html_block":
             _check_html_hrefs(token.content, body_line + (token.map[0] if token.map else 0), path, out)
 
 
+def link_scheme(url: str) -> str:
+    """The scheme a browser would see: entities decoded, and the tabs, newlines and
+    control characters it ignores removed ("java&#x09;script:" is "javascript:")."""
+    cleaned = re.sub(r"[\x00-\x20\x7f]|%0[9ad]", "", unescape(url), flags=re.I)
+    match = re.match(r"([a-z][a-z0-9+.-]*):", cleaned, re.I)
+    return match.group(1).lower() if match else ""
+
+
+def _check_link(url: str, line: int, path: Path, out: _Collector) -> None:
+    """A body link is https or mailto: anything else (javascript:, data:, http:, a relative
+    path) cannot be a working, safe link in an email."""
+    scheme = link_scheme(url)
+    if scheme == "mailto" and "@" in url:
+        return
+    if scheme == "https" and is_absolute_http_url(url):
+        return
+    out.error(path, line, f"link URL is not absolute https (or mailto): {url!r}")
+
+
+def _check_image(image: markup.Image, line: int, path: Path, out: _Collector) -> None:
+    if not (image.src.startswith("https://") and is_absolute_http_url(image.src)):
+        out.error(path, line, f"image URL is not absolute https: {image.src!r}")
+    if not image.alt:
+        out.error(path, line, f"image {image.src!r} has no alt text: write ![what it shows](...)")
+    if not (image.width and image.height):
+        out.error(path, line, f"image {image.src!r} needs a width and height for email clients: "
+                  "add {width=W height=H} (pixels) right after it")
+    for name in image.unknown:
+        out.error(path, line, f"image {image.src!r} has unknown attribute {name!r} (only width and height)")
+
+
 def _check_html_hrefs(html: str, line: int, path: Path, out: _Collector) -> None:
+    for match in markup.RAW_IMG_RE.finditer(html):
+        out.error(path, line + html.count("\n", 0, match.start()), "an image written as HTML is dropped: "
+                  "write ![alt text](https://...){width=W height=H} instead")
     for match in HTML_HREF_RE.finditer(html):
         url = next(g for g in match.groups() if g is not None)
-        if not is_absolute_http_url(url) and not url.startswith("mailto:"):
-            out.error(path, line + html.count("\n", 0, match.start()), f"link URL is not absolute http(s): {url!r}")
+        _check_link(url, line + html.count("\n", 0, match.start()), path, out)
+
+
+def _today(settings: Settings | None) -> date | None:
+    """Today where the library is published (None when the settings cannot say)."""
+    try:
+        return clock.now().astimezone(ZoneInfo(str(settings.timezone))).date() if settings is not None else None
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
 
 
 # -- the library --------------------------------------------------------------------
@@ -453,8 +510,9 @@ def check_library(content_dir: Path | str = "content", settings: Settings | None
     if not article_paths:
         out.warning(content_dir / "articles", None, "no articles")
     topics = settings.topics if settings is not None and isinstance(settings.topics, dict) else None
+    today = _today(settings)
     for path in article_paths:
-        article, slug_line = _load_article(path, authors, topics, out)
+        article, slug_line = _load_article(path, authors, topics, out, today)
         if article is None:
             continue
         if article.slug in seen:

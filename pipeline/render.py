@@ -143,6 +143,8 @@ def _article_values(article: Article, settings: Settings, *, full: bool) -> dict
         "reading_minutes": max(1, round(len(article.body.split()) / WORDS_PER_MINUTE)),
     }
     if full:
+        # the standfirst is left out when it would only repeat the body's opening
+        values["standfirst"] = "" if markup.repeats_opening(article.summary, article.body) else article.summary
         values["references"] = [
             {"number": ref.number, "text": ref.text,
              # only https URLs become links (every link in the email is https); http ones stay visible
@@ -204,7 +206,7 @@ def render_mjml(issue: Issue, settings: Settings, subject: str, preheader: str, 
     context = _context(issue, settings, subject, preheader, web_url)
     lead = issue.lead
     # sanitised by nh3 in to_html, hence Markup: autoescape must not escape it again
-    body = _unlink_non_https(_unwrap_dead_links(markup.to_html(lead.body, citation_href(settings, lead))))
+    body = _unlink_non_https(_unwrap_dead_links(markup.to_html(lead.body, citation_href(settings, lead), email=True)))
     context["lead"]["body_html"] = Markup(body)
     try:
         return email_environment().get_template("layout.mjml").render(context)
