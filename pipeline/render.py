@@ -257,6 +257,9 @@ def inline_css(html: str) -> str:
         keep_style_tags=True,  # clients that support <style> need the @media rules
         remove_classes=False,
         disable_validation=True,  # mso- properties are not CSS 2.1 but Outlook needs them
+        # an image's height attribute is its true height (for Outlook); "height:auto" in the CSS
+        # (so it scales with max-width on phones) must not become height="auto"
+        disable_basic_attributes=["height"],
         cssutils_logging_level=logging.CRITICAL,
     )
     out = inliner.transform(pretty_print=False)

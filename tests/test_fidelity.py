@@ -236,3 +236,93 @@ def test_feed_items_carry_the_terms_notice(library, frozen):
     assert terms in " ".join(BeautifulSoup(item["content_html"], "html.parser").get_text(" ").split())
     for entry in feedparser.parse(atom_feed(library)).entries + feedparser.parse(rss_feed(library)).entries:
         assert terms in " ".join(BeautifulSoup(entry.content[0].value, "html.parser").get_text(" ").split())
+
+
+# -- images -----------------------------------------------------------------------------------
+
+IMAGE_BODY = f"""Opening paragraph about the roller.[^1]
+
+{IMAGE}
+
+## Details
+
+Inline ![a small icon](https://images.example.org/icon.png){{width=16 height=16}} in a sentence.[^2]
+"""
+
+
+@pytest.fixture
+def pictured(content_dir):
+    return write_article(content_dir, "pictured", "2024-05-05", title="Pictures – café 微针 🎉", body=IMAGE_BODY)
+
+
+@pytest.mark.parametrize("image,reason", [
+    ("![a roller](http://images.example.org/r.jpg){width=600 height=400}", "image URL is not absolute https: 'http://images.example.org/r.jpg'"),
+    ("![](https://images.example.org/r.jpg){width=600 height=400}", "image 'https://images.example.org/r.jpg' has no alt text"),
+    ("![a roller](https://images.example.org/r.jpg)", "image 'https://images.example.org/r.jpg' needs a width and height"),
+    ("![a roller](https://images.example.org/r.jpg){width=600}", "image 'https://images.example.org/r.jpg' needs a width and height"),
+    ("![a roller](https://images.example.org/r.jpg){width=600 height=400 style=x}", "image 'https://images.example.org/r.jpg' has unknown attribute 'style'"),
+    ('<img src="https://images.example.org/r.jpg" alt="a roller">', "an image written as HTML is dropped"),
+])
+def test_check_requires_https_alt_and_size_for_images(content_dir, image, reason):
+    path = write_article(content_dir, "bad-image", "2024-05-04", body=f"Opening.[^1]\n\n## Details\n\nText.[^2]\n\n{image}\n")
+    line = path.read_text(encoding="utf-8").splitlines().index(image) + 1
+    result = check(content_dir)
+    assert result.exit_code == 1
+    errors = [l for l in lines_of(result) if ": error: " in l]
+    assert len(errors) == 1 and errors[0].startswith(f"{path}:{line}: error: {reason}"), errors
+
+
+def test_images_reach_the_email_with_size_alt_and_caption(content_dir, pictured, frozen, monkeypatch):
+    library = load_library(content_dir)
+    assert check(content_dir).exit_code == 0
+    # nothing is fetched while rendering: any connection attempt fails the test
+    monkeypatch.setattr(socket.socket, "connect", lambda *a: pytest.fail(f"network use while rendering: {a}"))
+    rendered = issue_of(library, "pictured")
+    soup = BeautifulSoup(rendered.html, "html.parser")
+    img = soup.select_one("img[src='https://images.example.org/roller.jpg']")
+    assert img["alt"] == "A dermaroller on a clean tray – 微针"
+    # scaled to the 528 px content column for clients that honour only the attributes (Outlook)
+    assert (img["width"], img["height"]) == ("528", "352")
+    style = img["style"].replace(" ", "")
+    assert "max-width:100%" in style and "height:auto" in style
+    caption = img.find_parent("p").find_next_sibling("p")
+    assert caption["class"] == ["caption"] and caption.get_text() == "The roller, café-side"
+    icon = soup.select_one("img[src='https://images.example.org/icon.png']")
+    assert icon["alt"] == "a small icon" and (icon["width"], icon["height"]) == ("16", "16")
+    assert "{width" not in rendered.html and "{width" not in rendered.text
+    # the text part names the picture by its alt text
+    assert "A dermaroller on a clean tray – 微针" in rendered.text
+    # and the MIME message carries the same HTML
+    from pipeline.issue import Personal
+    from pipeline.message import build_message
+    personal = Personal(f"{BASE}/unsubscribe/T", f"{BASE}/preferences/T", "Hello Zoë,")
+    message = message_from_bytes(build_message(rendered, library.settings, to="Zoë Dubois <zoe@example.org>",
+                                               personal=personal), policy=policy.default)
+    html_part = BeautifulSoup(message.get_body(("html",)).get_content(), "html.parser")
+    assert html_part.select_one("img[src='https://images.example.org/roller.jpg']")["width"] == "528"
+
+
+def test_images_on_the_page_are_figures_with_captions(content_dir, pictured, tmp_path, frozen):
+    build_site(load_library(content_dir), tmp_path / "public")
+    soup = BeautifulSoup((tmp_path / "public/articles/pictured/index.html").read_text(encoding="utf-8"), "html.parser")
+    figure = soup.select_one(".body figure")
+    img = figure.select_one("img")
+    assert (img["src"], img["alt"], img["width"], img["height"]) == (
+        "https://images.example.org/roller.jpg", "A dermaroller on a clean tray – 微针", "1200", "800")
+    assert figure.select_one("figcaption").get_text() == "The roller, café-side"
+
+
+def test_images_in_the_feeds_with_the_lead_image(content_dir, pictured, frozen):
+    library = load_library(content_dir)
+    item = next(i for i in json.loads(json_feed(library))["items"] if i["id"].endswith("/pictured/"))
+    assert item["image"] == "https://images.example.org/roller.jpg"
+    assert BeautifulSoup(item["content_html"], "html.parser").select_one("figure img")["alt"].startswith("A dermaroller")
+    other = next(i for i in json.loads(json_feed(library))["items"] if i["id"].endswith("/microneedling/"))
+    assert "image" not in other
+    root = etree.fromstring(rss_feed(library))
+    item = next(i for i in root.iter("item") if i.findtext("link").endswith("/pictured/"))
+    media = item.find(f"{{{MEDIA_NS}}}content")
+    assert (media.get("url"), media.get("medium"), media.get("width"), media.get("height")) == (
+        "https://images.example.org/roller.jpg", "image", "1200", "800")
+    entry = next(e for e in feedparser.parse(atom_feed(library)).entries if e.id.endswith("/pictured/"))
+    assert "https://images.example.org/roller.jpg" in entry.content[0].value
