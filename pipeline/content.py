@@ -374,7 +374,7 @@ def _load_references(raw: Any, path: Path, lines: dict[str, int], out: _Collecto
     return refs
 
 
-def _inline_lines(toks) -> Iterable[tuple[int, Any]]:
+def inline_lines(toks) -> Iterable[tuple[int, Any]]:
     """(line offset in the body, child token) for every inline child, counting the
     line breaks inside a paragraph so a problem points at its exact line."""
     for token in toks:
@@ -388,7 +388,7 @@ def _inline_lines(toks) -> Iterable[tuple[int, Any]]:
 
 
 def _citations(body: str) -> list[tuple[int, int]]:
-    return [(line, n) for line, child in _inline_lines(markup.tokens(body)) if child.type == "citation"
+    return [(line, n) for line, child in inline_lines(markup.tokens(body)) if child.type == "citation"
             for n in child.meta["numbers"]]
 
 
@@ -416,7 +416,7 @@ def _check_body(body: str, body_line: int, reference_count: int | None, path: Pa
             open_heading = None
     if open_heading:
         out.error(path, open_heading[1], "empty section: a heading with no content after it")
-    for offset, child in _inline_lines(toks):
+    for offset, child in inline_lines(toks):
         if child.type == "citation" and reference_count is not None:
             for number in child.meta["numbers"]:
                 if not 1 <= number <= reference_count:
@@ -427,7 +427,7 @@ def _check_body(body: str, body_line: int, reference_count: int | None, path: Pa
         elif child.type == "html_inline":
             _check_html_hrefs(child.content, body_line + offset, path, out)
     # links from a parser that keeps every URL: the renderer's turns [x](javascript:...) into text
-    for offset, child in _inline_lines(markup.link_parser().parse(body)):
+    for offset, child in inline_lines(markup.link_parser().parse(body)):
         if child.type == "link_open":
             _check_link(child.attrGet("href") or "", body_line + offset, path, out)
     for token in toks:

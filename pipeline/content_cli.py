@@ -10,14 +10,19 @@ from pipeline.content import check_library
 
 
 @click.command()
+@click.option("--fetch-images", is_flag=True,
+              help="Also send a HEAD request to each image URL and report those that do not answer.")
 @click.pass_obj
-def check(obj) -> None:
+def check(obj, fetch_images: bool) -> None:
     """Validate the whole library; report every problem as file:line and exit non-zero on any error."""
     library, problems = check_library(obj.content_dir)
+    if fetch_images:
+        from pipeline.image_fetch import fetch_problems
+        problems = problems + fetch_problems(obj.content_dir)
     for problem in problems:
         click.echo(str(problem), err=problem.level == "error")
     errors = sum(p.level == "error" for p in problems)
-    warnings = len(problems) - errors
+    warnings = sum(p.level == "warning" for p in problems)
     if errors:
         click.echo(f"check failed: {errors} error(s), {warnings} warning(s)", err=True)
         raise SystemExit(1)

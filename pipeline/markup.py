@@ -45,7 +45,7 @@ ALLOWED_ATTRIBUTES = {
     "sup": {"class"},
     "span": {"class"},
     "p": {"class"},
-    "img": {"src", "alt", "width", "height", "class"},
+    "img": {"src", "alt", "width", "height", "style"},
     "h2": {"id"},
     "h3": {"id"},
     "h4": {"id"},
@@ -270,17 +270,30 @@ def image_size(image: Image, email: bool) -> tuple[int | None, int | None]:
     return width, height
 
 
+# the only inline styles an image may carry (our renderer writes them; raw HTML images never
+# reach the sanitiser): an email figure fills the column up to its own width, any other
+# email image shrinks to fit. Percentages need the inline style: an <img> in a table cell
+# with only max-width would widen the cell on a phone.
+EMAIL_IMAGE_STYLE = re.compile(r"(display:block;width:100%;max-width:\d+px;|max-width:100%;)height:auto;border:0")
+
+
 def _render_image(self, tokens, idx, options, env) -> str:
     image = image_of(tokens[idx])
     if not image.src.lower().startswith("https://"):
         return escape(image.alt)  # check refuses it; never an <img> without a source
-    width, height = image_size(image, env.get("email", False))
+    email = env.get("email", False)
+    width, height = image_size(image, email)
     size = (f' width="{width}"' if width else "") + (f' height="{height}"' if height else "")
-    return f'<img src="{escape(image.src)}" alt="{escape(image.alt)}"{size}>'
+    style = ""
+    if email:
+        fill = f"display:block;width:100%;max-width:{width}px;" if env.get("in_figure") and width else "max-width:100%;"
+        style = f' style="{fill}height:auto;border:0"'
+    return f'<img src="{escape(image.src)}" alt="{escape(image.alt)}"{size}{style}>'
 
 
 def _render_paragraph_open(self, tokens, idx, options, env) -> str:
-    if _lone_image(tokens, idx) is not None:
+    env["in_figure"] = _lone_image(tokens, idx) is not None
+    if env["in_figure"]:
         return '<p class="figure">' if env.get("email") else "<figure>"
     return self.renderToken(tokens, idx, options, env)
 
@@ -288,6 +301,7 @@ def _render_paragraph_open(self, tokens, idx, options, env) -> str:
 def _render_paragraph_close(self, tokens, idx, options, env) -> str:
     opening = idx - 2
     image = _lone_image(tokens, opening) if opening >= 0 and tokens[opening].type == "paragraph_open" else None
+    env["in_figure"] = False
     if image is None:
         return self.renderToken(tokens, idx, options, env)
     caption = escape(image_of(image).title)
@@ -322,5 +336,7 @@ def sanitize(html: str) -> str:
 def _filter_attribute(tag: str, attribute: str, value: str) -> str | None:
     # an image is fetched by the reader's client: https only, never http or data:
     if tag == "img" and attribute == "src" and not value.lower().startswith("https://"):
+        return None
+    if tag == "img" and attribute == "style" and not EMAIL_IMAGE_STYLE.fullmatch(value):
         return None
     return value

@@ -249,17 +249,22 @@ def compile_mjml(source: str) -> str:
         raise RenderError(f"MJML did not compile: {exc}") from None
 
 
+class _Inliner(Premailer):
+    def _style_to_basic_html_attributes(self, element, style_content, force=False):
+        # premailer copies CSS width/height into attributes; an image's attributes are its size
+        # in pixels for Outlook, while its "width:100%; height:auto" only scales it on phones
+        if element.tag != "img":
+            super()._style_to_basic_html_attributes(element, style_content, force)
+
+
 def inline_css(html: str) -> str:
-    inliner = Premailer(
+    inliner = _Inliner(
         html,
         allow_network=False,
         strip_important=False,  # @media rules need !important to beat the inlined styles
         keep_style_tags=True,  # clients that support <style> need the @media rules
         remove_classes=False,
         disable_validation=True,  # mso- properties are not CSS 2.1 but Outlook needs them
-        # an image's height attribute is its true height (for Outlook); "height:auto" in the CSS
-        # (so it scales with max-width on phones) must not become height="auto"
-        disable_basic_attributes=["height"],
         cssutils_logging_level=logging.CRITICAL,
     )
     out = inliner.transform(pretty_print=False)

@@ -284,7 +284,7 @@ def test_images_reach_the_email_with_size_alt_and_caption(content_dir, pictured,
     # scaled to the 528 px content column for clients that honour only the attributes (Outlook)
     assert (img["width"], img["height"]) == ("528", "352")
     style = img["style"].replace(" ", "")
-    assert "max-width:100%" in style and "height:auto" in style
+    assert "width:100%" in style and "max-width:528px" in style and "height:auto" in style
     caption = img.find_parent("p").find_next_sibling("p")
     assert caption["class"] == ["caption"] and caption.get_text() == "The roller, café-side"
     icon = soup.select_one("img[src='https://images.example.org/icon.png']")
@@ -326,3 +326,63 @@ def test_images_in_the_feeds_with_the_lead_image(content_dir, pictured, frozen):
         "https://images.example.org/roller.jpg", "image", "1200", "800")
     entry = next(e for e in feedparser.parse(atom_feed(library)).entries if e.id.endswith("/pictured/"))
     assert "https://images.example.org/roller.jpg" in entry.content[0].value
+
+
+# -- check --fetch-images ------------------------------------------------------------------
+
+@pytest.fixture
+def image_server(tmp_path):
+    """An https server on 127.0.0.1 with a throwaway self-signed certificate: /ok.png is an
+    image, anything else 404. Yields (base URL, list of (method, path) it was asked)."""
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    asked: list[tuple[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            asked.append(("HEAD", self.path))
+            self.send_response(200 if self.path == "/ok.png" else 404)
+            self.send_header("Content-Type", "image/png" if self.path == "/ok.png" else "text/html")
+            self.end_headers()
+
+        def do_GET(self):
+            asked.append(("GET", self.path))
+            self.send_error(405)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", asked, cert
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_check_fetch_images_asks_each_url_with_head(content_dir, image_server, monkeypatch):
+    base, asked, cert = image_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust the throwaway certificate, nothing else changes
+    good = f"![a roller]({base}/ok.png){{width=10 height=10}}"
+    bad = f"![a missing photo]({base}/gone.png){{width=10 height=10}}"
+    path = write_article(content_dir, "fetched", "2024-05-04", body=f"Opening.[^1]\n\n{good}\n\n## Details\n\n{bad}\n\nText.[^2]\n")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    # without the flag nothing is fetched
+    assert check(content_dir).exit_code == 0 and asked == []
+    result = CliRunner().invoke(cli, ["--content", str(content_dir), "check", "--fetch-images"])
+    assert result.exit_code == 1
+    errors = [l for l in lines_of(result) if ": error: " in l]
+    assert errors == [f"{path}:{lines.index(bad) + 1}: error: image '{base}/gone.png' answers HTTP 404"]
+    assert sorted(asked) == [("HEAD", "/gone.png"), ("HEAD", "/ok.png")]
