@@ -54,7 +54,7 @@ def _date(_ctx, _param, value: str | None) -> date | None:
 @click.option("--published", default=None, callback=_date,
               help="Publication date YYYY-MM-DD (default: the latest date a reference was cited).")
 @click.option("--topics", default=None, callback=_topics, help="Comma-separated topic ids from site.yaml.")
-@click.option("--summary", default=None, help="One or two sentences (default: the start of the introduction).")
+@click.option("--summary", default=None, help="One or two sentences that add to the opening (default: a list of the sections, to be rewritten).")
 @click.option("--force", is_flag=True, help="Replace an existing article (and author file) that differs.")
 @click.pass_obj
 def import_page(obj, page: Path, out_dir: Path | None, slug: str | None, published: date | None,
