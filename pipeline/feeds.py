@@ -2,7 +2,7 @@
 
 All three come from the same values (``ArticleView``) as the web pages, and
 each item carries what an email reader sees: the full article HTML with its
-numbered references, the author block, the disclaimer and the privacy notice.
+numbered references, the author block, the disclaimer, the terms notice and the privacy notice.
 
 Output depends on content only, never on the build time, so rebuilding an
 unchanged library gives byte-identical files:
