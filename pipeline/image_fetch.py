@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline import markup
-from pipeline.content import Problem, inline_lines, split_front_matter
+from pipeline.body_check import inline_lines
+from pipeline.content import Problem, split_front_matter
 
 TIMEOUT = 10  # seconds per request
 WORKERS = 8
