@@ -17,7 +17,7 @@ import click
 
 from pipeline.content import Library, LibraryError, check_library
 from pipeline.errors import RenderError
-from pipeline.feeds import feed_warnings, today
+from pipeline.feeds import today
 from pipeline.issue import RenderedIssue
 from pipeline.site import BuildReport, build_site, publish_issue, published_issues
 
@@ -79,5 +79,3 @@ def build(obj, out: Path | None, day: datetime | None) -> None:
         as_of = max(today(library.settings), issue_day)
     report += build_site(library, out, as_of=as_of)
     _report(report, out)
-    for warning in feed_warnings(library, as_of):
-        click.echo(f"warning: {warning}", err=True)

@@ -12,12 +12,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, Iterable
-from urllib.parse import urlsplit
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from pipeline import markup
+from pipeline import clock, markup
+from pipeline.body_check import check_body, citation_lines, is_absolute_http_url
 from pipeline.article import Article, Author, Reference
 from pipeline.errors import ContentError
 from pipeline.settings import Settings, load_settings
@@ -31,8 +32,6 @@ SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 # Characters XML 1.0 cannot carry (C0 controls other than tab/LF/CR, U+FFFE/U+FFFF):
 # lxml refuses them, so one in an article would crash the feed build
 XML_INVALID_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-# an href in raw HTML inside the Markdown (nh3 keeps relative ones)
-HTML_HREF_RE = re.compile(r"""\bhref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class Problem:
     path: Path
     line: int | None
     message: str
-    level: str = "error"  # or "warning"
+    level: str = "error"  # or "warning", or "note" (worth knowing, nothing to fix)
 
     def __str__(self) -> str:
         where = f"{self.path}:{self.line}" if self.line else str(self.path)
@@ -82,6 +81,9 @@ class _Collector:
 
     def warning(self, path: Path, line: int | None, message: str) -> None:
         self.problems.append(Problem(path, line, message, "warning"))
+
+    def note(self, path: Path, line: int | None, message: str) -> None:
+        self.problems.append(Problem(path, line, message, "note"))
 
 
 # -- YAML with line numbers -----------------------------------------------------
@@ -152,16 +154,6 @@ def _as_date(value: Any) -> date | None:
         except ValueError:
             return None
     return None
-
-
-def is_absolute_http_url(url: str) -> bool:
-    if not isinstance(url, str):
-        return False
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # e.g. an unbalanced "[" in the host
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.netloc) and not any(c.isspace() for c in url)
 
 
 # -- site and authors --------------------------------------------------------------
@@ -238,7 +230,7 @@ def split_front_matter(text: str) -> tuple[str, str, int] | None:
 
 
 def _load_article(path: Path, authors: dict[str, Author], topics: dict | None,
-                  out: _Collector) -> tuple[Article | None, int | None]:
+                  out: _Collector, today: date | None = None) -> tuple[Article | None, int | None]:
     """The article (None on any error) and the line of its slug."""
     text = _read(path, out)
     if text is None:
@@ -288,6 +280,12 @@ def _load_article(path: Path, authors: dict[str, Author], topics: dict | None,
             out.error(path, lines.get("updated"), f"updated must be a date (YYYY-MM-DD), got {data['updated']!r}")
         elif published and updated < published:
             out.error(path, lines.get("updated"), "updated is earlier than published")
+        elif today and updated > today:
+            out.error(path, lines.get("updated"), f"updated {updated} is in the future (today is {today}): "
+                      "an article can only be corrected on or before today")
+    if published and today and published > today:
+        out.note(path, lines.get("published"), f"published {published} is in the future: the article is embargoed "
+                 "(kept out of the feeds, the archive and every send) until that day")
 
     author = None
     author_id = data.get("author")
@@ -311,9 +309,13 @@ def _load_article(path: Path, authors: dict[str, Author], topics: dict | None,
         # point at the closing '---': the body's first line may not exist
         out.error(path, body_line - 1, "the article body is empty (nothing after the front matter)")
     else:
-        _check_body(body, body_line, len(references) if references is not None else None, path, out)
+        check_body(body, body_line, len(references) if references is not None else None, path, out)
+        summary = data.get("summary")
+        if isinstance(summary, str) and markup.repeats_opening(summary, body):
+            out.warning(path, lines.get("summary"), "the summary copies the body's first sentence(s); it is not "
+                        "shown as a standfirst (it would say the opening twice): write one that adds to the opening")
     if references:
-        cited = {n for _, n in _citations(body)}
+        cited = {n for _, n in citation_lines(body)}
         for ref in references:
             if ref.number not in cited:
                 out.warning(path, lines.get(f"references.{ref.number}"), f"reference {ref.number} is never cited")
@@ -359,71 +361,12 @@ def _load_references(raw: Any, path: Path, lines: dict[str, int], out: _Collecto
     return refs
 
 
-def _inline_lines(toks) -> Iterable[tuple[int, Any]]:
-    """(line offset in the body, child token) for every inline child, counting the
-    line breaks inside a paragraph so a problem points at its exact line."""
-    for token in toks:
-        if token.type != "inline" or not token.children:
-            continue
-        line = token.map[0] if token.map else 0
-        for child in token.children:
-            if child.type in ("softbreak", "hardbreak"):
-                line += 1
-            yield line, child
-
-
-def _citations(body: str) -> list[tuple[int, int]]:
-    return [(line, n) for line, child in _inline_lines(markup.tokens(body)) if child.type == "citation"
-            for n in child.meta["numbers"]]
-
-
-def _check_body(body: str, body_line: int, reference_count: int | None, path: Path, out: _Collector) -> None:
-    toks = markup.tokens(body)
-    # headings: no h1 (the title is the h1), no skipped levels, no empty sections
-    last_level = 1
-    open_heading: tuple[int, int] | None = None  # (level, line) of a heading with nothing under it yet
-    for i, token in enumerate(toks):
-        line = body_line + (token.map[0] if token.map else 0)
-        if token.type == "heading_open":
-            level = int(token.tag[1])
-            if level == 1:
-                out.error(path, line, "the body must not contain a level-1 heading: the title is the page's only h1")
-            elif level > last_level + 1:
-                out.error(path, line, f"heading level skips from h{last_level} to h{level}")
-            if not toks[i + 1].content.strip():
-                out.error(path, line, "empty heading")
-            if open_heading and open_heading[0] >= level:
-                out.error(path, open_heading[1], "empty section: a heading with no content before the next heading")
-            open_heading = (level, line)
-            last_level = level
-        elif token.type in ("paragraph_open", "bullet_list_open", "ordered_list_open", "table_open",
-                            "blockquote_open", "fence", "code_block", "html_block"):
-            open_heading = None
-    if open_heading:
-        out.error(path, open_heading[1], "empty section: a heading with no content after it")
-    for offset, child in _inline_lines(toks):
-        if child.type == "citation" and reference_count is not None:
-            for number in child.meta["numbers"]:
-                if not 1 <= number <= reference_count:
-                    out.error(path, body_line + offset, f"citation [{number}] points to a reference that does not "
-                              f"exist (there are {reference_count})")
-        elif child.type in ("link_open", "image"):
-            url = child.attrGet("href" if child.type == "link_open" else "src") or ""
-            if not is_absolute_http_url(url) and not (child.type == "link_open" and url.startswith("mailto:")):
-                kind = "link" if child.type == "link_open" else "image"
-                out.error(path, body_line + offset, f"{kind} URL is not absolute http(s): {url!r}")
-        elif child.type == "html_inline":
-            _check_html_hrefs(child.content, body_line + offset, path, out)
-    for token in toks:
-        if token.type == "html_block":
-            _check_html_hrefs(token.content, body_line + (token.map[0] if token.map else 0), path, out)
-
-
-def _check_html_hrefs(html: str, line: int, path: Path, out: _Collector) -> None:
-    for match in HTML_HREF_RE.finditer(html):
-        url = next(g for g in match.groups() if g is not None)
-        if not is_absolute_http_url(url) and not url.startswith("mailto:"):
-            out.error(path, line + html.count("\n", 0, match.start()), f"link URL is not absolute http(s): {url!r}")
+def _today(settings: Settings | None) -> date | None:
+    """Today where the library is published (None when the settings cannot say)."""
+    try:
+        return clock.now().astimezone(ZoneInfo(str(settings.timezone))).date() if settings is not None else None
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
 
 
 # -- the library --------------------------------------------------------------------
@@ -453,8 +396,9 @@ def check_library(content_dir: Path | str = "content", settings: Settings | None
     if not article_paths:
         out.warning(content_dir / "articles", None, "no articles")
     topics = settings.topics if settings is not None and isinstance(settings.topics, dict) else None
+    today = _today(settings)
     for path in article_paths:
-        article, slug_line = _load_article(path, authors, topics, out)
+        article, slug_line = _load_article(path, authors, topics, out, today)
         if article is None:
             continue
         if article.slug in seen:

@@ -10,14 +10,19 @@ from pipeline.content import check_library
 
 
 @click.command()
+@click.option("--fetch-images", is_flag=True,
+              help="Also send a HEAD request to each image URL and report those that do not answer.")
 @click.pass_obj
-def check(obj) -> None:
+def check(obj, fetch_images: bool) -> None:
     """Validate the whole library; report every problem as file:line and exit non-zero on any error."""
     library, problems = check_library(obj.content_dir)
+    if fetch_images:
+        from pipeline.image_fetch import fetch_problems
+        problems = problems + fetch_problems(obj.content_dir)
     for problem in problems:
         click.echo(str(problem), err=problem.level == "error")
     errors = sum(p.level == "error" for p in problems)
-    warnings = len(problems) - errors
+    warnings = sum(p.level == "warning" for p in problems)
     if errors:
         click.echo(f"check failed: {errors} error(s), {warnings} warning(s)", err=True)
         raise SystemExit(1)
@@ -49,7 +54,7 @@ def _date(_ctx, _param, value: str | None) -> date | None:
 @click.option("--published", default=None, callback=_date,
               help="Publication date YYYY-MM-DD (default: the latest date a reference was cited).")
 @click.option("--topics", default=None, callback=_topics, help="Comma-separated topic ids from site.yaml.")
-@click.option("--summary", default=None, help="One or two sentences (default: the start of the introduction).")
+@click.option("--summary", default=None, help="One or two sentences that add to the opening (default: a list of the sections, to be rewritten).")
 @click.option("--force", is_flag=True, help="Replace an existing article (and author file) that differs.")
 @click.pass_obj
 def import_page(obj, page: Path, out_dir: Path | None, slug: str | None, published: date | None,

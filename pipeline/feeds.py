@@ -2,7 +2,7 @@
 
 All three come from the same values (``ArticleView``) as the web pages, and
 each item carries what an email reader sees: the full article HTML with its
-numbered references, the author block, the disclaimer and the privacy notice.
+numbered references, the author block, the disclaimer, the terms notice and the privacy notice.
 
 Output depends on content only, never on the build time, so rebuilding an
 unchanged library gives byte-identical files:
@@ -11,7 +11,12 @@ unchanged library gives byte-identical files:
 - an article is dated at the daily send time on its ``published`` date, in
   the settings' time zone, and ``updated`` follows its ``updated`` date;
 - the feed-level ``updated``/``lastBuildDate`` is the newest item's
-  ``updated``, not "now" (feedgen's default, which we override).
+  ``updated``, not "now" (feedgen's default, which we override);
+- articles dated the same day are a second apart, in slug order
+  (``same_day_offsets``), so no two items share an Atom ``updated`` value.
+
+An embargoed article (``published`` in the future) is in no feed and on no page
+until its day.
 
 feedgen traps handled here (see shared/docs/feed-checklist.md): the RSS channel
 ``<link>`` is the *last* link added, so ``rel=self`` goes first; RSS drops an
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -68,6 +73,13 @@ class ArticleView:
     body_html: str  # sanitised; citations are absolute links to the references on the article page
     page_body_html: str  # the same for the article page itself: citations are in-page (#ref-N) links
     topics: tuple[Topic, ...]
+    standfirst: str = ""  # the summary shown above the body; "" when it would repeat the body's opening
+    image: markup.Image | None = None  # the lead image (the body's first), for feed enclosures
+
+
+# ids the article page (templates/web/*.html) uses itself; a heading never takes one
+PAGE_IDS = ("main", "section-references", "section-author", "section-author-heading", "section-disclaimer",
+            "section-privacy")
 
 
 # -- values ----------------------------------------------------------------------
@@ -88,15 +100,31 @@ def zone(settings: Settings) -> ZoneInfo:
         raise ContentError(f"timezone {settings.timezone!r} is not an IANA time zone", path=settings.source) from None
 
 
-def publication_time(day: date, settings: Settings) -> datetime:
-    """An article dated ``day`` counts as published at the daily send time in the site's zone:
-    a fixed, content-derived instant (never the build time)."""
+def publication_time(day: date, settings: Settings, offset: int = 0) -> datetime:
+    """An article dated ``day`` counts as published at the daily send time in the site's zone,
+    plus ``offset`` seconds to tell same-day articles apart: a fixed, content-derived instant
+    (never the build time)."""
     try:
         hour, minute = (int(part) for part in str(settings.send_time).split(":"))
         at = time(hour, minute)
     except ValueError:
         raise ContentError(f"send_time must be HH:MM, got {settings.send_time!r}", path=settings.source) from None
-    return datetime.combine(day, at, tzinfo=zone(settings))
+    return datetime.combine(day, at, tzinfo=zone(settings)) + timedelta(seconds=offset)
+
+
+def same_day_offsets(articles) -> dict[str, tuple[int, int]]:
+    """slug -> (published, updated) offsets in seconds: among the articles published (or last
+    modified) on the same date, the n-th in slug order is n seconds after the send time. It
+    depends on the library's dates and slugs only, so a rebuild gives the same instants, and
+    feed validators never see two entries with the same ``updated``."""
+    published: dict[date, list[str]] = {}
+    updated: dict[date, list[str]] = {}
+    for article in articles:
+        published.setdefault(article.published, []).append(article.slug)
+        updated.setdefault(article.last_modified, []).append(article.slug)
+    rank = {day: {slug: n for n, slug in enumerate(sorted(slugs))} for day, slugs in published.items()}
+    rank_updated = {day: {slug: n for n, slug in enumerate(sorted(slugs))} for day, slugs in updated.items()}
+    return {a.slug: (rank[a.published][a.slug], rank_updated[a.last_modified][a.slug]) for a in articles}
 
 
 def today(settings: Settings) -> date:
@@ -109,16 +137,22 @@ def topic_name(settings: Settings, topic_id: str) -> str:
     return str(spec.get("name") or topic_id)
 
 
-def article_view(article: Article, settings: Settings) -> ArticleView:
+def article_view(article: Article, settings: Settings, offsets: tuple[int, int] = (0, 0)) -> ArticleView:
     url = article_url(settings, article.slug)
+    reserved = (*PAGE_IDS, *(f"ref-{ref.number}" for ref in article.references))
+    images = markup.images(article.body)
     return ArticleView(
         article=article,
         url=url,
-        published_at=publication_time(article.published, settings),
-        updated_at=publication_time(article.last_modified, settings),
-        body_html=markup.to_html(article.body, cite_href=lambda n: f"{url}#ref-{n}", heading_ids=True),
-        page_body_html=markup.to_html(article.body, cite_href=lambda n: f"#ref-{n}", heading_ids=True),
+        published_at=publication_time(article.published, settings, offsets[0]),
+        updated_at=publication_time(article.last_modified, settings, offsets[1]),
+        body_html=markup.to_html(article.body, cite_href=lambda n: f"{url}#ref-{n}", heading_ids=True,
+                                 reserved_ids=reserved),
+        page_body_html=markup.to_html(article.body, cite_href=lambda n: f"#ref-{n}", heading_ids=True,
+                                      reserved_ids=reserved),
         topics=tuple(Topic(t, topic_name(settings, t)) for t in article.topics),
+        standfirst="" if markup.repeats_opening(article.summary, article.body) else article.summary,
+        image=images[0] if images else None,
     )
 
 
@@ -128,7 +162,9 @@ def public_articles(library: Library, as_of: date | None = None) -> list[Article
     as_of = as_of or today(library.settings)
     due = [a for a in library.articles if a.published <= as_of]
     due.sort(key=lambda a: (a.published, a.slug), reverse=True)
-    return [article_view(a, library.settings) for a in due]
+    offsets = same_day_offsets(library.articles)
+    # (same-day articles: the later slug is the later second, so this order is the instants' order too)
+    return [article_view(a, library.settings, offsets[a.slug]) for a in due]
 
 
 def long_date(value: date) -> str:
@@ -181,6 +217,11 @@ def _generator(library: Library, views: list[ArticleView], self_file: str, rss: 
     if rss:
         # dc:creator for RSS only: feedgen drops an RSS <author> without an email address
         fg.load_extension("dc", atom=False, rss=True)
+    media = rss and any(v.image for v in views)
+    if media:
+        # the lead image as media:content (an RSS <enclosure> needs the byte length, which
+        # only fetching the image could tell, and nothing is fetched at build time)
+        fg.load_extension("media", atom=False, rss=True)
     fg.id(site_url(settings))
     fg.title(settings.publication_name)
     fg.description(_description(settings))  # also Atom's <subtitle>
@@ -207,7 +248,16 @@ def _generator(library: Library, views: list[ArticleView], self_file: str, rss: 
             entry.category(term=topic.id, label=topic.name)
         if rss:
             entry.dc.dc_creator(article.author.name)
+        if media and view.image:
+            entry.media.content(_media(view.image), group=None)
     return fg
+
+
+def _media(image: markup.Image) -> dict[str, str]:
+    fields = {"url": image.src, "medium": "image"}
+    if image.width and image.height:
+        fields.update(width=str(image.width), height=str(image.height))
+    return fields
 
 
 def rss_feed(library: Library, as_of: date | None = None) -> bytes:
@@ -242,27 +292,12 @@ def json_feed(library: Library, as_of: date | None = None) -> bytes:
                 "date_modified": v.updated_at.isoformat(),
                 "authors": [{"name": v.article.author.name}],
                 "tags": [t.name for t in v.topics],
+                **({"image": v.image.src} if v.image else {}),
             }
             for v in views
         ],
     }
     return (json.dumps(feed, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
-
-
-def feed_warnings(library: Library, as_of: date | None = None) -> list[str]:
-    """Things the W3C Feed Validation Service would warn about that only the content can fix.
-
-    Two items with the same ``updated`` instant (two articles last changed on the same
-    date) draw its DuplicateUpdated warning. We keep the fixed send-time dating rather
-    than invent distinct times, and tell the editors instead."""
-    seen: dict[datetime, str] = {}
-    warnings = []
-    for view in _items(library, as_of):
-        other = seen.setdefault(view.updated_at, view.article.slug)
-        if other != view.article.slug:
-            warnings.append(f"articles {other!r} and {view.article.slug!r} have the same last-modified date "
-                            f"{view.updated_at.date()}: feed validators warn about equal Atom <updated> values")
-    return warnings
 
 
 def render_feeds(library: Library, as_of: date | None = None) -> dict[str, bytes]:

@@ -784,17 +784,30 @@ def default_published(page: Page) -> date | None:
     return max(dates) if dates else None
 
 
+SUMMARY_LIMIT = 250  # what a preheader shows
+# sections every article has, which say nothing about this one
+GENERIC_SECTIONS = TOP_LEVEL_HEADINGS | {"references", "faq", "faqs"}
+SUMMARY_NOTICE = ("no --summary given: the summary lists the article's sections; write one or two sentences "
+                  "that add to the opening (with --summary, or by editing 'summary:' in {path})")
+
+
 def default_summary(page: Page) -> str:
-    """The first sentence of the introduction, with the second when both fit a
-    preheader (250 characters)."""
-    intro = next((b for b in page.blocks if isinstance(b, Paragraph)), None)
-    if intro is None:
-        return page.title
-    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z\u2018\u201c\"'(])", plain(intro.text))
-    summary = sentences[0]
-    if len(sentences) > 1 and len(summary) + 1 + len(sentences[1]) <= 250:
-        summary = f"{summary} {sentences[1]}"
-    return summary
+    """A standfirst proposed from the page's own section headings ("In this article: ..."), never its
+    opening sentences: the email, page and feed show the summary above the body, so the
+    introduction's first sentences would be said twice.  It is only a proposal, and the
+    import says so (``SUMMARY_NOTICE``); without usable headings it is the title."""
+    topics = []
+    for block in page.blocks:
+        if isinstance(block, Heading) and block.level == 2:
+            text = " ".join(plain(block.text).split()).rstrip(".:;")  # headings verbatim: no case guessing
+            if text and text.rstrip("?!").lower() not in GENERIC_SECTIONS:
+                topics.append(text)
+    while topics:
+        summary = f"In this article: {'; '.join(topics)}."
+        if len(summary) <= SUMMARY_LIMIT:
+            return summary
+        topics.pop()
+    return page.title
 
 
 # Markdown syntax characters escaped in page text, so a page's "*" or "[" stays text
@@ -974,6 +987,8 @@ def import_page(page_path: Path, out_dir: Path, settings, *, slug: str | None = 
                            path=page_path)
     article_text = render_article(page, slug=slug, published=published, topics=topics,
                                   summary=summary or default_summary(page))
+    if not summary:
+        warnings.append(SUMMARY_NOTICE.format(path=Path(out_dir) / "articles" / f"{slug}.md"))
     author_text = render_author(page.author)
     warnings += [str(d) for d in compare_site(page, settings)]
 

@@ -143,6 +143,8 @@ def _article_values(article: Article, settings: Settings, *, full: bool) -> dict
         "reading_minutes": max(1, round(len(article.body.split()) / WORDS_PER_MINUTE)),
     }
     if full:
+        # the standfirst is left out when it would only repeat the body's opening
+        values["standfirst"] = "" if markup.repeats_opening(article.summary, article.body) else article.summary
         values["references"] = [
             {"number": ref.number, "text": ref.text,
              # only https URLs become links (every link in the email is https); http ones stay visible
@@ -204,7 +206,7 @@ def render_mjml(issue: Issue, settings: Settings, subject: str, preheader: str, 
     context = _context(issue, settings, subject, preheader, web_url)
     lead = issue.lead
     # sanitised by nh3 in to_html, hence Markup: autoescape must not escape it again
-    body = _unlink_non_https(_unwrap_dead_links(markup.to_html(lead.body, citation_href(settings, lead))))
+    body = _unlink_non_https(_unwrap_dead_links(markup.to_html(lead.body, citation_href(settings, lead), email=True)))
     context["lead"]["body_html"] = Markup(body)
     try:
         return email_environment().get_template("layout.mjml").render(context)
@@ -247,8 +249,16 @@ def compile_mjml(source: str) -> str:
         raise RenderError(f"MJML did not compile: {exc}") from None
 
 
+class _Inliner(Premailer):
+    def _style_to_basic_html_attributes(self, element, style_content, force=False):
+        # premailer copies CSS width/height into attributes; an image's attributes are its size
+        # in pixels for Outlook, while its "width:100%; height:auto" only scales it on phones
+        if element.tag != "img":
+            super()._style_to_basic_html_attributes(element, style_content, force)
+
+
 def inline_css(html: str) -> str:
-    inliner = Premailer(
+    inliner = _Inliner(
         html,
         allow_network=False,
         strip_important=False,  # @media rules need !important to beat the inlined styles

@@ -169,13 +169,13 @@ def test_reference_url_must_be_absolute(content_dir, article):
 
 
 @pytest.mark.parametrize("link,reason", [
-    ("[our guide](/guides/skin)", "link URL is not absolute http(s): '/guides/skin'"),
-    ("[our guide](www.example.org)", "link URL is not absolute http(s): 'www.example.org'"),
-    ("[our guide](ftp://example.org/x)", "link URL is not absolute http(s): 'ftp://example.org/x'"),
-    ("![a photo](images/a.png)", "image URL is not absolute http(s): 'images/a.png'"),
+    ("[our guide](/guides/skin)", "link URL is not absolute https (or mailto): '/guides/skin'"),
+    ("[our guide](www.example.org)", "link URL is not absolute https (or mailto): 'www.example.org'"),
+    ("[our guide](ftp://example.org/x)", "link URL is not absolute https (or mailto): 'ftp://example.org/x'"),
+    ("![a photo](images/a.png){width=10 height=10}", "image URL is not absolute https: 'images/a.png'"),
     # raw HTML in the Markdown: nh3 keeps a relative href, which would reach the feeds as-is
-    ('<a href="/guides/skin">our guide</a>', "link URL is not absolute http(s): '/guides/skin'"),
-    ("<a href='//example.org/x'>our guide</a>", "link URL is not absolute http(s): '//example.org/x'"),
+    ('<a href="/guides/skin">our guide</a>', "link URL is not absolute https (or mailto): '/guides/skin'"),
+    ("<a href='//example.org/x'>our guide</a>", "link URL is not absolute https (or mailto): '//example.org/x'"),
 ])
 def test_body_link_url_must_be_absolute(content_dir, article, link, reason):
     edit(article, "## Summary\n\n", f"## Summary\n\nSee\n{link} for more.\n\n")

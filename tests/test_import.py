@@ -65,7 +65,8 @@ def test_import_reproduces_the_committed_article_byte_for_byte(content_dir, tmp_
 
 
 def test_default_import_matches_golden(content_dir, tmp_path):
-    """No --summary, no --topics: the summary is the introduction's opening sentence(s)."""
+    """No --summary, no --topics: the proposed summary lists the sections, never repeats the
+    opening (the standfirst would say it twice), and the import tells the editor to write one."""
     out = tmp_path / "out"
     result = run_import(content_dir, SEED, out)
     assert result.exit_code == 0, result.output
@@ -77,9 +78,14 @@ def test_default_import_matches_golden(content_dir, tmp_path):
             (GOLDEN / name).write_text(text, encoding="utf-8")
     for name, text in produced.items():
         assert text == (GOLDEN / name).read_text(encoding="utf-8"), f"{name} differs from the golden file"
-    front = yaml.safe_load(split_front_matter(produced["articles/microneedling.md"])[0])
-    assert front["summary"] == ("Sometimes over-the-counter creams and ointments don’t work as well as you "
-                                "would like if you have troubled or damaged skin.")
+    front_text, body, _ = split_front_matter(produced["articles/microneedling.md"])
+    front = yaml.safe_load(front_text)
+    assert front["summary"] == ("In this article: Microneedling benefits; Who gets microneedling?; What happens when "
+                                "you get microneedling?; What happens after microneedling?; Microneedling healing "
+                                "and risks; Microneedling Safety and Costs.")
+    assert not markup.repeats_opening(front["summary"], body)
+    assert "warning: no --summary given: the summary lists the article's sections" in result.stderr
+    assert str(out / "articles" / "microneedling.md") in result.stderr
     assert front["topics"] == []
 
 
@@ -188,7 +194,8 @@ def test_warns_when_the_site_disclaimer_differs_and_keeps_site_yaml(content_dir,
     assert lines[at + 2].endswith("See our editorial standards for more details.")
     assert "warning: site setting publisher.vat_number differs from the page (site.yaml is kept as it is)" in lines
     assert "  site.yaml: 999 9999 99" in lines and "  page:      362 5758 74" in lines
-    assert len([l for l in lines if l.startswith("warning:")]) == 2
+    # the two differences, and the note that the summary is only a proposal (no --summary)
+    assert len([l for l in lines if l.startswith("warning:") and "--summary" not in l]) == 2
     assert site.read_text(encoding="utf-8") == text
 
 
@@ -198,7 +205,7 @@ def test_whitespace_and_line_splits_are_not_differences(content_dir, tmp_path):
     text = site.read_text(encoding="utf-8").replace("isn’t medical guidance. It shouldn’t replace",
                                                     "isn’t medical guidance.\n  It shouldn’t   replace")
     site.write_text(text, encoding="utf-8")
-    result = run_import(content_dir, SEED, tmp_path / "out")
+    result = run_import(content_dir, SEED, tmp_path / "out", "--summary", "What it is, what it costs.")
     assert result.exit_code == 0 and result.stderr == ""
 
 
