@@ -14,6 +14,7 @@ from pipeline.content import check_library
 def check(obj) -> None:
     """Validate the whole library; report every problem as file:line and exit non-zero on any error."""
     library, problems = check_library(obj.content_dir)
+    problems = problems + _schedule_problems(obj.content_dir)
     for problem in problems:
         click.echo(str(problem), err=problem.level == "error")
     errors = sum(p.level == "error" for p in problems)
@@ -22,6 +23,22 @@ def check(obj) -> None:
         click.echo(f"check failed: {errors} error(s), {warnings} warning(s)", err=True)
         raise SystemExit(1)
     click.echo(f"ok: {len(library.articles)} article(s), {len(library.authors)} author(s), {warnings} warning(s)")
+
+
+def _schedule_problems(content_dir: Path) -> list:
+    """The schedule settings, checked as the daemon will use them (see pipeline.schedule_check)."""
+    from pipeline.content import Problem
+    from pipeline.errors import ContentError
+    from pipeline.schedule_check import settings_problems
+    from pipeline.settings import SITE_FILE, _line_of, load_settings
+
+    try:
+        settings = load_settings(content_dir)
+    except ContentError:
+        return []  # check_library reported it already
+    path = settings.source or Path(content_dir) / SITE_FILE
+    return [Problem(path, _line_of(path, name) if path.exists() else None, message, level)
+            for name, level, message in settings_problems(settings)]
 
 
 def _topics(_ctx, _param, value: str | None) -> tuple[str, ...]:
