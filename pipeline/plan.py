@@ -103,7 +103,8 @@ def plan_day(engine: Engine, settings: Settings, library, day: date, kind: str =
         return DayPlan(day, kind, issue, "recorded", entries)
     number = schedule.issue_number(engine, day, kind)
     if kind == "weekly":
-        issue = weekly_issue(library, day, number, sent_on=weekly_sent_on(engine, day), audience_topic=topic)
+        issue = weekly_issue(library, day, number, sent_on=weekly_sent_on(engine, day), audience_topic=topic,
+                             start=day - timedelta(days=7))
         if issue is None:
             return DayPlan(day, kind, None, "none", reason="no daily article went out since the last weekly digest")
         return DayPlan(day, kind, issue, "weekly")
@@ -307,15 +308,15 @@ class Row:
 
 def upcoming(engine: Engine, settings: Settings, days: int = 14, library=None) -> list[Row]:
     """The coming ``days`` days' slots (``schedule.upcoming``).  With ``library``, each
-    daily slot not yet done carries ``plan_day``'s answer, the queue chained over
-    the days (each queued article is offered once)."""
+    slot not yet done carries ``plan_day``'s answer, the queue chained over the days
+    (each queued article is offered once); a weekly digest's is what went out so far."""
     taken: set[str] = set()
     rows = []
     for slot, day_entries, run, paused in schedule.upcoming(engine, settings, days):
         plan = problem = None
-        if library is not None and slot.kind == "daily" and (run is None or not run.final):
+        if library is not None and (run is None or not run.final):
             try:
-                plan = plan_day(engine, settings, library, slot.day, "daily", taken=taken)
+                plan = plan_day(engine, settings, library, slot.day, slot.kind, taken=taken)
                 if plan.source == "queue":
                     taken.update(plan.slugs)
             except (ContentError, ScheduleError) as exc:

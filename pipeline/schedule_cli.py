@@ -212,7 +212,11 @@ def _entries_text(entries) -> str:
 
 def _articles_text(row) -> str:
     if row.slot.kind == "weekly":
-        return "weekly digest of the week's articles"
+        if row.plan is None:
+            return "weekly digest of the week's articles"
+        so_far = " (so far)" if row.slot.instant > clock.now() else ""
+        return f"weekly digest: {', '.join(row.plan.slugs)}{so_far}" if row.plan.sends else \
+            f"weekly digest: nothing sent this week{' yet' if so_far else ''}"
     if any(e.state in ("scheduled", "failed") for e in row.entries):
         return _entries_text(row.entries) + (f"; content error: {row.problem}" if row.problem else "")
     if row.problem:
