@@ -9,7 +9,7 @@ clear line and a non-zero exit.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import calendar, clock, schedule
+from pipeline import schedule_view as view
 from pipeline.errors import ScheduleError
 
 # `status` exits with this when the last day's run needs an editor (content error, failure)
@@ -111,32 +112,6 @@ def schedule_group() -> None:
     """Plan which article goes out on which day."""
 
 
-def _say_what_changes(engine, settings, slug: str, day: date, at: str | None, before: time | None) -> None:
-    """The side effects of putting ``slug`` on ``day``: a digest, a moved send time,
-    a wall time the clock change skips or repeats."""
-    from pipeline.schedule_check import wall_time_note
-
-    slot = schedule.planned_slot(engine, settings, day, "daily")
-    others = [e for e in calendar.scheduled_on(engine, day) if e.slug != slug]
-    if others:
-        names = ", ".join(e.slug for e in calendar.scheduled_on(engine, day))
-        click.echo(f"note: {day.isoformat()} now has {len(others) + 1} articles ({names}): they go out as one "
-                   f"digest, the first in full and the rest as summaries")
-        if before is not None and before != slot.at:
-            click.echo(f"note: the send time of {day.isoformat()} moves from {before:%H:%M} to {slot.at:%H:%M} "
-                       f"(the earliest --at of its articles), for {', '.join(e.slug for e in others)} too")
-    note = wall_time_note(day, slot.at, schedule.zone(settings))
-    if note:
-        click.echo(f"warning: {note}", err=True)
-
-
-def _day_time(engine, settings, day: date) -> time | None:
-    """The day's send time now, if anything is on it."""
-    if not calendar.scheduled_on(engine, day):
-        return None
-    return schedule.planned_slot(engine, settings, day, "daily").at
-
-
 @schedule_group.command("add")
 @click.argument("slug")
 @click.option("--on", "on", required=True, metavar="YYYY-MM-DD", help="The day it goes out.")
@@ -153,11 +128,11 @@ def add(obj, slug: str, on: str, at: str | None) -> None:
     engine = _engine(settings)
     refuse_if_reached(engine, slug)
     _check_day(engine, settings, day, at_text)
-    before = _day_time(engine, settings, day)
+    before = view.day_time(engine, settings, day)
     entry = calendar.add_entry(engine, slug, day, at_text)
     slot = schedule.planned_slot(engine, settings, day, "daily")
-    click.echo(f"scheduled {entry.slug} on {day.isoformat()} at {_wall(slot, settings)}")
-    _say_what_changes(engine, settings, slug, day, at_text, before)
+    click.echo(f"scheduled {entry.slug} on {day.isoformat()} at {view.wall(slot, settings)}")
+    view.say_what_changes(engine, settings, slug, day, at_text, before)
 
 
 @schedule_group.command("move")
@@ -181,17 +156,11 @@ def move(obj, slug: str, to: str, at: str | None) -> None:
     current = calendar.entries(engine, slug=slug, states=calendar.MOVABLE)
     keep = at_text is None
     _check_day(engine, settings, day, at_text if not keep else (current[0].at if current else None), slug)
-    before = _day_time(engine, settings, day)
+    before = view.day_time(engine, settings, day)
     entry = calendar.move_entry(engine, slug, day, at_text, keep_time=keep)
     slot = schedule.planned_slot(engine, settings, day, "daily")
-    click.echo(f"moved {entry.slug} to {day.isoformat()} at {_wall(slot, settings)}")
-    _say_what_changes(engine, settings, slug, day, entry.at, before)
-
-
-def _wall(slot, settings) -> str:
-    """A slot's send time as the clock on the wall shows it (a time in the spring gap
-    goes out an hour later)."""
-    return f"{slot.instant.astimezone(schedule.zone(settings)):%H:%M %Z} ({settings.timezone})"
+    click.echo(f"moved {entry.slug} to {day.isoformat()} at {view.wall(slot, settings)}")
+    view.say_what_changes(engine, settings, slug, day, entry.at, before)
 
 
 @schedule_group.command("cancel")
@@ -202,43 +171,6 @@ def cancel(obj, slug: str) -> None:
     settings = obj.settings()
     entry = calendar.cancel_entry(_engine(settings), slug)
     click.echo(f"cancelled {entry.slug} (was on {entry.day.isoformat()})")
-
-
-def _entries_text(entries) -> str:
-    text = ", ".join(e.slug + (f" @{e.at}" if e.at else "") + ("" if e.state == "scheduled" else f" ({e.state})")
-                     for e in entries)
-    return text + (" (digest)" if sum(e.state in ("scheduled", "failed") for e in entries) > 1 else "")
-
-
-def _articles_text(row) -> str:
-    if row.slot.kind == "weekly":
-        if row.plan is None:
-            return "weekly digest of the week's articles"
-        so_far = " (so far)" if row.slot.instant > clock.now() else ""
-        return f"weekly digest: {', '.join(row.plan.slugs)}{so_far}" if row.plan.sends else \
-            f"weekly digest: nothing sent this week{' yet' if so_far else ''}"
-    if any(e.state in ("scheduled", "failed") for e in row.entries):
-        return _entries_text(row.entries) + (f"; content error: {row.problem}" if row.problem else "")
-    if row.problem:
-        return f"content error: {row.problem}"
-    if row.plan is not None and row.plan.source == "queue":
-        return f"(queue) {row.plan.slugs[0]}"
-    if row.entries:
-        return _entries_text(row.entries)
-    if row.plan is not None and row.plan.sends:
-        return ", ".join(row.plan.slugs)
-    return "-"
-
-
-def _state_text(row) -> str:
-    if row.run is not None:
-        return row.run.state
-    if row.paused:
-        return "paused"
-    if row.slot.kind == "daily" and row.problem is None and (row.plan is None or not row.plan.sends) \
-            and not any(e.state in ("scheduled", "failed") for e in row.entries):
-        return "nothing due"
-    return "scheduled"
 
 
 @schedule_group.command("list")
@@ -256,14 +188,14 @@ def list_(obj, weeks: int, history: int) -> None:
     tz = schedule.zone(settings)
     console = _console()
     if history:
-        console.print(_history_table(engine, settings, history))
+        console.print(view.history_table(engine, settings, history))
     library = _library(obj.content_dir)
     rows = upcoming(engine, settings, days=7 * weeks, library=library)
     table = Table("date", "send time", "kind", "articles", "state", title=f"Calendar ({settings.timezone})")
     for row in rows:
         local = row.slot.instant.astimezone(tz)
         table.add_row(f"{row.slot.day.isoformat()} {row.slot.day:%a}", f"{local:%H:%M %Z}", row.slot.kind,
-                      _articles_text(row), _state_text(row))
+                      view.articles_text(row), view.state_text(row))
     console.print(table)
     today = schedule.today(settings)
     stranded = calendar.entries(engine, end=today, states=("missed", "failed"))
@@ -276,47 +208,6 @@ def list_(obj, weeks: int, history: int) -> None:
     pause = calendar.get_pause(engine)
     if pause.paused:
         console.print(f"sending is paused{' until ' + pause.until.isoformat() if pause.until else ''}")
-
-
-def _history_table(engine, settings, days: int) -> Table:
-    """The past ``days`` days that recorded a run: when they went (the real time) and how they ended."""
-    tz = schedule.zone(settings)
-    today = schedule.today(settings)
-    start = today - timedelta(days=days)
-    runs = calendar.runs_between(engine, start, today - timedelta(days=1))
-    by_day: dict[date, list] = {}
-    for entry in calendar.entries(engine, start=start, end=today - timedelta(days=1)):
-        if entry.state != "cancelled":
-            by_day.setdefault(entry.day, []).append(entry)
-    table = Table("date", "planned", "started", "kind", "articles", "outcome", "note",
-                  title=f"Recent days ({settings.timezone})")
-    for (day, kind), run in sorted(runs.items(), key=lambda item: (item[0][0], item[0][1] != "daily")):
-        articles = ", ".join(e.slug + (f" @{e.at}" if e.at else "") + f" ({e.state})" for e in by_day.get(day, [])) \
-            if kind == "daily" else "weekly digest"
-        planned = f"{run.planned_at.astimezone(tz):%H:%M %Z}" if run.planned_at else "-"
-        started = f"{run.started_at.astimezone(tz):%H:%M %Z}" if run.started_at and run.attempts else "-"
-        table.add_row(f"{day.isoformat()} {day:%a}", planned, started, kind, articles or "-", run.state,
-                      run.error or "")
-    return table
-
-
-def _coming_skips(engine, settings, content_dir: Path, until: date | None) -> list[str]:
-    """The sends a pause until ``until`` (None: for now, shown for two weeks) will skip."""
-    from pipeline.plan import upcoming
-
-    now = clock.now()
-    tz = schedule.zone(settings)
-    lines = []
-    for row in upcoming(engine, settings, days=14, library=_library(content_dir)):
-        if row.run is not None and row.run.final or row.slot.instant <= now:
-            continue
-        if until is not None and row.slot.day >= until:
-            break
-        if row.slot.kind == "daily" and row.plan is not None and not row.plan.sends and not row.problem:
-            continue  # nothing was going out that day
-        lines.append(f"  {row.slot.day.isoformat()} {row.slot.instant.astimezone(tz):%H:%M %Z} {row.slot.kind}: "
-                     f"{_articles_text(row)}")
-    return lines
 
 
 @click.command("pause")
@@ -332,7 +223,7 @@ def pause(obj, until: str | None) -> None:
     engine = _engine(settings)
     calendar.set_pause(engine, True, day)
     click.echo(f"paused: no issue goes out {'before ' + day.isoformat() if day else 'until `newsletter resume`'}")
-    skips = _coming_skips(engine, settings, obj.content_dir, day)
+    skips = view.coming_skips(engine, settings, _library(obj.content_dir), day)
     if skips:
         click.echo("these sends will be skipped" + ("" if day else " (the next two weeks)")
                    + "; a skipped day is not sent after a resume:")
