@@ -7,9 +7,9 @@ one (day, kind):
 1. load and check the content; on any error record ``content-error``, log why,
    and leave the calendar as it is (fix, then ``newsletter send`` or
    ``newsletter run --once --date D``);
-2. compose the day's issue: the articles on the calendar for that day, else the
-   next unsent article of the queue when ``send_when_nothing_due`` is on, else
-   the run is recorded ``nothing-to-send`` and no email goes out;
+2. ask ``pipeline.plan.plan_day`` (the one decider, shared with every command)
+   what the day sends; when nothing, the run is recorded ``nothing-to-send``
+   with the reason and no email goes out;
 3. render it, publish its archive page and rebuild the archive and feeds;
 4. send it to confirmed subscribers of that frequency through the send ledger.
 
