@@ -405,3 +405,23 @@ def test_every_command_agrees_on_what_a_day_sends(content_dir, tmp_path, frozen,
         answers[path] = _what(path, days, day, kind, known, folder / "preview")
     assert answers == {path: sorted(expected(parts)) for path in answers}, answers
     assert HOLDER  # the daemon path woke as the test daemon
+
+
+@pytest.mark.postgres
+def test_plan_on_postgresql(content_dir, tmp_path, frozen, postgres_database):
+    days = Day(content_dir, tmp_path, postgres_database, frozen)
+    days.subscribe("reader@example.com")
+    days.subscribe("weekly@example.com", frequency="weekly")
+    parts = add_articles(content_dir, 2)
+    days.wake_at(utc(2026, 3, 2, 7, 0))
+    days.schedule(parts[0], TUE)
+    days.schedule("microneedling", date(2026, 3, 4))
+    days.wake_at(utc(2026, 3, 3, 7, 0))
+    line = one_line_error(days.cli("schedule", "move", parts[0], "--to", "2026-03-12"))
+    assert "already sent on 2026-03-03" in line
+    days.wake_at(utc(2026, 3, 9, 7, 0))  # down from the 3rd: the 4th is beyond the look-back
+    assert calendar.entries(days.engine, slug="microneedling")[0].state == "missed"
+    assert days.run(date(2026, 3, 4)).state == "missed"
+    (weekly,) = days.to("weekly@example.com")
+    assert "Microneedling, part 1" in weekly.get_body(("html",)).get_content()
+    assert [str(m["Subject"]) for m in days.to("reader@example.com")] == ["Microneedling, part 1"]
