@@ -20,7 +20,7 @@ import socket
 import threading
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Iterator, Sequence
 
@@ -155,6 +155,7 @@ class Run:
 class Pause:
     paused: bool = False
     until: date | None = None
+    changed_at: datetime | None = field(default=None, compare=False)  # when it was last paused or resumed
 
     def covers(self, day: date) -> bool:
         """Is ``day`` paused?  ``until`` is the first day that sends again."""
@@ -426,7 +427,7 @@ def settle_run(engine: Engine, run: Run, state: str, *, issue_key: str | None = 
 def get_pause(engine: Engine) -> Pause:
     with transaction(engine) as session:
         row = session.get(PauseRecord, 1)
-        return Pause(row.paused, row.until) if row else Pause()
+        return Pause(row.paused, row.until, row.changed_at) if row else Pause()
 
 
 def set_pause(engine: Engine, paused: bool, until: date | None = None) -> Pause:
@@ -436,7 +437,7 @@ def set_pause(engine: Engine, paused: bool, until: date | None = None) -> Pause:
             row = PauseRecord(id=1)
             session.add(row)
         row.paused, row.until, row.changed_at = paused, (until if paused else None), clock.now()
-        return Pause(row.paused, row.until)
+        return Pause(row.paused, row.until, row.changed_at)
 
 
 # -- the lease ------------------------------------------------------------------------------

@@ -62,15 +62,16 @@ def next_in_queue(library: Library, on: date, sent: Collection[str] = (),
 
 def weekly_issue(library: Library, week_ending: date, number: int, *,
                  sent_on: Mapping[str, date] | None = None,
-                 audience_topic: str | None = None) -> Issue | None:
-    """The weekly digest for the seven days ending on ``week_ending`` (inclusive).
+                 audience_topic: str | None = None, start: date | None = None) -> Issue | None:
+    """The weekly digest for the days ``start`` (default: six days before) to
+    ``week_ending``, inclusive.
 
     With ``sent_on`` (slug -> date its daily issue went out) the digest holds
-    the articles sent that week, in sending order; without it, the articles
-    published that week, oldest first.  None when the week had nothing.
+    the articles sent in those days, in sending order; without it, the articles
+    published then, oldest first.  None when the week had nothing.
     """
     _check(library, number, audience_topic, "weekly")
-    start = week_ending - timedelta(days=6)
+    start = start if start is not None else week_ending - timedelta(days=6)
     if sent_on is not None:
         in_week = sorted((when, slug) for slug, when in sent_on.items() if start <= when <= week_ending)
         articles = _unique(library.article(slug) for _, slug in in_week)

@@ -19,6 +19,7 @@ def check(obj, fetch_images: bool) -> None:
     if fetch_images:
         from pipeline.image_fetch import fetch_problems
         problems = problems + fetch_problems(obj.content_dir)
+    problems = problems + _schedule_problems(obj.content_dir)
     for problem in problems:
         click.echo(str(problem), err=problem.level == "error")
     errors = sum(p.level == "error" for p in problems)
@@ -27,6 +28,22 @@ def check(obj, fetch_images: bool) -> None:
         click.echo(f"check failed: {errors} error(s), {warnings} warning(s)", err=True)
         raise SystemExit(1)
     click.echo(f"ok: {len(library.articles)} article(s), {len(library.authors)} author(s), {warnings} warning(s)")
+
+
+def _schedule_problems(content_dir: Path) -> list:
+    """The schedule settings, checked as the daemon will use them (see pipeline.schedule_check)."""
+    from pipeline.content import Problem
+    from pipeline.errors import ContentError
+    from pipeline.schedule_check import settings_problems
+    from pipeline.settings import SITE_FILE, _line_of, load_settings
+
+    try:
+        settings = load_settings(content_dir)
+    except ContentError:
+        return []  # check_library reported it already
+    path = settings.source or Path(content_dir) / SITE_FILE
+    return [Problem(path, _line_of(path, name) if path.exists() else None, message, level)
+            for name, level, message in settings_problems(settings)]
 
 
 def _topics(_ctx, _param, value: str | None) -> tuple[str, ...]:

@@ -1,10 +1,13 @@
 """``newsletter send`` and ``newsletter send-test``.
 
-``send`` composes the day's issue (or reuses the one already recorded for that
-date, so a re-run or ``--resume`` sends exactly what the first run sent), renders
-it, records it in ``issues`` and hands it to ``pipeline.deliver.send_issue`` for
-the daily subscribers.  ``send-test`` mails one "[TEST]" copy and never touches
-the ledger.
+``send`` sends the issue ``pipeline.plan.plan_day`` gives for the day, the one
+the daemon would send: the recorded one on a re-run or ``--resume``, else the
+calendar's, else the queue's when ``send_when_nothing_due`` is on.  A day that
+sends nothing is refused with the reason.  It renders the issue, records it in
+``issues`` and hands it to ``pipeline.deliver.send_issue`` for the daily
+subscribers; a send that finishes is recorded as the day's issue on the
+calendar and in the runs table.  ``send-test`` mails one "[TEST]" copy of the
+same issue and never touches the ledger.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from zoneinfo import ZoneInfo
 import click
 
 from pipeline import clock
-from pipeline.errors import DeliveryError
+from pipeline.errors import DeliveryError, ScheduleError
 from pipeline.issue import RenderedIssue
 
 
@@ -23,32 +26,21 @@ def local_today(settings) -> date:
     return clock.now().astimezone(ZoneInfo(settings.timezone)).date()
 
 
-def issue_for(engine, library, day: date, *, record: bool, topic: str | None = None) -> RenderedIssue | None:
-    """The rendered daily issue of ``day``: the recorded one if it exists (a re-run or
-    ``--resume`` sends exactly what the first run sent), else composed the way the
-    daemon composes it: the articles the calendar has for that day, else the next
-    unsent article, numbered after the daily issues of earlier days.  With ``topic``,
-    the issue for that topic's subscribers only (its own key, its own ledger)."""
-    from pipeline import calendar, ledger, schedule
-    from pipeline.compose import compose_issue
-    from pipeline.issue import issue_key
-    from pipeline.render import render_issue
-    from subscribers.tokens import audience_label
+def day_plan(engine, library, day: date, kind: str = "daily", topic: str | None = None):
+    """The day's plan from ``pipeline.plan.plan_day``, the same one the daemon sends."""
+    from pipeline.plan import plan_day
+    return plan_day(engine, library.settings, library, day, kind, topic=topic)
 
-    label = audience_label(library.settings, topic) if topic else None
-    found = ledger.find_issue(engine, issue_key(day, "daily", label))
-    if found is not None:
-        issue = compose_issue(library, day, number=found.number, scheduled=found.articles,
-                              audience_topic=found.audience_topic, kind=found.kind)
-    else:
-        issue = compose_issue(library, day, number=schedule.issue_number(engine, day, "daily"),
-                              scheduled=[e.slug for e in calendar.scheduled_on(engine, day)],
-                              sent=schedule.sent_slugs(engine), audience_topic=topic)
-    if issue is None:
-        return None
-    rendered = render_issue(issue, library.settings)
-    if record and found is None:
-        ledger.record_issue(engine, issue, rendered.subject)
+
+def render_plan(engine, library, plan, *, record: bool) -> RenderedIssue:
+    """Render the planned issue; with ``record``, write it to the ledger first (a re-run
+    or ``--resume`` then sends exactly what this run sends)."""
+    from pipeline import ledger
+    from pipeline.render import render_issue
+
+    rendered = render_issue(plan.issue, library.settings)
+    if record:
+        ledger.record_issue(engine, plan.issue, rendered.subject)
     return rendered
 
 
@@ -71,14 +63,17 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
     settings = library.settings
     day = day.date() if day else local_today(settings)
     engine = open_database(settings.database_url)
-    rendered = issue_for(engine, library, day, record=not dry_run, topic=topic)
-    if rendered is None:
-        click.echo(f"nothing to send for {day.isoformat()}: no article is due")
-        return
+    plan = day_plan(engine, library, day, topic=topic)
+    if not plan.sends:
+        raise ScheduleError(plan.describe())
+    rendered = render_plan(engine, library, plan, record=not dry_run)
     summary = send_issue(engine, settings, rendered, frequency="daily", resume=resume, dry_run=dry_run,
                          progress=sys.stderr.isatty() if progress is None else progress)
     for line in summary.lines():
         click.echo(line)
+    if not dry_run:
+        from pipeline.plan import record_hand_send
+        record_hand_send(engine, plan, summary)
     if summary.error:
         raise DeliveryError(f"send stopped early ({summary.error}); nothing was lost: "
                             "fix the cause and run `newsletter send --resume`")
@@ -88,17 +83,22 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
 @click.option("--to", "to", required=True, help="Address that gets the one test copy.")
 @click.option("--date", "day", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
               help="Issue date (default: today in the configured time zone).")
+@click.option("--kind", type=click.Choice(["daily", "weekly"]), default="daily", show_default=True,
+              help="The day's daily issue, or its weekly digest (on the weekly day).")
 @click.pass_obj
-def send_test(obj, to: str, day) -> None:
-    """Mail one copy of the day's issue, subject prefixed "[TEST]"; the ledger is not touched."""
+def send_test(obj, to: str, day, kind: str) -> None:
+    """Mail one copy of the issue the day will send, subject prefixed "[TEST]"; the ledger is not touched."""
     from pipeline.database import open_database
     from pipeline.deliver import send_test as deliver_test
 
     library = obj.library()
     settings = library.settings
     day = day.date() if day else local_today(settings)
-    rendered = issue_for(open_database(settings.database_url), library, day, record=False)
-    if rendered is None:
-        raise DeliveryError(f"nothing to send for {day.isoformat()}: no article is due")
+    plan = day_plan(open_database(settings.database_url), library, day, kind)
+    if not plan.sends:
+        raise ScheduleError(plan.describe())
+    rendered = render_plan(None, library, plan, record=False)
     receipt = deliver_test(settings, rendered, to)
+    click.echo(f"issue:   {plan.describe()}")
+    click.echo(f"subject: {rendered.subject}")
     click.echo(f"test copy of {rendered.issue.key} sent to {to} ({receipt})")

@@ -5,7 +5,9 @@ a placeholder subscriber, built by ``pipeline.message.build_message``), and with
 ``--screenshots`` full-page PNGs 375 px and 600 px wide taken in headless
 Chromium.  The placeholder subscriber gets the public unsubscribe and
 preferences pages, as the web copy does: a preview needs no secret and carries
-no token.  Nothing is sent and no database is touched.
+no token.  Nothing is sent.  ``--date`` (and the default, today) reads the
+database to show exactly what the day will send (``pipeline.plan.plan_day``);
+``--article`` needs no database.
 """
 from __future__ import annotations
 
@@ -81,24 +83,39 @@ def today(settings) -> date:
 
 @click.command("preview")
 @click.option("--date", "day", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
-              help="Preview the issue of this date (YYYY-MM-DD): the next article of the queue.")
+              help="Preview the issue this date (YYYY-MM-DD) will send, as the calendar and queue decide it.")
+@click.option("--kind", type=click.Choice(["daily", "weekly"]), default="daily", show_default=True,
+              help="With --date: the daily issue, or the weekly digest of the weekly day.")
 @click.option("--article", "slug", default=None, help="Preview an issue holding this article (by slug).")
-@click.option("--number", type=click.IntRange(min=1), default=1, show_default=True, help="Issue number to show.")
+@click.option("--number", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --article: the issue number to show.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("preview"),
               show_default=True, help="Folder to write issue.html, issue.txt and issue.eml into.")
 @click.option("--screenshots", is_flag=True, help="Also write PNG screenshots 375 px and 600 px wide (Chromium).")
 @click.pass_obj
-def preview(obj, day: datetime | None, slug: str | None, number: int, out: Path, screenshots: bool) -> None:
-    """Render an issue to files for an editor to look at; nothing is sent."""
+def preview(obj, day: datetime | None, kind: str, slug: str | None, number: int, out: Path,
+            screenshots: bool) -> None:
+    """Render an issue to files for an editor to look at; nothing is sent.
+
+    Without --article it is exactly the issue the day will send (today by default):
+    the calendar's articles, a digest, the weekly digest or the queue, with the
+    subject subscribers will see."""
     if day is not None and slug is not None:
         raise click.UsageError("give --date or --article, not both")
     library = obj.library()
     settings = library.settings
     on = day.date() if day is not None else today(settings)
-    issue = compose_issue(library, on, number=number, scheduled=[slug] if slug else ())
-    if issue is None:
-        click.echo(f"nothing is due on {on.isoformat()}: no article is published by then")
-        raise SystemExit(1)
+    if slug is not None:
+        issue = compose_issue(library, on, number=number, scheduled=[slug])
+    else:
+        from pipeline.database import open_database
+        from pipeline.plan import plan_day
+
+        plan = plan_day(open_database(settings.database_url), settings, library, on, kind)
+        if plan.issue is None:
+            click.echo(plan.describe())
+            raise SystemExit(1)
+        issue = plan.issue
     rendered = render_issue(issue, settings)
     paths = write_preview(rendered, settings, out)
     html = paths["html"].read_text(encoding="utf-8")
@@ -112,3 +129,10 @@ def preview(obj, day: datetime | None, slug: str | None, number: int, out: Path,
     click.echo(f"html size: {size / KB:.1f} KB (warning above {WARN_BYTES // KB} KB; Gmail clips at 102 KB)")
     for warning in rendered.warnings:  # render warns above WARN_BYTES, among others
         click.echo(f"warning: {warning}", err=True)
+    if slug is None and kind == "daily" and _weekly_day(on, settings):
+        click.echo(f"note: {on.isoformat()} is the weekly day; the weekly digest goes too (--kind weekly shows it)")
+
+
+def _weekly_day(on: date, settings) -> bool:
+    from pipeline.schedule import is_weekly_day
+    return is_weekly_day(on, settings)

@@ -274,6 +274,30 @@ def run_once(engine: Engine, settings: Settings, content_dir: Path, day: date) -
             for run in runs]
 
 
+def rehearse(engine: Engine, settings: Settings, content_dir: Path, at: str) -> None:
+    """``run --once --at``: stop the clock at a local moment and wake as the daemon would
+    then (send what is due, record what was missed).  The clock stands still for the
+    run, so every time it records is that moment."""
+    try:
+        local = datetime.strptime(at.strip(), "%Y-%m-%d %H:%M")
+    except ValueError:
+        raise ScheduleError(f"--at must be 'YYYY-MM-DD HH:MM' (local time in {settings.timezone}), got {at!r}") from None
+    instant = schedule.send_instant(local.date(), local.time(), schedule.zone(settings))
+    click.echo(f"clock set to {instant.astimezone(schedule.zone(settings)):%Y-%m-%d %H:%M %Z} ({instant:%H:%M}Z)")
+    with clock.frozen_clock(instant):
+        runs = schedule.wake(engine, settings, content_dir, calendar.new_holder())
+        for one in runs:
+            click.echo(describe_run(one))
+        if not runs:
+            click.echo("nothing was due at that moment")
+        upcoming = schedule.next_instant(instant, settings, schedule.custom_times(
+            engine, local.date(), local.date() + timedelta(days=9)), calendar.get_pause(engine))
+    if upcoming is not None:
+        click.echo(f"next send: {upcoming.astimezone(schedule.zone(settings)):%Y-%m-%d %H:%M %Z}")
+    if any(one.state in calendar.ALERT for one in runs):
+        raise SystemExit(1)
+
+
 def describe_run(run: Run) -> str:
     counts = f"sent {run.sent}, deferred {run.deferred}, failed {run.failed}, bounced {run.bounced}"
     head = f"{run.kind} issue of {run.day.isoformat()}: {run.state}"
@@ -314,22 +338,34 @@ def configure_logging() -> None:
 @click.command("run")
 @click.option("--once", is_flag=True, help="Do the day's work now (compose, publish, send) and exit.")
 @click.option("--date", "day", default=None, metavar="YYYY-MM-DD", help="With --once: the day to do (default today).")
+@click.option("--at", "at", default=None, metavar="'YYYY-MM-DD HH:MM'",
+              help="With --once: rehearse that moment (local time in the schedule's time zone): the clock is set "
+                   "to it and the daemon does what it would do then.")
 @click.option("--no-web", is_flag=True, help="Do not serve the web service in this process.")
 @click.option("--host", default=None, help="Web service address (default: the web_host setting).")
 @click.option("--port", type=int, default=None, help="Web service port (default: the web_port setting).")
 @click.pass_obj
-def run(obj, once: bool, day: str | None, no_web: bool, host: str | None, port: int | None) -> None:
+def run(obj, once: bool, day: str | None, at: str | None, no_web: bool, host: str | None,
+        port: int | None) -> None:
     """Run the newsletter: send each day's issue at the send time, serve the web service.
 
     With --once, do one day's work now and exit (non-zero if it failed).
     """
     from pipeline.database import open_database
 
-    if day is not None and not once:
-        raise ScheduleError("--date only goes with --once")
+    from pipeline.schedule_check import require_valid
+
+    if (day is not None or at is not None) and not once:
+        raise ScheduleError("--date and --at only go with --once")
+    if day is not None and at is not None:
+        raise ScheduleError("give --date or --at, not both")
     settings = obj.settings()
+    require_valid(settings)  # a bad send_time or weekly_day stops here, not every reconcile
     configure_logging()
     engine = open_database(settings.database_url)
+    if once and at is not None:
+        rehearse(engine, settings, obj.content_dir, at)
+        return
     if once:
         target = schedule.parse_day(day, "--date") if day else schedule.today(settings)
         runs = run_once(engine, settings, obj.content_dir, target)

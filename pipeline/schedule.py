@@ -7,9 +7,9 @@ one (day, kind):
 1. load and check the content; on any error record ``content-error``, log why,
    and leave the calendar as it is (fix, then ``newsletter send`` or
    ``newsletter run --once --date D``);
-2. compose the day's issue: the articles on the calendar for that day, else the
-   next unsent article of the queue when ``send_when_nothing_due`` is on, else
-   the run is recorded ``nothing-to-send`` and no email goes out;
+2. ask ``pipeline.plan.plan_day`` (the one decider, shared with every command)
+   what the day sends; when nothing, the run is recorded ``nothing-to-send``
+   with the reason and no email goes out;
 3. render it, publish its archive page and rebuild the archive and feeds;
 4. send it to confirmed subscribers of that frequency through the send ledger.
 
@@ -246,6 +246,8 @@ def upcoming(engine: Engine, settings: Settings, days: int = 14) -> list[tuple[S
     for n in range(days):
         day = start + timedelta(days=n)
         active = [e.at for e in by_day.get(day, []) if e.state in ("scheduled", "failed")]
+        if not active and (day, "daily") in runs:  # the day went: its time was its articles' own
+            active = [e.at for e in by_day.get(day, [])]
         for slot in slots_for(day, settings, active):
             rows.append((slot, by_day.get(day, []) if slot.kind == "daily" else [], runs.get((day, slot.kind)),
                          pause.covers(day)))
@@ -293,6 +295,8 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
                 _expire(engine, slot, run)  # type: ignore[arg-type]
             else:
                 done.append(run_day(engine, settings, content_dir, day, slot.kind, holder=holder, slot=slot))
+    from pipeline.plan import close_past_days
+    close_past_days(engine, settings)  # older days, and content-error days now over
     return done
 
 
@@ -363,6 +367,7 @@ def run_day(engine: Engine, settings: Settings, content_dir: Path | str, day: da
 def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, kind: str, holder: str,
              *, resume: bool) -> Run:
     from pipeline.content import check_library
+    from pipeline.plan import plan_day
 
     entries = calendar.scheduled_on(engine, day) if kind == "daily" else []
     # 1. the content, checked as `newsletter check` would: the site file must still load,
@@ -385,11 +390,11 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
         return calendar.finish_run(engine, day, kind, holder, "content-error", error=summary)
     assert library is not None
     try:
-        issue = _compose(engine, settings, library, day, kind, entries)
-        if issue is None:
-            log.info("%s issue of %s: nothing to send", kind, day.isoformat())
-            return calendar.finish_run(engine, day, kind, holder, "nothing-to-send")
-        return _publish_and_send(engine, settings, library, issue, entries, holder, resume=resume)
+        plan = plan_day(engine, settings, library, day, kind)  # the one decider
+        if plan.issue is None:
+            log.info("%s issue of %s: nothing to send (%s)", kind, day.isoformat(), plan.reason)
+            return calendar.finish_run(engine, day, kind, holder, "nothing-to-send", error=plan.reason)
+        return _publish_and_send(engine, settings, library, plan.issue, list(plan.entries), holder, resume=resume)
     except ContentError as exc:
         log.error("content error, %s issue of %s not sent: %s", kind, day.isoformat(), exc)
         return calendar.finish_run(engine, day, kind, holder, "content-error", error=str(exc))
@@ -510,26 +515,6 @@ def settle_from_ledger(engine: Engine) -> list[Run]:
     return settled
 
 
-def _compose(engine: Engine, settings: Settings, library, day: date, kind: str, entries: list[Entry]):
-    from pipeline import ledger
-    from pipeline.compose import compose_issue, weekly_issue
-
-    number = issue_number(engine, day, kind)
-    known = ledger.find_issue(engine, issue_key(day, kind))
-    if known is not None and known.state != "composed" and known.articles:
-        # a retry or a resumed crash: part of it may be out already, so it must stay
-        # the same issue, whatever the calendar says now
-        return compose_issue(library, day, number=known.number, scheduled=list(known.articles), kind=kind)
-    if kind == "weekly":
-        sent_on = {e.slug: e.day for e in calendar.entries(engine, start=day - timedelta(days=6), end=day,
-                                                          states=("sent",))}
-        return weekly_issue(library, day, number, sent_on=sent_on)
-    if not entries and not settings.send_when_nothing_due:
-        return None
-    return compose_issue(library, day, number=number, scheduled=[e.slug for e in entries],
-                         sent=sent_slugs(engine))
-
-
 def _publish_and_send(engine: Engine, settings: Settings, library, issue, entries: list[Entry], holder: str,
                       *, resume: bool) -> Run:
     from pipeline.deliver import send_issue
@@ -552,6 +537,8 @@ def _publish_and_send(engine: Engine, settings: Settings, library, issue, entrie
         why = f"unfinished: {counts['deferred']} recipient(s) not yet delivered"
         if summary.error:
             why += f" ({summary.error})"
+        why += (f"; retried within the grace window, then finish it with "
+                f"`newsletter send --resume --date {day.isoformat()}`")
         calendar.mark_entries(engine, ids, "failed")
         log.error("%s issue %s: %s", kind, issue.key, why)
         return calendar.finish_run(engine, day, kind, holder, "failed", issue_key=issue.key, counts=counts, error=why)

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import calendar, clock, schedule
+from pipeline import schedule_view as view
 from pipeline.errors import ScheduleError
 
 # `status` exits with this when the last day's run needs an editor (content error, failure)
@@ -39,26 +40,45 @@ def _library(content_dir: Path):
     return library
 
 
-def known_slugs(content_dir: Path) -> tuple[set[str], bool]:
-    """Slugs of the library, and whether the library is healthy.  A library with
-    errors still has its article files: the calendar stays usable during a fix."""
+PUBLISHED_LINE = re.compile(r"^published:\s*['\"]?(\d{4}-\d{2}-\d{2})['\"]?\s*$", re.MULTILINE)
+
+
+def known_articles(content_dir: Path) -> tuple[dict[str, date | None], bool]:
+    """Slug -> published date of the library's articles, and whether the library is
+    healthy.  A library with errors still has its article files: the calendar stays
+    usable during a fix."""
     library = _library(content_dir)
     if library is not None:
-        return {a.slug for a in library.articles}, True
-    found = set()
+        return {a.slug: a.published for a in library.articles}, True
+    found: dict[str, date | None] = {}
     for path in sorted((Path(content_dir) / "articles").glob("*.md")):
         head = path.read_text(encoding="utf-8", errors="replace")[:4000]
         match = SLUG_LINE.search(head)
         if match:
-            found.add(match.group(1))
+            published = PUBLISHED_LINE.search(head)
+            try:
+                found[match.group(1)] = date.fromisoformat(published.group(1)) if published else None
+            except ValueError:
+                found[match.group(1)] = None
     return found, False
 
 
-def _check_slug(content_dir: Path, slug: str) -> None:
-    slugs, healthy = known_slugs(content_dir)
-    if slug not in slugs:
+def known_slugs(content_dir: Path) -> tuple[set[str], bool]:
+    articles, healthy = known_articles(content_dir)
+    return set(articles), healthy
+
+
+def _check_slug(content_dir: Path, slug: str, day: date) -> None:
+    """The article exists, and its ``published`` date (an embargo: its page is not on
+    the site before then) is not after ``day``."""
+    articles, healthy = known_articles(content_dir)
+    if slug not in articles:
         hint = "" if healthy else " (the library has errors: run `newsletter check`)"
         raise ScheduleError(f"no article with slug {slug!r} in {Path(content_dir) / 'articles'}{hint}")
+    published = articles[slug]
+    if published is not None and day < published:
+        raise ScheduleError(f"{slug} is embargoed until {published.isoformat()} (its published date; its page is "
+                            f"not on the site before then): schedule it on {published.isoformat()} or later")
     if not healthy:
         click.echo("warning: the library has errors (run `newsletter check`); the day's send will refuse "
                    "until they are fixed", err=True)
@@ -99,15 +119,20 @@ def schedule_group() -> None:
 @click.pass_obj
 def add(obj, slug: str, on: str, at: str | None) -> None:
     """Put an article on the calendar."""
+    from pipeline.plan import refuse_if_reached
+
     settings = obj.settings()
     day = schedule.parse_day(on, "--on")
     at_text = _at_text(at)
-    _check_slug(obj.content_dir, slug)
+    _check_slug(obj.content_dir, slug, day)
     engine = _engine(settings)
+    refuse_if_reached(engine, slug)
     _check_day(engine, settings, day, at_text)
+    before = view.day_time(engine, settings, day)
     entry = calendar.add_entry(engine, slug, day, at_text)
     slot = schedule.planned_slot(engine, settings, day, "daily")
-    click.echo(f"scheduled {entry.slug} on {day.isoformat()} at {slot.at:%H:%M} {settings.timezone}")
+    click.echo(f"scheduled {entry.slug} on {day.isoformat()} at {view.wall(slot, settings)}")
+    view.say_what_changes(engine, settings, slug, day, at_text, before)
 
 
 @schedule_group.command("move")
@@ -116,18 +141,26 @@ def add(obj, slug: str, on: str, at: str | None) -> None:
 @click.option("--at", "at", default=None, metavar="HH:MM", help="Also change its send time.")
 @click.pass_obj
 def move(obj, slug: str, to: str, at: str | None) -> None:
-    """Move an article (also a missed or failed one) to another day."""
+    """Move an article (also a missed one) to another day.
+
+    An article whose send has started (it may have reached someone) is not moved:
+    its issue is finished with `newsletter send --resume --date D` instead."""
+    from pipeline.plan import refuse_if_reached
+
     settings = obj.settings()
     day = schedule.parse_day(to, "--to")
     at_text = _at_text(at)
-    _check_slug(obj.content_dir, slug)
+    _check_slug(obj.content_dir, slug, day)
     engine = _engine(settings)
+    refuse_if_reached(engine, slug)
     current = calendar.entries(engine, slug=slug, states=calendar.MOVABLE)
     keep = at_text is None
     _check_day(engine, settings, day, at_text if not keep else (current[0].at if current else None), slug)
+    before = view.day_time(engine, settings, day)
     entry = calendar.move_entry(engine, slug, day, at_text, keep_time=keep)
     slot = schedule.planned_slot(engine, settings, day, "daily")
-    click.echo(f"moved {entry.slug} to {day.isoformat()} at {slot.at:%H:%M} {settings.timezone}")
+    click.echo(f"moved {entry.slug} to {day.isoformat()} at {view.wall(slot, settings)}")
+    view.say_what_changes(engine, settings, slug, day, entry.at, before)
 
 
 @schedule_group.command("cancel")
@@ -140,68 +173,38 @@ def cancel(obj, slug: str) -> None:
     click.echo(f"cancelled {entry.slug} (was on {entry.day.isoformat()})")
 
 
-def _queue_preview(obj, settings, engine, days: list[date], planned: dict[date, list[str]]) -> dict[date, str]:
-    """Which queued article each unplanned day would send (send_when_nothing_due)."""
-    if not settings.send_when_nothing_due:
-        return {}
-    library = _library(obj.content_dir)
-    if library is None:
-        return {}
-    from pipeline.compose import next_in_queue
-
-    taken = schedule.sent_slugs(engine) | {s for slugs in planned.values() for s in slugs}
-    preview = {}
-    for day in days:
-        if planned.get(day):
-            continue
-        article = next_in_queue(library, day, taken)
-        if article is not None:
-            preview[day] = article.slug
-            taken.add(article.slug)
-    return preview
-
-
 @schedule_group.command("list")
 @click.option("--weeks", default=2, show_default=True, type=click.IntRange(1, 52), help="How many weeks to show.")
+@click.option("--history", default=7, show_default=True, type=click.IntRange(0, 366),
+              help="How many past days to show with their recorded outcome.")
 @click.pass_obj
-def list_(obj, weeks: int) -> None:
-    """The coming weeks: date, send time, articles, state."""
+def list_(obj, weeks: int, history: int) -> None:
+    """Recent days with their outcome, then the coming weeks: date, send time, articles, state."""
+    from pipeline.plan import close_past_days, next_step, upcoming
+
     settings = obj.settings()
     engine = _engine(settings)
-    rows = schedule.upcoming(engine, settings, days=7 * weeks)
-    planned = {slot.day: [e.slug for e in es if e.state in ("scheduled", "failed")] for slot, es, _, _ in rows
-               if slot.kind == "daily"}
-    preview = _queue_preview(obj, settings, engine, sorted(planned), planned)
+    close_past_days(engine, settings)  # a day that is over ends in a recorded state, daemon or not
     tz = schedule.zone(settings)
-    table = Table("date", "send time", "kind", "articles", "state", title=f"Calendar ({settings.timezone})")
-    for slot, day_entries, run, paused in rows:
-        if slot.kind == "weekly":
-            articles = "weekly digest of the week's articles"
-        elif day_entries:
-            articles = ", ".join(e.slug + (f" @{e.at}" if e.at else "") + ("" if e.state == "scheduled" else f" ({e.state})")
-                                 for e in day_entries)
-        elif slot.day in preview:
-            articles = f"(queue) {preview[slot.day]}"
-        else:
-            articles = "-"
-        if run is not None:
-            state = run.state
-        elif paused:
-            state = "paused"
-        elif slot.kind == "daily" and not any(e.state in ("scheduled", "failed") for e in day_entries) \
-                and slot.day not in preview:
-            state = "nothing due"
-        else:
-            state = "scheduled"
-        local = slot.instant.astimezone(tz)
-        table.add_row(f"{slot.day.isoformat()} {slot.day:%a}", f"{local:%H:%M %Z}", slot.kind, articles, state)
     console = _console()
+    if history:
+        console.print(view.history_table(engine, settings, history))
+    library = _library(obj.content_dir)
+    rows = upcoming(engine, settings, days=7 * weeks, library=library)
+    table = Table("date", "send time", "kind", "articles", "state", title=f"Calendar ({settings.timezone})")
+    for row in rows:
+        local = row.slot.instant.astimezone(tz)
+        table.add_row(f"{row.slot.day.isoformat()} {row.slot.day:%a}", f"{local:%H:%M %Z}", row.slot.kind,
+                      view.articles_text(row), view.state_text(row))
     console.print(table)
-    stranded = calendar.entries(engine, end=schedule.today(settings), states=("missed", "failed"))
+    today = schedule.today(settings)
+    stranded = calendar.entries(engine, end=today, states=("missed", "failed"))
     stranded = [e for e in stranded if not calendar.entries(engine, slug=e.slug, states=("scheduled", "sent"))]
-    for entry in stranded:
-        console.print(f"{entry.slug} was {entry.state} on {entry.day.isoformat()}: "
-                      f"`newsletter schedule move {entry.slug} --to DATE` puts it back")
+    seen: set[str] = set()
+    for entry in reversed(stranded):  # the latest outcome of each article
+        if entry.slug not in seen:
+            seen.add(entry.slug)
+            console.print(next_step(engine, entry))
     pause = calendar.get_pause(engine)
     if pause.paused:
         console.print(f"sending is paused{' until ' + pause.until.isoformat() if pause.until else ''}")
@@ -212,24 +215,51 @@ def list_(obj, weeks: int) -> None:
               help="First day that sends again (default: until `newsletter resume`).")
 @click.pass_obj
 def pause(obj, until: str | None) -> None:
-    """Stop sending (until a date, or until `newsletter resume`)."""
+    """Stop sending (until a date, or until `newsletter resume`), listing the sends it skips."""
     settings = obj.settings()
     day = schedule.parse_day(until, "--until") if until else None
     if day is not None and day <= schedule.today(settings):
         raise ScheduleError(f"--until {day.isoformat()} is not in the future")
-    calendar.set_pause(_engine(settings), True, day)
+    engine = _engine(settings)
+    calendar.set_pause(engine, True, day)
     click.echo(f"paused: no issue goes out {'before ' + day.isoformat() if day else 'until `newsletter resume`'}")
+    skips = view.coming_skips(engine, settings, _library(obj.content_dir), day)
+    if skips:
+        click.echo("these sends will be skipped" + ("" if day else " (the next two weeks)")
+                   + "; a skipped day is not sent after a resume:")
+        for line in skips:
+            click.echo(line)
+    else:
+        click.echo("no send was due" + (f" before {day.isoformat()}" if day else " in the next two weeks"))
 
 
 @click.command("resume")
 @click.pass_obj
 def resume(obj) -> None:
-    """Start sending again from the next send time (paused days are not sent late)."""
+    """Start sending again from the next send time (paused days are not sent late); lists what was skipped."""
+    from pipeline.plan import next_step
+
     settings = obj.settings()
     engine = _engine(settings)
     was = calendar.get_pause(engine)
     calendar.set_pause(engine, False)
-    click.echo("resumed" if was.paused else "was not paused; nothing changed")
+    if not was.paused:
+        click.echo("was not paused; nothing changed")
+        return
+    click.echo("resumed")
+    since = schedule.local_day(was.changed_at, schedule.zone(settings)) if was.changed_at else schedule.today(settings)
+    skipped = [r for r in calendar.runs_between(engine, since, schedule.today(settings)).values() if r.state == "paused"]
+    if not skipped:
+        click.echo("nothing was skipped while paused")
+        return
+    click.echo("skipped while paused (not sent now):")
+    for run in sorted(skipped, key=lambda r: (r.day, r.kind != "daily")):
+        entries = [e for e in calendar.entries(engine, start=run.day, end=run.day) if e.state == "missed"]
+        what = ", ".join(e.slug for e in entries) if run.kind == "daily" else "weekly digest"
+        click.echo(f"  {run.day.isoformat()} {run.kind}: {what or 'nothing was due'}")
+        for entry in entries:
+            if not calendar.entries(engine, slug=entry.slug, states=("scheduled", "sent")):
+                click.echo(f"    {next_step(engine, entry)}")
 
 
 def _ago(when: datetime) -> str:

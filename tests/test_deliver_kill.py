@@ -39,7 +39,9 @@ def test_killed_sends_resume_to_everyone_with_duplicates_only_from_uncertain_row
         "DATABASE_URL": db_url, "NEWSLETTER_SECRET": "kill-test-secret", "NEWSLETTER_TRANSPORT": "smtp",
         "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port), "NEWSLETTER_SMTP_CONNECTIONS": str(CONNECTIONS),
         "NEWSLETTER_DELIVERY_BATCH_SIZE": str(BATCH), "NEWSLETTER_UNCERTAIN_POLICY": "resend",
-        "NEWSLETTER_SMTP_TIMEOUT": "10"}
+        "NEWSLETTER_SMTP_TIMEOUT": "10",
+        # a hand send of the queue's head: with nothing scheduled, only when this is on
+        "NEWSLETTER_SEND_WHEN_NOTHING_DUE": "true"}
     command = [str(NEWSLETTER), "--content", str(content_dir), "send", "--date", "2026-03-02", "--resume",
                "--no-progress"]
     in_flight_at_kills = []

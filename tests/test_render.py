@@ -705,8 +705,11 @@ def test_preview_by_date_takes_the_queue_and_says_when_nothing_is_due(content_di
 
     from pipeline.cli import cli
 
-    runner = CliRunner()
+    runner = CliRunner(env={"DATABASE_URL": f"sqlite:///{tmp_path / 'newsletter.db'}",
+                            "NEWSLETTER_SEND_WHEN_NOTHING_DUE": "true"})
     result = runner.invoke(cli, ["--content", str(content_dir), "preview", "--date", "2026-03-03", "--out", str(tmp_path)])
     assert result.exit_code == 0 and "issue:     2026-03-03 (number 1): microneedling" in result.output
     result = runner.invoke(cli, ["--content", str(content_dir), "preview", "--date", "2020-01-01", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "nothing is due on 2020-01-01" in result.output
+    assert result.exit_code == 1
+    assert "nothing to send for the daily issue of 2020-01-01: nothing is scheduled and the queue has no unsent " \
+           "article published by then" in result.output

@@ -279,5 +279,5 @@ def test_pause_and_resume_from_the_cli(invoke, engine, frozen):
     assert "sending is paused until 2026-03-05" in listing
     assert "paused" in next(line for line in listing.splitlines() if "2026-03-04" in line)
     assert "scheduled" not in next(line for line in listing.splitlines() if "2026-03-04" in line)
-    assert invoke("resume").output.strip() == "resumed"
+    assert invoke("resume").output.splitlines()[0] == "resumed"
     assert calendar.get_pause(engine) == Pause(False, None)
