@@ -433,10 +433,11 @@ def settle_run(engine: Engine, run: Run, state: str, *, issue_key: str | None = 
 def acknowledge(engine: Engine, day: date) -> list[Run]:
     """An operator has dealt with ``day``'s alerting runs (``status --ack``): they stop alerting."""
     with transaction(engine) as session:
-        session.execute(update(RunRecord).where(RunRecord.day == day, RunRecord.state.in_(LASTING_ALERT),
-                                                RunRecord.acknowledged_at.is_(None))
-                        .values(acknowledged_at=clock.now()))
-    return [run for run in runs_between(engine, day, day).values() if run.acknowledged_at is not None]
+        rows = session.scalars(select(RunRecord).where(RunRecord.day == day, RunRecord.state.in_(LASTING_ALERT),
+                                                       RunRecord.acknowledged_at.is_(None))).all()
+        for row in rows:
+            row.acknowledged_at = clock.now()
+        return [_run(row) for row in rows]
 
 
 # -- pause ---------------------------------------------------------------------------------

@@ -145,7 +145,8 @@ def _daemons(engine: Engine, settings) -> tuple[DaemonInfo, ...]:
             state = "running"
         if state != "running" and clock.now() - d.last_seen > timedelta(hours=1):
             continue  # long gone: not worth a line
-        found.append(DaemonInfo(d.holder, d.host, d.pid, d.started_at, d.last_seen, state == "running", state))
+        pid = holders.parse(d.holder)[1] or d.pid  # the process the holder name (and the liveness check) is about
+        found.append(DaemonInfo(d.holder, d.host, pid, d.started_at, d.last_seen, state == "running", state))
     return tuple(found)
 
 
