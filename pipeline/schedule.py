@@ -492,7 +492,7 @@ def ledger_counts(engine: Engine, keys: Sequence[str]) -> dict[str, dict[str, in
 
 
 def settle_from_ledger(engine: Engine) -> list[Run]:
-    """Runs that ended in a content error or a failure, whose issue an editor has since
+    """Runs that ended in a content error, a failure or a stop, whose issue an editor has since
     sent by hand (`newsletter send`) to the end: record them sent, with the ledger's
     counts, and mark the day's articles sent, so `status` stops alerting."""
     import json
@@ -504,7 +504,7 @@ def settle_from_ledger(engine: Engine) -> list[Run]:
 
     settled = []
     for run in calendar.recent_runs(engine, 30):
-        if run.state not in calendar.ALERT:
+        if run.state not in calendar.ALERT + ("stopped",):
             continue
         key = issue_key(run.day, run.kind)
         with transaction(engine) as session:

@@ -95,6 +95,7 @@ def test_newsletter_stop_and_a_signal_stop_a_hand_send_cleanly_and_resume_finish
 
 def test_pause_stops_the_daemons_send_status_tells_the_truth_and_resume_finishes_it(world):
     engine, relay, processes = world
+    relay.delay = 0.03  # about 20 s in all: time enough to look at it and stop it on a busy machine
     calendar.add_entry(engine, "microneedling", DAY, None)
     procs = processes(datetime(2026, 6, 16, 5, 59, 58, tzinfo=UTC))
     procs.start("daemon", "run", "--no-web")
@@ -134,6 +135,7 @@ def test_pause_stops_the_daemons_send_status_tells_the_truth_and_resume_finishes
 
 def test_sigterm_stops_the_daemons_send_and_a_killed_daemon_is_taken_over_at_once(world):
     engine, relay, processes = world
+    relay.delay = 0.03  # about 20 s in all: time enough to look at it and stop it on a busy machine
     calendar.add_entry(engine, "microneedling", DAY, None)
     # the default lease (120 s): a takeover that waited for it would not finish in time
     procs = processes(datetime(2026, 6, 16, 5, 59, 58, tzinfo=UTC), NEWSLETTER_LEASE_SECONDS="120",
