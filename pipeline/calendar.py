@@ -18,7 +18,6 @@ import logging
 import os
 import socket
 import threading
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -29,9 +28,9 @@ from sqlalchemy import (Boolean, Date, Engine, Index, Integer, String, Text, Uni
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from pipeline import clock
+from pipeline import clock, holders
 from pipeline.database import AwareDateTime, Base, transaction
-from pipeline.errors import ScheduleError
+from pipeline.errors import LeaseLost, ScheduleError
 
 log = logging.getLogger("newsletter.schedule")
 
@@ -39,11 +38,14 @@ ENTRY_STATES = ("scheduled", "sent", "cancelled", "missed", "failed")
 # an entry in one of these states may be moved back onto the calendar
 MOVABLE = ("scheduled", "missed", "failed")
 
-RUN_STATES = ("pending", "running", "sent", "nothing-to-send", "missed", "paused", "content-error", "failed")
+RUN_STATES = ("pending", "running", "sent", "nothing-to-send", "missed", "paused", "content-error", "failed",
+              "stopped")
 # states after which the daemon never touches the day again on its own
 FINAL = ("sent", "nothing-to-send", "missed", "paused", "content-error")
 # states that mean "something is wrong": `newsletter status` exits non-zero
 ALERT = ("content-error", "failed")
+# states `status` keeps alerting on until they are dealt with (see pipeline/status.py)
+LASTING_ALERT = ("content-error", "failed", "stopped", "missed", "paused")
 # states in which no email went out, so a send planned later the same day (an
 # article added with a later --at) may still go: it is not a second send
 REOPEN = ("nothing-to-send", "missed", "paused")
@@ -88,6 +90,7 @@ class RunRecord(Base):
     failed: Mapped[int] = mapped_column(Integer, default=0)
     bounced: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
 
 
 class PauseRecord(Base):
@@ -145,6 +148,7 @@ class Run:
     failed: int = 0
     bounced: int = 0
     error: str | None = None
+    acknowledged_at: datetime | None = None
 
     @property
     def final(self) -> bool:
@@ -177,13 +181,13 @@ def _entry(row: CalendarEntry) -> Entry:
 
 def _run(row: RunRecord) -> Run:
     return Run(row.day, row.kind, row.state, row.issue_key, row.planned_at, row.started_at, row.finished_at,
-               row.holder, row.attempts, row.sent, row.deferred, row.failed, row.bounced, row.error)
+               row.holder, row.attempts, row.sent, row.deferred, row.failed, row.bounced, row.error,
+               row.acknowledged_at)
 
 
 def new_holder() -> str:
-    """A name for this process in leases and heartbeats: host, pid and a random part
-    (a pid can be reused after a crash; the random part cannot)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """A name for this process in leases and heartbeats (see pipeline/holders.py)."""
+    return holders.new_holder()
 
 
 # -- the calendar ----------------------------------------------------------------------
@@ -399,11 +403,16 @@ def _outcome(state: str, issue_key: str | None, counts: dict[str, int] | None, e
 
 def finish_run(engine: Engine, day: date, kind: str, holder: str, state: str, *, issue_key: str | None = None,
                counts: dict[str, int] | None = None, error: str | None = None) -> Run:
+    """Record how ``holder``'s run ended.  Fenced: only while the run is still ``running``
+    for ``holder``; ``LeaseLost`` when another process took it over meanwhile."""
     assert state in RUN_STATES, state
     values = dict(_outcome(state, issue_key, counts, error), finished_at=clock.now())
     with transaction(engine) as session:
-        session.execute(update(RunRecord).where(RunRecord.day == day, RunRecord.kind == kind,
-                                                RunRecord.holder == holder).values(**values))
+        done = session.execute(update(RunRecord).where(RunRecord.day == day, RunRecord.kind == kind,
+                                                       RunRecord.holder == holder, RunRecord.state == "running")
+                               .values(**values)).rowcount
+    if done != 1:
+        raise LeaseLost(f"the {kind} run of {day.isoformat()} was taken over by another process")
     run = get_run(engine, day, kind)
     assert run is not None
     return run
@@ -420,6 +429,16 @@ def settle_run(engine: Engine, run: Run, state: str, *, issue_key: str | None = 
         if result.rowcount != 1:
             return None
     return get_run(engine, run.day, run.kind)
+
+
+def acknowledge(engine: Engine, day: date) -> list[Run]:
+    """An operator has dealt with ``day``'s alerting runs (``status --ack``): they stop alerting."""
+    with transaction(engine) as session:
+        rows = session.scalars(select(RunRecord).where(RunRecord.day == day, RunRecord.state.in_(LASTING_ALERT),
+                                                       RunRecord.acknowledged_at.is_(None))).all()
+        for row in rows:
+            row.acknowledged_at = clock.now()
+        return [_run(row) for row in rows]
 
 
 # -- pause ---------------------------------------------------------------------------------
@@ -459,8 +478,14 @@ def acquire(engine: Engine, name: str, holder: str, seconds: float) -> bool:
                               .values(holder=holder, expires_at=expires))
         if result.rowcount == 1:
             return True
-        exists = conn.execute(select(Lease.name).where(Lease.name == name)).first()
-    if exists:
+        current = conn.execute(select(Lease.holder).where(Lease.name == name)).scalar()
+        if current is not None and holders.is_dead(current):
+            # its holder was on this host and is gone (kill -9): no need to wait for the expiry.
+            # Compare-and-set on that dead holder, so of two daemons only one takes it.
+            log.info("lease %s: holder %s is dead; taking it over at once", name, current)
+            return conn.execute(update(Lease).where(Lease.name == name, Lease.holder == current)
+                                .values(holder=holder, expires_at=expires)).rowcount == 1
+    if current is not None:
         return False
     try:
         with engine.begin() as conn:
@@ -487,7 +512,7 @@ def release(engine: Engine, name: str, holder: str) -> None:
 def lease_holder(engine: Engine, name: str) -> tuple[str, datetime] | None:
     with engine.begin() as conn:
         row = conn.execute(select(Lease.holder, Lease.expires_at).where(Lease.name == name)).first()
-    if row is None or row.expires_at < clock.now():
+    if row is None or row.expires_at < clock.now() or holders.is_dead(row.holder):
         return None
     return row.holder, row.expires_at
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from pipeline import clock, ledger
+from pipeline.send_guard import LEASE_LOST, SendGuard
 from pipeline.errors import DeliveryError
 from pipeline.issue import Personal, RenderedIssue
 from pipeline.message import DkimSigner, MessageTemplate, build_message, dkim_signer
@@ -55,7 +56,6 @@ PAGE = 500  # ledger rows read per query (a keyset page; memory stays flat)
 MAX_RETRY_DELAY = 300.0
 FAILURE_STREAK = 10  # consecutive non-bounce refusals that stop the run: the relay refuses everything
 CONNECT_TRIES = 5
-LEASE_LOST = "the send lease expired and another process took the issue over"
 
 
 @dataclass
@@ -73,6 +73,8 @@ class SendSummary:
     dry_run: bool = False
     state: str = ""  # the issue's state afterwards: sent or unfinished
     error: str = ""  # why the run stopped early, if it did
+    stopped: str = ""  # "stopped by NAME at HH:MM, 904 of 3,000 sent" when a stop request ended it
+    lease_lost: bool = False  # another process took the issue over; this run wrote nothing more
 
     @property
     def rate(self) -> float:
@@ -86,7 +88,9 @@ class SendSummary:
                f"skipped {self.skipped}  uncertain {self.uncertain}",
                f"  recipients {self.recipients} (sent before this run {self.previously_sent})  "
                f"elapsed {self.elapsed:.1f}s  {self.rate:.0f} messages/s"]
-        if self.error:
+        if self.stopped:
+            out.append(f"  {self.stopped}")
+        elif self.error:
             out.append(f"  stopped: {self.error}")
         return out
 
@@ -155,10 +159,12 @@ class TokenBucket:
 
 class _Run:
     def __init__(self, engine, settings, issue: ledger.IssueInfo, template: MessageTemplate,
-                 signer: DkimSigner | None, owner: str, max_attempts: int, summary: SendSummary, bar):
+                 signer: DkimSigner | None, owner: str, max_attempts: int, summary: SendSummary, bar,
+                 guard: SendGuard):
         self.engine, self.settings, self.issue = engine, settings, issue
         self.template, self.signer = template, signer
-        self.ledger = ledger.LedgerRun(engine, issue.id, owner)
+        self.guard = guard
+        self.ledger = ledger.LedgerRun(engine, issue.id, owner, lease_seconds=float(settings.lease_seconds))
         self.max_attempts = max_attempts
         self.summary = summary
         self.bar = bar
@@ -188,6 +194,10 @@ class _Run:
     def claim(self, limit: int) -> list[ledger.Pending]:
         """Up to ``limit`` rows, marked sending before anything is sent."""
         while not self.stop:
+            reason = self.guard.stop_reason()  # between batches: a stop request, a lost lease
+            if reason:
+                self.stop = reason
+                return []
             rows: list[ledger.Pending] = []
             while len(rows) < limit and (self.page or self._refill()):
                 rows.append(self.page.pop())
@@ -195,7 +205,11 @@ class _Run:
                 return []
             send = [r for r in rows if r.eligible]
             skipped = [r.id for r in rows if not r.eligible]
-            claimed, skipped = self.ledger.claim([r.id for r in send], skipped)
+            try:
+                claimed, skipped = self.ledger.claim([r.id for r in send], skipped)
+            except ledger.LeaseLost:
+                self.stop = LEASE_LOST
+                return []
             mine = set(claimed)
             send = [r for r in send if r.id in mine]  # another sender claimed the rest first
             self.summary.skipped += len(skipped)
@@ -252,6 +266,13 @@ class _Run:
                 retry_at = now + timedelta(seconds=delay)
             updates.append({"row": row.id, "new_state": state, "tried": tried, "reply": outcome.detail[:500] or None,
                             "mid": mid, "retry_at": retry_at})
+        self.in_flight -= len(rows)
+        if not self.ledger.record(updates):
+            # another process owns the issue now: nothing of this batch is ours to record
+            self.stop = LEASE_LOST
+            return
+        for row, update in zip(rows, updates):
+            state = update["new_state"]
             if state == ledger.SENT:
                 s.sent += 1
                 self.failure_streak = 0
@@ -263,10 +284,7 @@ class _Run:
                 s.failed += 1
                 self.failure_streak += 1
                 if self.failure_streak >= FAILURE_STREAK:
-                    self.stop = self.stop or f"{FAILURE_STREAK} messages in a row refused: {outcome.detail}"
-        if not self.ledger.record(updates):
-            self.stop = self.stop or LEASE_LOST
-        self.in_flight -= len(rows)
+                    self.stop = self.stop or f"{FAILURE_STREAK} messages in a row refused: {update['reply']}"
         self._advance(sum(1 for u in updates if u["new_state"] != ledger.DEFERRED))
         for row in bounced:
             self._bounce(row)
@@ -331,8 +349,14 @@ class _Run:
             messages.append((rcpt, data))
             ids.append(mid)
         # MessageTemplate never starts a line with "." (and a DKIM header cannot), so no dot-stuffing scan
-        outcomes = (await conn.send_batch(self.sender, messages, bucket.take if bucket else None, dot_safe=True)
-                    if messages else [])
+        guard = self.guard
+
+        async def before_each() -> None:
+            await guard.before_each()  # never one more message once the lease is gone
+            if bucket is not None:
+                await bucket.take()
+
+        outcomes = (await conn.send_batch(self.sender, messages, before_each, dot_safe=True) if messages else [])
         self.record(rows + refused_rows, outcomes + refused, ids + [None] * len(refused))
 
     async def outbox_worker(self) -> None:
@@ -344,6 +368,10 @@ class _Run:
                     break
                 outcomes, ids = [], []
                 for row in batch:
+                    if self.guard.lease_gone():
+                        outcomes.append(Outcome("unsent", None, LEASE_LOST))
+                        ids.append(None)
+                        continue
                     try:
                         rcpt, data, mid = self.build(row)
                     except DeliveryError as exc:
@@ -430,25 +458,38 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
         return SendSummary(issue_key, recipients=n, dry_run=True, elapsed=clock.monotonic() - started)
 
     issue = ledger.record_issue(engine, rendered.issue, rendered.subject)
-    owner = ledger.acquire_lease(engine, issue.id)
+    seconds = float(settings.lease_seconds)
+    owner = ledger.acquire_lease(engine, issue.id, seconds)
     summary = SendSummary(issue_key)
     try:
-        summary.uncertain = ledger.recover_in_flight(engine, issue.id, settings.uncertain_policy)
-        ledger.write_recipients(engine, issue.id, frequency, topic, rendered.issue.topics)
+        summary.uncertain = ledger.recover_in_flight(engine, issue.id, settings.uncertain_policy, owner)
+        ledger.write_recipients(engine, issue.id, frequency, topic, rendered.issue.topics, owner)
         max_attempts = int(settings.smtp_max_attempts)
         if resume:
             max_attempts += ledger.max_deferred_attempts(engine, issue.id)
         before = ledger.state_counts(engine, issue.id)
         summary.previously_sent = before[ledger.SENT]
         pending = before[ledger.QUEUED] + before[ledger.DEFERRED]
-        with (_Bar(pending, issue_key) if progress and pending else nullcontext()) as bar:
-            run = _Run(engine, settings, issue, template, signer, owner, max_attempts, summary, bar)
+        with SendGuard(engine, issue.id, rendered.issue.date, owner, seconds) as guard, \
+                (_Bar(pending, issue_key) if progress and pending else nullcontext()) as bar:
+            run = _Run(engine, settings, issue, template, signer, owner, max_attempts, summary, bar, guard)
             run_coroutine(_drive(run))
         summary.error = run.stop
-        summary.state = ledger.finish_issue(engine, issue.id)
         after = ledger.state_counts(engine, issue.id)
         summary.recipients = sum(after.values())
         summary.deferred = after[ledger.DEFERRED] + after[ledger.QUEUED]
+        if run.stop == LEASE_LOST:
+            summary.lease_lost = True
+            summary.state = "unfinished"
+            return summary
+        summary.state = ledger.finish_issue(engine, issue.id, owner)
+        if guard.stopped_on_request and summary.state != "sent":
+            request = guard.honour(issue_key, after[ledger.SENT], summary.recipients)
+            if request is not None:
+                from zoneinfo import ZoneInfo
+                summary.stopped = request.describe(ZoneInfo(settings.timezone))
+    except ledger.LeaseLost:
+        summary.lease_lost, summary.state, summary.error = True, "unfinished", LEASE_LOST
     finally:
         ledger.release_lease(engine, issue.id, owner)
         summary.elapsed = clock.monotonic() - started

@@ -11,7 +11,10 @@ same issue and never touches the ledger.
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
+from contextlib import contextmanager
 from datetime import date
 from zoneinfo import ZoneInfo
 
@@ -44,6 +47,31 @@ def render_plan(engine, library, plan, *, record: bool) -> RenderedIssue:
     return rendered
 
 
+@contextmanager
+def signals_stop_the_send():
+    """SIGINT or SIGTERM during a send: stop claiming, wait for the replies in flight,
+    record them (``pipeline.stops``).  A second signal interrupts at once."""
+    from pipeline import stops
+
+    previous = {}
+
+    def handler(signum, _frame) -> None:
+        name = signal.Signals(signum).name
+        stops.SIGNALLED.set(f"{name} ({stops.operator()})")
+        for sig, old in previous.items():  # the next one is not so patient
+            signal.signal(sig, old)
+        os.write(2, f"{name}: stopping at the next batch boundary (again to abort at once)\n".encode())
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        stops.SIGNALLED.clear()
+
+
 @click.command("send")
 @click.option("--date", "day", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
               help="Issue date (default: today in the configured time zone).")
@@ -67,16 +95,32 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
     if not plan.sends:
         raise ScheduleError(plan.describe())
     rendered = render_plan(engine, library, plan, record=not dry_run)
-    summary = send_issue(engine, settings, rendered, frequency="daily", resume=resume, dry_run=dry_run,
-                         progress=sys.stderr.isatty() if progress is None else progress)
+    from pipeline import exits, stops
+
+    if resume and not dry_run:
+        stops.release(engine, day)  # an operator's stop of this day ends here
+    with signals_stop_the_send():
+        summary = send_issue(engine, settings, rendered, frequency="daily", resume=resume, dry_run=dry_run,
+                             progress=sys.stderr.isatty() if progress is None else progress)
     for line in summary.lines():
         click.echo(line)
     if not dry_run:
         from pipeline.plan import record_hand_send
         record_hand_send(engine, plan, summary)
+    again = f"newsletter send --date {day.isoformat()}{' --topic ' + topic if topic else ''} --resume"
+    if summary.stopped:
+        click.echo(f"{summary.stopped}; `{again}` finishes it", err=True)
+        raise SystemExit(exits.STOPPED)
+    if summary.lease_lost:
+        raise DeliveryError("another process took this issue over (this one was stalled past its lease); "
+                            "it finishes the send: see `newsletter status`")
     if summary.error:
         raise DeliveryError(f"send stopped early ({summary.error}); nothing was lost: "
-                            "fix the cause and run `newsletter send --resume`")
+                            f"fix the cause and run `{again}`")
+    if summary.state == "unfinished":
+        click.echo(f"unfinished: {summary.deferred} recipient(s) not yet delivered; `{again}` tries them again",
+                   err=True)
+        raise SystemExit(exits.UNFINISHED)
 
 
 @click.command("send-test")

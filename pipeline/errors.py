@@ -44,6 +44,10 @@ class DeliveryError(NewsletterError):
     """A send could not proceed (transport, ledger or message problem)."""
 
 
+class LeaseLost(DeliveryError):
+    """Another process took the send over (this one stalled past its lease): stop, writing nothing."""
+
+
 class SubscriberError(NewsletterError):
     """Bad subscriber input: an invalid address, a bad CSV row, a bad token."""
 

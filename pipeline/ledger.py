@@ -19,8 +19,6 @@ Tables (schema owned by migration 0002):
 from __future__ import annotations
 
 import json
-import os
-import socket
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Sequence
@@ -30,9 +28,9 @@ from sqlalchemy import (Date, Engine, ForeignKey, Index, Integer, String, Text, 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from pipeline import clock
+from pipeline import clock, holders
 from pipeline.database import AwareDateTime, Base
-from pipeline.errors import DeliveryError
+from pipeline.errors import DeliveryError, LeaseLost
 from pipeline.issue import Issue
 
 # Row states.  queued -> sending -> sent | deferred | failed | bounced; skipped when
@@ -161,29 +159,37 @@ def issue_count(engine: Engine) -> int:
 
 
 # -- the lease: one sending process per issue -------------------------------------
+#
+# The sending process holds the issue's lease (``lease_owner``, a holder name unique
+# to this acquisition, see pipeline/holders.py) and renews it from a heartbeat
+# thread (``LeaseKeeper`` in pipeline/deliver.py) that never waits for SMTP.  Every
+# write of a send run is fenced: its transaction first touches the issue row WHERE
+# lease_owner is still ours.  That row lock orders it against a takeover (which
+# updates the same row), so a process that lost its lease, say stalled past its
+# expiry, changes nothing when it wakes and stops at once.
 
-LEASE_SECONDS = 60
+LEASE_SECONDS = 120.0  # the default of the lease_seconds setting
 
 
 def lease_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return holders.new_holder()
 
 
 def _owner_is_dead(owner: str) -> bool:
-    """True when ``owner`` (host:pid) is a process on this host that no longer runs."""
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    """True when ``owner`` is a process on this host that no longer runs."""
+    return holders.is_dead(owner)
 
 
-def acquire_lease(engine: Engine, issue_id: int) -> str:
+def fence(conn, issue_id: int, owner: str) -> None:
+    """Inside a write transaction, before its writes: raise ``LeaseLost`` unless ``owner``
+    still holds the issue's lease (and keep a takeover out until the transaction ends)."""
+    held = conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id, ISSUES.c.lease_owner == owner)
+                        .values(lease_owner=ISSUES.c.lease_owner)).rowcount
+    if held != 1:
+        raise LeaseLost("the send lease expired and another process took the issue over")
+
+
+def acquire_lease(engine: Engine, issue_id: int, seconds: float = LEASE_SECONDS) -> str:
     """Take the issue's send lease, or raise ``DeliveryError`` if a live process holds it.
 
     A lease held by a dead process on this host is taken at once; one held from
@@ -205,10 +211,17 @@ def acquire_lease(engine: Engine, issue_id: int) -> str:
         same_expiry = (ISSUES.c.lease_expires_at.is_(None) if row.lease_expires_at is None
                        else ISSUES.c.lease_expires_at == row.lease_expires_at)
         taken = conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id, same_holder, same_expiry)
-                             .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=LEASE_SECONDS)))
+                             .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=float(seconds))))
         if taken.rowcount != 1:
             raise DeliveryError(f"issue {row.key} was just taken by another process; not sending it twice")
     return owner
+
+
+def renew_issue_lease(engine: Engine, issue_id: int, owner: str, seconds: float) -> bool:
+    """Push our lease's expiry ``seconds`` ahead; False when it is no longer ours."""
+    with engine.begin() as conn:
+        return conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id, ISSUES.c.lease_owner == owner)
+                            .values(lease_expires_at=clock.now() + timedelta(seconds=float(seconds)))).rowcount == 1
 
 
 def release_lease(engine: Engine, issue_id: int, owner: str) -> None:
@@ -250,12 +263,14 @@ def count_recipients(engine: Engine, frequency: str, topic: str | None = None, t
 
 
 def write_recipients(engine: Engine, issue_id: int, frequency: str, topic: str | None = None,
-                     topics: Sequence[str] = ()) -> int | None:
+                     topics: Sequence[str] = (), owner: str | None = None) -> int | None:
     """Write one ``queued`` row per recipient, in SQL (INSERT ... SELECT: nothing is
     held in Python), and mark the issue ``queued``; all in one transaction, so a crash
     leaves either every row or none.  Returns the count, or None when the ledger
     was already written (the recipients are chosen once per issue)."""
     with engine.begin() as conn:
+        if owner is not None:
+            fence(conn, issue_id, owner)
         state = conn.execute(select(ISSUES.c.state).where(ISSUES.c.id == issue_id)).scalar_one()
         if state != "composed":
             return None
@@ -268,13 +283,15 @@ def write_recipients(engine: Engine, issue_id: int, frequency: str, topic: str |
     return count
 
 
-def recover_in_flight(engine: Engine, issue_id: int, policy: str) -> int:
+def recover_in_flight(engine: Engine, issue_id: int, policy: str, owner: str | None = None) -> int:
     """Rows left ``sending`` by a dead process become ``uncertain`` (their ``uncertain``
     counter goes up); with policy ``resend`` they are queued again.  Returns how many."""
     if policy not in ("skip", "resend"):
         raise DeliveryError(f"uncertain_policy must be 'skip' or 'resend', not {policy!r}")
     now = clock.now()
     with engine.begin() as conn:
+        if owner is not None:
+            fence(conn, issue_id, owner)
         found = conn.execute(update(DELIVERIES)
                              .where(DELIVERIES.c.issue_id == issue_id, DELIVERIES.c.state == SENDING)
                              .values(state=UNCERTAIN, uncertain=DELIVERIES.c.uncertain + 1, updated_at=now,
@@ -299,10 +316,12 @@ def max_deferred_attempts(engine: Engine, issue_id: int) -> int:
                             .where(DELIVERIES.c.issue_id == issue_id, DELIVERIES.c.state == DEFERRED)).scalar_one()
 
 
-def finish_issue(engine: Engine, issue_id: int) -> str:
+def finish_issue(engine: Engine, issue_id: int, owner: str | None = None) -> str:
     counts = state_counts(engine, issue_id)
     state = "unfinished" if counts[QUEUED] or counts[DEFERRED] or counts[SENDING] else "sent"
     with engine.begin() as conn:
+        if owner is not None:
+            fence(conn, issue_id, owner)
         conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id)
                      .values(state=state, finished_at=clock.now() if state == "sent" else None))
     return state
@@ -311,12 +330,15 @@ def finish_issue(engine: Engine, issue_id: int) -> str:
 class LedgerRun:
     """The statements one send run repeats, prepared once."""
 
-    def __init__(self, engine: Engine, issue_id: int, owner: str):
+    def __init__(self, engine: Engine, issue_id: int, owner: str, *, fenced: bool = True,
+                 lease_seconds: float = LEASE_SECONDS):
         from subscribers.models import Subscriber, Suppression
 
         self.engine = engine
         self.issue_id = issue_id
         self.owner = owner
+        self.fenced = fenced  # False only in tests of the row-level rules without a lease
+        self.lease_seconds = float(lease_seconds)
         self._renewed = clock.monotonic()
         sub, sup, d = Subscriber.__table__, Suppression.__table__, DELIVERIES
         eligible = and_(sub.c.status == "confirmed", ~exists().where(sup.c.email_hash == sub.c.email_hash))
@@ -369,6 +391,8 @@ class LedgerRun:
         now = clock.now()
         claimed: set[int] = set()
         with self.engine.begin() as conn:
+            if self.fenced:
+                fence(conn, self.issue_id, self.owner)
             if ids:
                 still = set(conn.execute(self._still_eligible, {"ids": ids}).scalars())
                 skipped = skipped + [i for i in ids if i not in still]
@@ -381,28 +405,25 @@ class LedgerRun:
 
     def record(self, rows: list[dict]) -> bool:
         """Write a batch's outcomes (dicts with row, new_state, tried, reply, mid, retry_at)
-        in one transaction, and renew the lease now and then.  False when the lease
-        has passed to another process."""
+        in one fenced transaction.  False, with nothing written, when the lease has
+        passed to another process."""
         now = clock.now()
         for row in rows:
             row["now"] = now
-        with self.engine.begin() as conn:
-            conn.execute(self._outcome, rows)
-            return self.renew_lease(conn, now)
+        try:
+            with self.engine.begin() as conn:
+                if self.fenced:
+                    fence(conn, self.issue_id, self.owner)
+                if rows:
+                    conn.execute(self._outcome, rows)
+        except LeaseLost:
+            return False
+        return True
 
     def renew_lease(self, conn=None, now: datetime | None = None) -> bool:
-        """Push the lease's expiry forward, at most every LEASE_SECONDS / 6.  Only our
-        own lease: False when another process took it over after it expired (this
-        run must stop, never take it back while the other one sends)."""
-        if clock.monotonic() - self._renewed <= LEASE_SECONDS / 6:
-            return True
-        now = now or clock.now()
-        statement = (update(ISSUES).where(ISSUES.c.id == self.issue_id, ISSUES.c.lease_owner == self.owner)
-                     .values(lease_expires_at=now + timedelta(seconds=LEASE_SECONDS)))
-        if conn is None:
-            with self.engine.begin() as own:
-                ours = own.execute(statement).rowcount == 1
-        else:
-            ours = conn.execute(statement).rowcount == 1
+        """Push the lease's expiry ``lease_seconds`` ahead.  Only our own lease: False
+        when another process took it over after it expired (this run must stop, never
+        take it back while the other one sends)."""
+        ours = renew_issue_lease(self.engine, self.issue_id, self.owner, self.lease_seconds)
         self._renewed = clock.monotonic()
         return ours

@@ -2,27 +2,34 @@
 
 One process holds:
 
-- an APScheduler 3 ``BackgroundScheduler`` whose job store is a table
-  (``apscheduler_jobs``) in the newsletter's own database, holding the one
-  persisted job: ``next-send``, a date job at the next send instant;
-- a short-interval ``reconcile`` job (every ``reconcile_seconds``, kept in
-  memory) that writes the heartbeat, re-reads site settings, the calendar and the
-  pause, does whatever is due (``schedule.wake``: send, record missed or paused
-  days) and re-plans ``next-send``;
+- an APScheduler 3 ``BackgroundScheduler`` with its jobs in memory: ``next-send``,
+  a date job at the next send instant, and ``reconcile`` (every
+  ``reconcile_seconds``), which re-reads site settings, the calendar and the
+  pause, and re-plans ``next-send``;
+- a sender thread (``pipeline.sender.Sender``) that does whatever is due
+  (``schedule.wake``: send, record missed or paused days) when either job pokes
+  it.  A send can take hours, so it never runs inside a scheduler job: planning
+  goes on meanwhile, and APScheduler never skips a reconcile for "maximum number
+  of running instances";
+- a heartbeat thread writing this daemon's row in ``heartbeats`` (what
+  ``newsletter status`` reads), independent of both;
 - the web service (uvicorn), unless ``--no-web``.
 
-Why the reconcile job: APScheduler 3 reads its job store but never notices rows
-changed by another process, and the editors' CLI is another process.  So the
-CLI writes only the calendar and pause tables; every daemon re-plans from them
-within ``reconcile_seconds``, and the ``next-send`` job makes the send itself
-punctual.  Several daemons may share the job store table; APScheduler assumes
-it is alone there, so ``SharedJobStore`` treats "that job was already run or
-replaced by another daemon" as normal.  Which daemon sends is settled by the
-send lease and the ``runs`` table, never by the scheduler.
+Why the scheduler's jobs are in memory, one store per daemon: APScheduler 3 must
+not share a job store between schedulers, and it never notices rows another
+process changes.  The database already says everything a daemon needs (the
+calendar, the pause, the ``runs`` table), so each daemon rebuilds its plan from
+it every ``reconcile_seconds``.  Which daemon sends is settled by the send lease
+and the ``runs`` table, never by the scheduler.
+
+SIGTERM or SIGINT stops a running send the way ``newsletter stop`` does (at a
+batch boundary, with the replies in flight recorded: see ``pipeline.stops``),
+logs it, and exits 0; the day is recorded ``stopped`` for ``newsletter resume``.
 """
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -31,74 +38,20 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import click
-from apscheduler.jobstores.base import BaseJobStore, JobLookupError
 from apscheduler.jobstores.memory import MemoryJobStore
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
-from pipeline import calendar, clock, schedule
+from pipeline import calendar, clock, schedule, stops
 from pipeline.calendar import Run
 from pipeline.errors import ContentError, ScheduleError
+from pipeline.sender import Heartbeat, Sender
 from pipeline.settings import Settings, load_settings
 
 log = logging.getLogger("newsletter.run")
 
 SEND_JOB = "next-send"
 RECONCILE_JOB = "reconcile"
-
-
-class SharedJobStore(SQLAlchemyJobStore):
-    """The SQLAlchemy job store, tolerant of other daemons using the same table.
-
-    Another daemon may have run and removed ``next-send`` (a date job) a moment
-    before this one does the same, or replaced it; APScheduler 3 would raise
-    ``JobLookupError`` inside its main loop and stop scheduling.  Here a missing
-    row on update is re-inserted, and a missing row on remove is already gone.
-    Its table belongs to the migrations, like every other table.
-    """
-
-    def start(self, scheduler, alias):
-        # the table is made by migration 0003 (pipeline/database.open_database), so
-        # daemons starting together do not race to CREATE it
-        BaseJobStore.start(self, scheduler, alias)
-
-    def update_job(self, job):
-        try:
-            super().update_job(job)
-        except JobLookupError:
-            try:
-                super().add_job(job)
-            except Exception:  # inserted by another daemon in between: theirs is as good
-                log.debug("job %s re-added by another daemon", job.id)
-
-    def remove_job(self, job_id):
-        try:
-            super().remove_job(job_id)
-        except JobLookupError:
-            log.debug("job %s already removed by another daemon", job_id)
-
-    def shutdown(self):
-        # the engine is the pipeline's own, shared with the rest of the process:
-        # do not dispose of it the way the base class does
-        pass
-
-
-_daemon: "Daemon | None" = None
-
-
-def wake_job() -> None:
-    """Entry point of the persisted ``next-send`` job (a textual reference, so a job
-    written by one daemon can be run by another)."""
-    if _daemon is not None:
-        # a reconcile may be reading the calendar at this very moment: wait for it
-        # rather than leave the send to the next reconcile
-        _daemon.tick("send time", wait=10.0)
-
-
-def reconcile_job() -> None:
-    if _daemon is not None:
-        _daemon.reconcile()
 
 
 def real_time(instant: datetime) -> datetime:
@@ -118,10 +71,11 @@ class Daemon:
         self.content_dir = Path(content_dir)
         self.holder = holder or calendar.new_holder()
         self.started_at = clock.now()
-        self._tick = threading.Lock()
         self._reconciling = threading.Lock()
         self._stopping = threading.Event()
         self.scheduler: BackgroundScheduler | None = None
+        self.sender = Sender(self)
+        self.heartbeat = Heartbeat(self)
 
     # -- jobs ----------------------------------------------------------------------------
     def reload_settings(self) -> None:
@@ -141,30 +95,29 @@ class Daemon:
             if self._stopping.is_set():
                 return
             try:
-                calendar.beat(self.engine, self.holder, self.started_at)
                 self.reload_settings()
-                self.tick("reconcile")
+                self.sender.poke("reconcile")
                 if not self._stopping.is_set():
                     self.plan()
             except Exception:  # the next reconcile tries again; the daemon must not die of a hiccup
                 log.exception("reconcile failed")
 
-    def tick(self, why: str, wait: float = 0.0) -> list[Run]:
-        """Do what is due, unless this process is already at it (a send can take hours;
-        the heartbeat and planning must go on meanwhile, so reconcile never waits)."""
-        if not (self._tick.acquire(timeout=wait) if wait > 0 else self._tick.acquire(blocking=False)):
-            return []
+    def send_time(self) -> None:
+        """The ``next-send`` job: wake the sender now (it is punctual even mid-reconcile)."""
+        self.sender.poke("send time")
+
+    def tick(self, why: str) -> list[Run]:
+        """Do what is due now, in the calling thread (the sender thread calls this)."""
         try:
             runs = schedule.wake(self.engine, self.settings, self.content_dir, self.holder)
-            for run in runs:
-                log.info("%s: %s issue of %s: %s%s", why, run.kind, run.day.isoformat(), run.state,
-                         f" ({run.error})" if run.error else "")
-            return runs
         except Exception:
             log.exception("wake-up failed (%s)", why)
             return []
-        finally:
-            self._tick.release()
+        for run in runs:
+            if run is not None:
+                log.info("%s: %s issue of %s: %s%s", why, run.kind, run.day.isoformat(), run.state,
+                         f" ({run.error})" if run.error else "")
+        return runs
 
     def next_instant(self) -> datetime | None:
         settings = self.settings
@@ -186,77 +139,91 @@ class Daemon:
         if job is not None and job.next_run_time is not None and abs((job.next_run_time - at).total_seconds()) < 1:
             return
         grace_seconds = int(schedule.grace(self.settings).total_seconds())
-        self.scheduler.add_job("pipeline.run_cli:wake_job", "date", run_date=at, id=SEND_JOB, jobstore="default",
+        self.scheduler.add_job(self.send_time, "date", run_date=at, id=SEND_JOB, jobstore="default",
                                replace_existing=True, misfire_grace_time=max(grace_seconds, 1), coalesce=True,
                                max_instances=1)
         log.info("next send planned at %s", instant.astimezone(schedule.zone(self.settings)).isoformat())
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
-        global _daemon
-        _daemon = self
+        stops.SIGNALLED.clear()
         calendar.beat(self.engine, self.holder, self.started_at)
-        scheduler = BackgroundScheduler(
-            jobstores={"default": SharedJobStore(engine=self.engine), "local": MemoryJobStore()},
-            executors={"default": {"type": "threadpool", "max_workers": 4}},
-            timezone=clock.UTC,
-        )
+        self.heartbeat.start()
+        self.sender.start()
+        scheduler = BackgroundScheduler(jobstores={"default": MemoryJobStore()},
+                                        executors={"default": {"type": "threadpool", "max_workers": 2}},
+                                        timezone=clock.UTC)
         self.scheduler = scheduler
         scheduler.start()
         # the missed-send check and first plan happen at once, then every reconcile_seconds
-        scheduler.add_job("pipeline.run_cli:reconcile_job", "interval",
-                          seconds=float(self.settings.reconcile_seconds), id=RECONCILE_JOB, jobstore="local",
-                          next_run_time=datetime.now(clock.UTC), max_instances=1, coalesce=True,
+        scheduler.add_job(self.reconcile, "interval", seconds=float(self.settings.reconcile_seconds),
+                          id=RECONCILE_JOB, next_run_time=datetime.now(clock.UTC), max_instances=1, coalesce=True,
                           misfire_grace_time=None)
         log.info("newsletter run started as %s (send time %s %s, reconcile every %ss)", self.holder,
                  self.settings.send_time, self.settings.timezone, self.settings.reconcile_seconds)
 
-    def stop(self) -> None:
-        global _daemon
-        # APScheduler's shutdown(wait=True) holds its job-store lock while it waits for
-        # running jobs, and a reconcile in plan() needs that lock: let any reconcile
-        # finish first, and start no other.  A send in progress is waited for.
+    def stop(self, why: str | None = None) -> None:
+        """Shut down: a send in progress stops at its next batch boundary (recorded
+        ``stopped``, finished later by ``newsletter resume``), then everything ends."""
         self._stopping.set()
+        by = why or f"shutdown of newsletter run (pid {os.getpid()})"
+        if self.sender.busy:
+            log.warning("%s: stopping the send under way at the next batch boundary", by)
+        stops.SIGNALLED.set(by)
         with self._reconciling:
             pass
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        self.sender.stop()
+        self.heartbeat.stop()
         try:
             calendar.forget(self.engine, self.holder)
         except Exception:
             log.exception("could not remove the heartbeat")
-        _daemon = None
+        stops.SIGNALLED.clear()
         log.info("newsletter run stopped")
 
     def serve(self, *, web: bool, host: str, port: int) -> None:
+        received: list[str] = []
         self.start()
         try:
             if web:
-                _serve_web(self.settings, self.engine, host, port)
+                _serve_web(self.settings, self.engine, host, port, received)
             else:
-                _wait_for_signal()
+                _wait_for_signal(received)
         finally:
-            self.stop()
+            self.stop(f"{received[0]} to newsletter run (pid {os.getpid()})" if received else None)
 
 
-def _serve_web(settings: Settings, engine: Engine, host: str, port: int) -> None:
+def _noting(received: list[str], then=None):
+    def handler(signum, _frame) -> None:
+        name = signal.Signals(signum).name
+        if not received:
+            received.append(name)
+            log.warning("%s received: stopping", name)
+        if then is not None:
+            then()
+    return handler
+
+
+def _serve_web(settings: Settings, engine: Engine, host: str, port: int, received: list[str]) -> None:
     import uvicorn
 
     from pipeline.web.app import create_app
 
     # uvicorn installs its own SIGINT/SIGTERM handlers while it runs, and re-raises the
-    # signal when it is done, to the handler it found: a quiet one here, so that
-    # the scheduler is shut down and the heartbeat removed before the process exits
+    # signal when it is done, to the handler it found: this one notes it, so that the
+    # send is stopped, the scheduler shut down and the heartbeat removed before exit
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: None)
+        signal.signal(signum, _noting(received))
     uvicorn.Server(uvicorn.Config(create_app(settings, engine), host=host, port=port, log_level="info",
                                   access_log=False)).run()
 
 
-def _wait_for_signal() -> None:
+def _wait_for_signal(received: list[str]) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, _noting(received, stop.set))
     while not stop.wait(1.0):
         pass
 

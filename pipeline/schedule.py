@@ -51,7 +51,7 @@ from sqlalchemy import Engine
 
 from pipeline import calendar, clock
 from pipeline.calendar import Entry, Run
-from pipeline.errors import ContentError, NewsletterError, ScheduleError
+from pipeline.errors import ContentError, LeaseLost, NewsletterError, ScheduleError
 from pipeline.settings import Settings, load_settings
 
 log = logging.getLogger("newsletter.schedule")
@@ -276,6 +276,13 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
             run = runs.get((day, slot.kind))
             if first is None and day < today_ and now > slot.instant + window:
                 continue  # a database that never ran: yesterday was not expected of anyone
+            if run is not None and run.state == "stopped":
+                # an operator stopped it: it goes on only once they release the stop
+                # (`newsletter resume`), whatever the time, since part of it is out already
+                from pipeline import stops
+                if not pause.covers(day) and not stops.blocks(engine, day):
+                    done.append(run_day(engine, settings, content_dir, day, slot.kind, holder=holder, slot=slot))
+                continue
             action = decide(slot, now, window, run, pause.covers(day))
             if action in ("wait", "done"):
                 continue
@@ -350,7 +357,7 @@ def run_day(engine: Engine, settings: Settings, content_dir: Path | str, day: da
             _record_skip(engine, slot, "missed", f"too late: more than {settings.grace_minutes} min after the send time",
                          current if reopen else None)
             return calendar.get_run(engine, day, kind) or current  # type: ignore[return-value]
-        retry: tuple[str, ...] = ("pending", "failed")
+        retry: tuple[str, ...] = ("pending", "failed", "stopped")
         if reopen and current is not None:
             retry += (current.state,)
         if force:
@@ -361,7 +368,14 @@ def run_day(engine: Engine, settings: Settings, content_dir: Path | str, day: da
         if claimed is None:
             return calendar.get_run(engine, day, kind)  # type: ignore[return-value]
         log.info("%s issue of %s: started (attempt %d)", kind, day.isoformat(), claimed.attempts)
-        return _perform(engine, settings, Path(content_dir), day, kind, holder, resume=claimed.attempts > 1)
+        try:
+            return _perform(engine, settings, Path(content_dir), day, kind, holder, resume=claimed.attempts > 1)
+        except LeaseLost:
+            # this process stalled past its lease and another took the day over: it has
+            # written nothing since, and leaves the outcome to the new holder
+            log.warning("%s issue of %s: lost the send lease to another process; stopped here, "
+                        "the new holder records the outcome", kind, day.isoformat())
+            return calendar.get_run(engine, day, kind)  # type: ignore[return-value]
 
 
 def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, kind: str, holder: str,
@@ -395,6 +409,8 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
             log.info("%s issue of %s: nothing to send (%s)", kind, day.isoformat(), plan.reason)
             return calendar.finish_run(engine, day, kind, holder, "nothing-to-send", error=plan.reason)
         return _publish_and_send(engine, settings, library, plan.issue, list(plan.entries), holder, resume=resume)
+    except LeaseLost:
+        raise
     except ContentError as exc:
         log.error("content error, %s issue of %s not sent: %s", kind, day.isoformat(), exc)
         return calendar.finish_run(engine, day, kind, holder, "content-error", error=str(exc))
@@ -481,7 +497,7 @@ def ledger_counts(engine: Engine, keys: Sequence[str]) -> dict[str, dict[str, in
 
 
 def settle_from_ledger(engine: Engine) -> list[Run]:
-    """Runs that ended in a content error or a failure, whose issue an editor has since
+    """Runs that ended in a content error, a failure or a stop, whose issue an editor has since
     sent by hand (`newsletter send`) to the end: record them sent, with the ledger's
     counts, and mark the day's articles sent, so `status` stops alerting."""
     import json
@@ -493,7 +509,7 @@ def settle_from_ledger(engine: Engine) -> list[Run]:
 
     settled = []
     for run in calendar.recent_runs(engine, 30):
-        if run.state not in calendar.ALERT:
+        if run.state not in calendar.ALERT + ("stopped",):
             continue
         key = issue_key(run.day, run.kind)
         with transaction(engine) as session:
@@ -531,6 +547,14 @@ def _publish_and_send(engine: Engine, settings: Settings, library, issue, entrie
     counts = ledger_counts(engine, [issue.key]).get(issue.key) or {
         name: int(getattr(summary, name, 0) or 0) for name in ("sent", "deferred", "failed", "bounced")}
     ids = [e.id for e in entries]
+    if summary.lease_lost:
+        raise LeaseLost(summary.error)
+    if summary.stopped:
+        note = (f"{summary.stopped}; `newsletter send --date {day.isoformat()} --resume` or "
+                "`newsletter resume` finishes it")
+        log.warning("%s issue %s: %s", kind, issue.key, note)
+        return calendar.finish_run(engine, day, kind, holder, "stopped", issue_key=issue.key, counts=counts,
+                                   error=note)
     if summary.state != "sent":
         # rows left deferred (or a relay refusing everything): retried, resuming the
         # ledger, inside the grace window; after it `status` alerts

@@ -9,7 +9,7 @@ clear line and a non-zero exit.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 
 import click
@@ -20,8 +20,6 @@ from pipeline import calendar, clock, schedule
 from pipeline import schedule_view as view
 from pipeline.errors import ScheduleError
 
-# `status` exits with this when the last day's run needs an editor (content error, failure)
-ALERT_EXIT = 2
 SLUG_LINE = re.compile(r"^slug:\s*['\"]?([a-z0-9-]+)['\"]?\s*$", re.MULTILINE)
 
 
@@ -231,6 +229,19 @@ def pause(obj, until: str | None) -> None:
             click.echo(line)
     else:
         click.echo("no send was due" + (f" before {day.isoformat()}" if day else " in the next two weeks"))
+    _stop_running(engine, settings, day)
+
+
+def _stop_running(engine, settings, until: date | None) -> None:
+    """A pause also stops a send under way (at its next batch boundary; the rest stays queued)."""
+    from pipeline import stops
+    from pipeline.status_cli import sending_days
+
+    running = [d for d in sending_days(engine) if until is None or d < until]
+    if running:
+        stops.request(engine, None, stops.operator(), "pause")
+        click.echo(f"stopping the send under way ({', '.join(d.isoformat() for d in running)}) at the next batch "
+                   "boundary; `newsletter resume` finishes it")
 
 
 @click.command("resume")
@@ -241,12 +252,21 @@ def resume(obj) -> None:
 
     settings = obj.settings()
     engine = _engine(settings)
+    from pipeline import stops
+
     was = calendar.get_pause(engine)
     calendar.set_pause(engine, False)
-    if not was.paused:
+    released = stops.release(engine)
+    if not was.paused and not released:
         click.echo("was not paused; nothing changed")
         return
     click.echo("resumed")
+    stopped = [r for r in calendar.recent_runs(engine, 30) if r.state == "stopped"]
+    if stopped:
+        click.echo("the daemon finishes the stopped send of "
+                   + ", ".join(f"{r.day.isoformat()} ({r.kind})" for r in stopped) + " within reconcile_seconds")
+    if not was.paused:
+        return
     since = schedule.local_day(was.changed_at, schedule.zone(settings)) if was.changed_at else schedule.today(settings)
     skipped = [r for r in calendar.runs_between(engine, since, schedule.today(settings)).values() if r.state == "paused"]
     if not skipped:
@@ -261,79 +281,3 @@ def resume(obj) -> None:
             if not calendar.entries(engine, slug=entry.slug, states=("scheduled", "sent")):
                 click.echo(f"    {next_step(engine, entry)}")
 
-
-def _ago(when: datetime) -> str:
-    seconds = int((clock.now() - when).total_seconds())
-    return f"{seconds} s ago" if seconds < 120 else f"{seconds // 60} min ago"
-
-
-def alive_window(settings) -> timedelta:
-    return timedelta(seconds=max(3 * float(settings.reconcile_seconds), 60.0))
-
-
-@click.command("status")
-@click.option("--next", "next_count", default=5, show_default=True, help="How many coming sends to show.")
-@click.pass_obj
-def status(obj, next_count: int) -> None:
-    """Next sends, last ten sends, the queue, and whether the daemon runs.
-
-    Exits 2 when the latest day's run ended in a content error or a failure."""
-    settings = obj.settings()
-    engine = _engine(settings)
-    console = _console()
-    tz = schedule.zone(settings)
-
-    running = calendar.daemons(engine, alive_within=alive_window(settings))
-    if running:
-        for d in running:
-            console.print(f"daemon: running (pid {d.pid} on {d.host}, last seen {_ago(d.last_seen)})")
-    else:
-        console.print(f"daemon: not running (no heartbeat in the last {int(alive_window(settings).total_seconds())} s)")
-    pause_state = calendar.get_pause(engine)
-    if pause_state.covers(schedule.today(settings)):
-        console.print(f"sending: paused{' until ' + pause_state.until.isoformat() if pause_state.until else ''}")
-    else:
-        console.print("sending: active")
-
-    upcoming = [(slot, es) for slot, es, run, paused in schedule.upcoming(engine, settings, days=14)
-                if run is None and not paused and slot.instant > clock.now()][:next_count]
-    table = Table("date", "send time", "kind", "articles", title="Next sends")
-    for slot, day_entries in upcoming:
-        scheduled = [e.slug for e in day_entries if e.state in ("scheduled", "failed")]
-        articles = ", ".join(scheduled) if scheduled else (
-            "weekly digest" if slot.kind == "weekly" else
-            "(next in queue)" if settings.send_when_nothing_due else "nothing due")
-        table.add_row(slot.day.isoformat(), f"{slot.instant.astimezone(tz):%H:%M %Z}", slot.kind, articles)
-    console.print(table)
-
-    schedule.settle_from_ledger(engine)
-    recent = calendar.recent_runs(engine, 10)
-    live = schedule.ledger_counts(engine, [r.issue_key for r in recent if r.issue_key])
-    table = Table("date", "kind", "state", "sent", "deferred", "failed", "bounced", "issue", "note", title="Last sends")
-    for run in recent:
-        counts = live.get(run.issue_key or "", {"sent": run.sent, "deferred": run.deferred, "failed": run.failed,
-                                                 "bounced": run.bounced})
-        table.add_row(run.day.isoformat(), run.kind, run.state, str(counts["sent"]), str(counts["deferred"]),
-                      str(counts["failed"]), str(counts["bounced"]), run.issue_key or "", (run.error or "")[:70])
-    console.print(table)
-
-    library = _library(obj.content_dir)
-    if library is None:
-        console.print("queue: unknown (the library has errors: run `newsletter check`)")
-    else:
-        sent = schedule.sent_slugs(engine)
-        planned = {e.slug: e.day for e in calendar.entries(engine, states=("scheduled",))}
-        queue = [a for a in library.articles if a.slug not in sent]
-        console.print(f"queue: {len(queue)} unsent article(s)"
-                      + ("" if settings.send_when_nothing_due else " (sent only when scheduled: send_when_nothing_due is off)"))
-        for article in queue:
-            note = f"scheduled {planned[article.slug].isoformat()}" if article.slug in planned else "unscheduled"
-            console.print(f"  {article.slug}  ({note})")
-
-    if recent:
-        latest_day = recent[0].day
-        alerts = [r for r in recent if r.day == latest_day and r.state in calendar.ALERT]
-        if alerts:
-            for run in alerts:
-                click.echo(f"ALERT: {run.kind} issue of {run.day.isoformat()} {run.state}: {run.error}", err=True)
-            raise SystemExit(ALERT_EXIT)

@@ -83,7 +83,9 @@ SETTINGS: tuple[Setting, ...] = (
             "How often `newsletter run` re-reads the calendar and pause from the database (CLI changes take effect within this).",
             kind=float),
     Setting("lease_seconds", 120.0,
-            "Lifetime of the send lease; a daemon that dies holding it blocks others for at most this long.", kind=float),
+            "Lifetime of the send leases (the daemons' and each issue's), renewed every third of it by a heartbeat "
+            "thread; a holder that dies or stalls longer than this is taken over (a dead one on this host at once).",
+            kind=float),
     Setting("web_host", "127.0.0.1", "Address the web service of `newsletter run` listens on."),
     Setting("web_port", 8000, "Port the web service of `newsletter run` listens on.", kind=int),
     # -- storage and output ---------------------------------------------------

@@ -7,6 +7,7 @@ import time
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
+import sqlalchemy
 
 from pipeline import calendar, clock
 from pipeline.clock import frozen_clock
@@ -62,8 +63,10 @@ def test_reconcile_replans_from_calendar_and_pause(daemon):
     eventually(lambda: calendar.daemons(engine, alive_within=timedelta(minutes=1)))
     seven = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
     assert eventually(lambda: close(planned(daemon), seven))
-    with engine.connect() as conn:  # persisted in the newsletter's own database
-        assert conn.exec_driver_sql("SELECT id FROM apscheduler_jobs").scalars().all() == ["next-send"]
+    # in this daemon's own memory: no job store is shared between daemons
+    assert type(daemon.scheduler._lookup_jobstore("default")).__name__ == "MemoryJobStore"
+    with engine.connect() as conn:
+        assert "apscheduler_jobs" not in sqlalchemy.inspect(conn).get_table_names()
 
     calendar.add_entry(engine, "microneedling", date(2026, 3, 3), "06:30")  # as the CLI would, from outside
     assert eventually(lambda: close(planned(daemon), datetime(2026, 3, 3, 6, 30, tzinfo=UTC)))
@@ -84,28 +87,31 @@ def test_stopping_removes_the_heartbeat(daemon):
     assert calendar.daemons(engine, alive_within=timedelta(days=1)) == []
 
 
-def test_shared_job_store_tolerates_another_daemon_removing_the_job(store_url):
-    from apscheduler.schedulers.background import BackgroundScheduler
-
+def test_each_daemon_plans_in_its_own_memory_from_the_database(store_url, content_dir, tmp_path):
+    """Two daemons on one database: each has its own job store, both plan the same
+    send from the calendar, and removing one's job does not touch the other's."""
     from pipeline.database import open_database
-    from pipeline.run_cli import SharedJobStore
+    from pipeline.run_cli import Daemon
+    from pipeline.settings import load_settings
 
     engine = open_database(store_url)
-    ours, theirs = (BackgroundScheduler(jobstores={"default": SharedJobStore(engine=engine)}, timezone=UTC)
-                    for _ in range(2))
-    ours.start(paused=True)
-    theirs.start(paused=True)
-    try:
-        at = datetime.now(UTC) + timedelta(hours=1)
-        job = ours.add_job("pipeline.run_cli:wake_job", "date", run_date=at, id="next-send")
-        theirs.remove_job("next-send")  # the other daemon ran it and removed it
-        ours.remove_job("next-send")  # APScheduler would raise JobLookupError here
-        job._modify(next_run_time=at + timedelta(minutes=5))
-        ours._lookup_jobstore("default").update_job(job)  # a missing row on update is put back
-        assert theirs.get_job("next-send").next_run_time == at + timedelta(minutes=5)
-    finally:
-        ours.shutdown(wait=False)
-        theirs.shutdown(wait=False)
+    settings = load_settings(content_dir, env={}).replace(database_url=store_url, reconcile_seconds=0.2,
+                                                          secret_key=SECRET)
+    with frozen_clock(datetime(2026, 3, 3, 6, 0, tzinfo=UTC)):
+        first, second = Daemon(engine, settings, content_dir), Daemon(engine, settings, content_dir)
+        for d in (first, second):
+            d.reload_settings = lambda: None
+            d.start()
+        try:
+            seven = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
+            assert eventually(lambda: close(planned(first), seven) and close(planned(second), seven))
+            assert first.scheduler._lookup_jobstore("default") is not second.scheduler._lookup_jobstore("default")
+            first.scheduler.remove_job("next-send")
+            assert close(planned(second), seven)
+            assert eventually(lambda: close(planned(first), seven))  # its reconcile plans it again
+        finally:
+            first.stop()
+            second.stop()
 
 
 def test_a_broken_site_file_keeps_the_previous_settings(content_dir, db_url, caplog):
