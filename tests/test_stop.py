@@ -56,6 +56,7 @@ def status_json(procs) -> tuple[int, dict]:
 
 def test_newsletter_stop_and_a_signal_stop_a_hand_send_cleanly_and_resume_finishes_it(world):
     engine, relay, processes = world
+    calendar.add_entry(engine, "microneedling", DAY, None)  # a hand send sends the day's scheduled issue
     procs = processes(datetime(2026, 6, 16, 9, 0, tzinfo=UTC))
     send = procs.start("send", "send", "--date", DAY.isoformat(), "--no-progress")
     relay.wait_for(100)
