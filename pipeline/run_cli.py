@@ -229,13 +229,17 @@ class Daemon:
         log.info("newsletter run stopped")
 
     def serve(self, *, web: bool, host: str, port: int) -> None:
+        from subscribers.mailqueue import MailWorker
+
         self.start()
+        mail = MailWorker(self.engine, self.settings).start()  # transactional mail (sign-ups): the queue
         try:
             if web:
                 _serve_web(self.settings, self.engine, host, port)
             else:
                 _wait_for_signal()
         finally:
+            mail.stop()
             self.stop()
 
 
@@ -249,7 +253,7 @@ def _serve_web(settings: Settings, engine: Engine, host: str, port: int) -> None
     # the scheduler is shut down and the heartbeat removed before the process exits
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)
-    uvicorn.Server(uvicorn.Config(create_app(settings, engine), host=host, port=port, log_level="info",
+    uvicorn.Server(uvicorn.Config(create_app(settings, engine, mail_worker=False), host=host, port=port, log_level="info",
                                   access_log=False)).run()
 
 

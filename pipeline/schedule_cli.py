@@ -144,6 +144,9 @@ def _queue_preview(obj, settings, engine, days: list[date], planned: dict[date, 
     """Which queued article each unplanned day would send (send_when_nothing_due)."""
     if not settings.send_when_nothing_due:
         return {}
+    from subscribers.mailqueue import status_line
+    console.print(status_line(engine))  # transactional mail (sign-ups) waiting for the relay
+
     library = _library(obj.content_dir)
     if library is None:
         return {}

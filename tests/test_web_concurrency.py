@@ -110,7 +110,7 @@ def test_fifty_parallel_clients_get_no_server_error_and_one_of_everything(store_
     with newsletter_serve(store_url, content_dir, tmp_path, smtp_server.port) as (base, log):
         results = in_parallel([subscribe_job(base, "Race@Example.com") for _ in range(PARALLEL)])
         assert [code for code, _ in results if code >= 500] == []
-        assert {code for code, _ in results} == {200}
+        assert {code for code, _ in results} == {303}  # to the "check your inbox" page
         engine = open_database(store_url)
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(Subscriber)).scalar() == 1
@@ -204,7 +204,7 @@ def test_a_relay_that_never_answers_holds_up_no_request_and_loses_no_mail(store_
     hole = BlackHole(relay_port)
     count = 45
     try:
-        with newsletter_serve(store_url, content_dir, tmp_path, relay_port, NEWSLETTER_SMTP_TIMEOUT="2",
+        with newsletter_serve(store_url, content_dir, tmp_path, relay_port, NEWSLETTER_SMTP_TIMEOUT="10",
                               NEWSLETTER_MAIL_RETRY_SECONDS="1") as (base, log):
             ready: list[float] = []
             stop = threading.Event()
@@ -225,10 +225,12 @@ def test_a_relay_that_never_answers_holds_up_no_request_and_loses_no_mail(store_
             time.sleep(3)  # the worker is now stuck on the relay; requests must not be
             stop.set()
             prober.join()
-            assert {code for code, _ in results} == {200}
+            assert {code for code, _ in results} == {303}  # to the "check your inbox" page
+            # Each request waited for the database only, never for the relay (which would
+            # have held it for the 10 s SMTP timeout); 15 at once share two busy cores.
             took = sorted(t for _, t in results)
-            assert statistics.median(took) < 0.25 and took[-1] < 2.0, took
-            assert max(ready) < 0.5 and len(ready) > 20, (max(ready), len(ready))
+            assert statistics.median(took) < 0.5 and took[-1] < 2.0, took
+            assert max(ready) < 1.0 and statistics.median(ready) < 0.1 and len(ready) > 20, (max(ready), len(ready))
 
             # the relay comes back on the same port: every queued mail goes, exactly once
             hole.close()
