@@ -144,9 +144,6 @@ def _queue_preview(obj, settings, engine, days: list[date], planned: dict[date, 
     """Which queued article each unplanned day would send (send_when_nothing_due)."""
     if not settings.send_when_nothing_due:
         return {}
-    from subscribers.mailqueue import status_line
-    console.print(status_line(engine))  # transactional mail (sign-ups) waiting for the relay
-
     library = _library(obj.content_dir)
     if library is None:
         return {}
@@ -289,6 +286,8 @@ def status(obj, next_count: int) -> None:
         table.add_row(run.day.isoformat(), run.kind, run.state, str(counts["sent"]), str(counts["deferred"]),
                       str(counts["failed"]), str(counts["bounced"]), run.issue_key or "", (run.error or "")[:70])
     console.print(table)
+    from subscribers.mailqueue import status_line
+    console.print(status_line(engine))  # transactional mail (sign-ups) waiting for the relay
 
     library = _library(obj.content_dir)
     if library is None:
