@@ -328,3 +328,22 @@ def test_preference_save_redirects_and_a_reload_adds_nothing(client, wsettings, 
     client.post(path_of(prefs), data={**form_fields(page, "preferences"), "topics": ["skin-care"],
                                       "frequency": "daily"})
     assert len(store.consent_records(engine, info.id)) == before
+
+
+def test_newsletter_status_shows_the_mail_queue(content_dir, tmp_path, wsettings, engine, frozen):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from pipeline.errors import DeliveryError
+    from subscribers import mailqueue, signup
+
+    signup.sign_up(engine, wsettings, "waiting@example.com")
+
+    def down(settings, message):
+        raise DeliveryError("relay 127.0.0.1:25 refused the connection")
+    mailqueue.deliver_due(engine, wsettings, down)
+    env = {"DATABASE_URL": wsettings.database_url, "NEWSLETTER_PUBLIC_DIR": str(tmp_path / "public"),
+           "NEWSLETTER_SECRET": SECRET}
+    result = CliRunner().invoke(cli, ["--content", str(content_dir), "status"], env=env)
+    line = next(x for x in result.output.splitlines() if x.startswith("mail queue:"))
+    assert line.startswith("mail queue: 1 waiting, 0 given up; oldest failure 2026-03-02 06:00 UTC: relay")
