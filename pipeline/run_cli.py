@@ -184,14 +184,18 @@ class Daemon:
         log.info("newsletter run stopped")
 
     def serve(self, *, web: bool, host: str, port: int) -> None:
+        from subscribers.mailqueue import MailWorker
+
         received: list[str] = []
         self.start()
+        mail = MailWorker(self.engine, self.settings).start()  # transactional mail (sign-ups): the queue
         try:
             if web:
                 _serve_web(self.settings, self.engine, host, port, received)
             else:
                 _wait_for_signal(received)
         finally:
+            mail.stop()
             self.stop(f"{received[0]} to newsletter run (pid {os.getpid()})" if received else None)
 
 
@@ -216,7 +220,7 @@ def _serve_web(settings: Settings, engine: Engine, host: str, port: int, receive
     # send is stopped, the scheduler shut down and the heartbeat removed before exit
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _noting(received))
-    uvicorn.Server(uvicorn.Config(create_app(settings, engine), host=host, port=port, log_level="info",
+    uvicorn.Server(uvicorn.Config(create_app(settings, engine, mail_worker=False), host=host, port=port, log_level="info",
                                   access_log=False)).run()
 
 

@@ -280,4 +280,3 @@ def resume(obj) -> None:
         for entry in entries:
             if not calendar.entries(engine, slug=entry.slug, states=("scheduled", "sent")):
                 click.echo(f"    {next_step(engine, entry)}")
-

@@ -127,7 +127,20 @@ SETTINGS: tuple[Setting, ...] = (
             "I can unsubscribe or change my choices at any time with the link in every email.",
             "Exact consent wording shown on the sign-up form and stored with each consent record."),
     Setting("consent_version", "2026-03-01", "Version of the consent wording; change it whenever the wording changes."),
-    Setting("subscribe_rate_per_minute", 5, "Sign-up form posts allowed per IP address per minute (token bucket).", kind=int),
+    Setting("subscribe_rate_per_minute", 5, "Sign-up form posts allowed per IPv4 address or IPv6 /64 per minute, "
+            "counted in the database (0 turns the per-IP limits off).", kind=int),
+    Setting("subscribe_rate_per_hour", 30, "Sign-up form posts allowed per IPv4 address or IPv6 /64 per hour.", kind=int),
+    Setting("confirmations_per_address_per_day", 1, "Confirmation emails (or 'already subscribed' notes) one address "
+            "can be sent in 24 hours, whoever types it in.", kind=int),
+    Setting("rejoin_confirm_days", 30, "An address that unsubscribed or was erased gets at most one confirmation "
+            "email in this many days.", kind=int),
+    Setting("data_link_minutes", 60, "Minutes a one-time link to export or erase one's data stays valid.", kind=int),
+    Setting("mail_retry_seconds", 30.0, "Delay before a queued transactional email is retried after a failure; "
+            "doubles with each try, at most an hour.", kind=float),
+    Setting("mail_max_attempts", 30, "Tries of a queued transactional email before it is given up (and shown by "
+            "`newsletter status`).", kind=int),
+    Setting("mail_poll_seconds", 2.0, "How often a mail queue worker looks for mail queued by another process.",
+            kind=float),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

@@ -58,16 +58,18 @@ def status(obj, next_count: int, as_json: bool, ack: str | None) -> None:
     library, _problems = check_library(obj.content_dir)
     report = model.build(engine, settings, library, next_count=next_count)
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+        from subscribers import mailqueue
+        click.echo(json.dumps({**report.to_json(), "mail_queue": mailqueue.summary(engine)}, indent=2,
+                              ensure_ascii=False))
         raise SystemExit(report.exit_code)
-    _print(report, settings)
+    _print(report, settings, engine)
     for alert in report.alerts:
         click.echo(f"ALERT: {alert.message}", err=True)
     if report.exit_code:
         raise SystemExit(report.exit_code)
 
 
-def _print(report, settings) -> None:
+def _print(report, settings, engine) -> None:
     console = _console()
     tz = schedule.zone(settings)
     if not any(d.alive for d in report.daemons):
@@ -110,6 +112,8 @@ def _print(report, settings) -> None:
         for r in notes:  # whole, never cut: the fix command is usually at the end
             console.print(f"  {r.day.isoformat()} {r.kind}: {r.note}", overflow="fold")
 
+    from subscribers.mailqueue import status_line
+    console.print(status_line(engine))  # transactional mail (sign-ups) waiting for the relay
     if not report.queue_known:
         console.print("queue: unknown (the library has errors: run `newsletter check`)")
     else:

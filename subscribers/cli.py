@@ -41,21 +41,29 @@ def subscribers() -> None:
 @click.pass_context
 def add_cmd(ctx, email, name, topics, frequency, confirmed, consent) -> None:
     """Add one person; without --confirmed they get a confirmation email (double opt-in)."""
-    from pipeline.transport import send_single
-    from subscribers import store
-    from subscribers.messages import confirmation_message
+    from subscribers import mailqueue, signup, store
 
     settings, engine = _open(ctx)
     if consent and not confirmed:
         raise SubscriberError("--consent is only used with --confirmed (otherwise the person confirms by email)")
-    info = store.add(engine, settings, email, name=name, topics=_topics(topics), frequency=frequency,
-                     confirmed=confirmed, consent=consent)
-    if info.status == "pending":
-        send_single(settings, confirmation_message(settings, info))
-        store.mark_confirmation_sent(engine, info.id)
-        click.echo(f"added {info.email} (pending: confirmation email sent)")
-    else:
+    if confirmed:
+        info = store.add(engine, settings, email, name=name, topics=_topics(topics), frequency=frequency,
+                         confirmed=True, consent=consent)
         click.echo(f"added {info.email} (confirmed)")
+        return
+    reason = store.suppression_reason(engine, settings, email)
+    if reason:
+        raise SubscriberError(f"{email} is on the suppression list ({reason}); only the person can subscribe "
+                              "again, through the sign-up form")
+    existing = store.get_by_email(engine, email)
+    if existing:
+        raise SubscriberError(f"{existing.email} is already in the store (status {existing.status})")
+    signup.sign_up(engine, settings, email, name=name, topics=_topics(topics), frequency=frequency, method="cli")
+    mailqueue.drain(engine, settings, timeout=30)  # the operator sees whether it left
+    info = store.get_by_email(engine, email)
+    waiting = mailqueue.pending(engine)
+    click.echo(f"added {info.email} (pending: confirmation email "
+               + ("queued; the relay did not take it yet, it is retried)" if waiting else "sent)"))
 
 
 @subscribers.command("import")

@@ -54,20 +54,30 @@ def _message(settings, to: SubscriberInfo, subject: str, template: str, values: 
     return msg
 
 
-def confirmation_message(settings, subscriber: SubscriberInfo, *, already: bool = False) -> EmailMessage:
-    """The double opt-in email (or, when ``already``, a note with the preferences link)."""
+def confirmation_message(settings, subscriber: SubscriberInfo, *, request=None, already: bool = False) -> EmailMessage:
+    """The double opt-in email for one sign-up ``request`` (a ``SignupRequest``: its link
+    names the request, and the email says its frequency and how many topics it chose,
+    never which), or, when ``already``, a note with the preferences link."""
     wording, version = consent_wording(settings)
+    chosen = {"frequency": request.frequency if request is not None else subscriber.frequency,
+              "topic_count": len(json.loads(request.topics)) if request is not None else 0}
     if already:
         subject = f"You are already subscribed to {settings.publication_name}"
         links = {"preferences_url": tokens.preferences_url(settings, subscriber.id),
                  "unsubscribe_url": tokens.unsubscribe_url(settings, subscriber.id), "confirm_url": ""}
     else:
         subject = f"Please confirm your subscription to {settings.publication_name}"
-        links = {"confirm_url": tokens.confirm_url(settings, subscriber.id), "preferences_url": "",
+        links = {"confirm_url": tokens.confirm_url(settings, request.id), "preferences_url": "",
                  "unsubscribe_url": ""}
     return _message(settings, subscriber, subject, "confirm",
                     {"already": already, "wording": wording, "version": version,
-                     "days": settings.confirm_token_days, **links})
+                     "days": settings.confirm_token_days, **chosen, **links})
+
+
+def data_link_message(settings, subscriber: SubscriberInfo, link_id: int, minutes: int) -> EmailMessage:
+    """The one-time link to download or delete one's data (``subscribers.access``)."""
+    return _message(settings, subscriber, f"Your data at {settings.publication_name}: your link", "data_link",
+                    {"data_url": tokens.data_url(settings, link_id), "minutes": minutes})
 
 
 def welcome_message(settings, subscriber: SubscriberInfo, latest_url: str) -> EmailMessage:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from pipeline.database import AwareDateTime, Base
@@ -82,3 +82,68 @@ class Suppression(Base):
     email_hash: Mapped[str] = mapped_column(String(64), unique=True)
     reason: Mapped[str] = mapped_column(String(32))  # unsubscribed, bounced, complained, erased
     at: Mapped[datetime] = mapped_column(AwareDateTime())
+
+
+class SignupRequest(Base):
+    """One sign-up form post that was mailed a confirmation link.  The link names
+    this row, and confirming applies exactly its choices: a later post for the same
+    address is a request of its own and never changes this one or the subscriber."""
+
+    __tablename__ = "signup_requests"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are in links: never reused
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    consent_id: Mapped[int] = mapped_column(Integer)  # its "subscribe" consent record (wording, ip, time)
+    name: Mapped[str | None] = mapped_column(String(200))
+    frequency: Mapped[str] = mapped_column(String(8))
+    topics: Mapped[str] = mapped_column(Text)  # JSON list of topic ids
+    created_at: Mapped[datetime] = mapped_column(AwareDateTime())
+    confirmed_at: Mapped[datetime | None] = mapped_column(AwareDateTime())  # set once, by compare-and-set
+
+
+class AccessLink(Base):
+    """A one-time link for export or erasure: emailed, valid for a short while, used once."""
+
+    __tablename__ = "access_links"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(AwareDateTime())
+    expires_at: Mapped[datetime] = mapped_column(AwareDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+
+
+class RateLimit(Base):
+    """A fixed-window counter per key (an IP block, an address hash), shared by every
+    web process through the database."""
+
+    __tablename__ = "rate_limits"
+
+    key: Mapped[str] = mapped_column(String(120), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(AwareDateTime())
+    count: Mapped[int] = mapped_column(Integer)
+    window_end: Mapped[datetime] = mapped_column(AwareDateTime(), index=True)  # when the row may be pruned
+
+
+class QueuedMail(Base):
+    """Transactional mail waiting to leave (see ``subscribers.mailqueue``)."""
+
+    __tablename__ = "mail_queue"
+    __table_args__ = (Index("ix_mail_queue_due", "state", "next_at"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # confirm, already, welcome, data-link
+    recipient: Mapped[str | None] = mapped_column(String(320))  # cleared once sent
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)  # the finished message; cleared once sent
+    state: Mapped[str] = mapped_column(String(8))  # queued, sending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_at: Mapped[datetime] = mapped_column(AwareDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    failed_at: Mapped[datetime | None] = mapped_column(AwareDateTime())  # the first failure of this message
+    created_at: Mapped[datetime] = mapped_column(AwareDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(AwareDateTime())

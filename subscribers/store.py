@@ -16,8 +16,8 @@ Every write goes through a function here, so the rules live in one place:
   erased person's address is not kept in clear.  A suppressed address is never
   mailed (``recipients`` excludes it) and an import or ``add`` never brings it
   back.  The one way back is the person's own fresh double opt-in: the web
-  form (``sign_up``) sends a confirmation email, and only ``confirm`` (the
-  click on that link) lifts the suppression.
+  form (``subscribers.signup.sign_up``) sends a confirmation email, and only
+  ``signup.confirm`` (the button behind that link) lifts the suppression.
 - **Erasure** deletes the person and their topics, clears the personal fields
   (IP address, choices) of their consent records and unlinks them, records an
   ``erase`` event, and keeps only the suppression hash.
@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import unicodedata
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Iterable, Iterator, Sequence
 
 from email_validator import EmailNotValidError, validate_email
@@ -40,7 +40,8 @@ from sqlalchemy import Engine, bindparam, delete, func, select, text, update
 from pipeline import clock
 from pipeline.database import transaction
 from pipeline.errors import SubscriberError
-from subscribers.models import FREQUENCIES, STATUSES, ConsentRecord, Subscriber, SubscriberTopic, Suppression
+from subscribers.models import (FREQUENCIES, STATUSES, AccessLink, ConsentRecord, QueuedMail, SignupRequest, Subscriber,
+                               SubscriberTopic, Suppression)
 from subscribers.tokens import email_hash
 
 SUPPRESSED_STATUSES = ("unsubscribed", "bounced", "complained")
@@ -80,16 +81,6 @@ class Recipient:
     email: str
     name: str | None
     frequency: str
-
-
-@dataclass(frozen=True)
-class SignUp:
-    """What the web form should do after ``sign_up``: send ``confirm`` (the
-    double opt-in link), ``already`` (a note to a confirmed subscriber with their
-    preferences link) or ``none`` (an email went out minutes ago)."""
-
-    subscriber: SubscriberInfo
-    send: str
 
 
 @dataclass(frozen=True)
@@ -376,85 +367,6 @@ def counts(engine: Engine) -> dict[str, int]:
 
 # -- writes --------------------------------------------------------------------------
 
-def sign_up(engine: Engine, settings, address: str, *, name: str | None = None, topics: Iterable[str] = (),
-            frequency: str = "daily", ip: str | None = None, resend_after: timedelta = timedelta(minutes=10)) -> SignUp:
-    """The web form: a new or not-yet-confirmed person becomes ``pending`` with these
-    choices; a confirmed one is left alone.  Suppressed addresses may sign up
-    here (it is the person's own double opt-in); the suppression is lifted only by
-    ``confirm``.  Raises ``SubscriberError`` for bad input only, never for an
-    existing address, so the form cannot be used to probe who is subscribed."""
-    address, key = normalise_email(address)
-    name, topics, frequency = clean_name(name), clean_topics(settings, topics), clean_frequency(frequency)
-    wording, version = consent_wording(settings)
-    at = clock.now()
-    with transaction(engine) as s:
-        sub = s.scalar(select(Subscriber).where(Subscriber.email_key == key))
-        if sub is None:
-            sub = Subscriber(email=address, email_key=key, email_hash=email_hash(settings, key), name=name,
-                             frequency=frequency, created_at=at, status="pending")
-            _set_status(sub, "pending", at)
-            _set_topics(sub, topics)
-            s.add(sub)
-            s.flush()
-        elif sub.status == "pending":
-            # The latest request is what the person will confirm.  Nothing is mailed
-            # meanwhile: pending is never a recipient.
-            sub.name, sub.frequency = name, frequency
-            _set_topics(sub, topics)
-            _set_status(sub, "pending", at)
-        # Someone who left (unsubscribed, bounced, complained) keeps their record exactly
-        # as it is until they confirm: anyone can type their address into the form, and
-        # must not be able to change their choices or make them look subscribed again.
-        # The request waits in the consent record below; ``confirm`` applies it.
-        recent = sub.confirm_sent_at is not None and at - sub.confirm_sent_at < resend_after
-        send = "none" if recent else ("already" if sub.status == "confirmed" else "confirm")
-        if sub.status != "confirmed":
-            _record(s, sub.id, "subscribe", "web", at, ip=ip, wording=wording, version=version,
-                    detail={"frequency": frequency, "topics": list(topics), "name": name})
-        return SignUp(_info(sub), send)
-
-
-def mark_confirmation_sent(engine: Engine, subscriber_id: int) -> None:
-    with transaction(engine) as s:
-        s.execute(update(Subscriber).where(Subscriber.id == subscriber_id).values(confirm_sent_at=clock.now()))
-
-
-def confirm(engine: Engine, settings, subscriber_id: int, *, method: str = "web",
-            ip: str | None = None) -> tuple[SubscriberInfo, bool]:
-    """The click on the confirmation link: ``pending`` -> ``confirmed``, suppression
-    lifted, consent recorded with the wording of the sign-up.  Returns (subscriber,
-    changed); confirming twice changes nothing.  A link for someone who has since
-    left (or been erased) is refused: an old link must not undo an unsubscribe."""
-    at = clock.now()
-    with transaction(engine) as s:
-        sub = s.get(Subscriber, subscriber_id)
-        if sub is None:
-            raise SubscriberError("this confirmation link is no longer valid")
-        if sub.status == "confirmed":
-            return _info(sub), False
-        signed = s.scalars(select(ConsentRecord).where(ConsentRecord.subscriber_id == sub.id,
-                                                       ConsentRecord.action == "subscribe")
-                           .order_by(ConsentRecord.id.desc()).limit(1)).first()
-        if sub.status != "pending":
-            # someone who left comes back only through a sign-up made after leaving;
-            # an old link must not undo the unsubscribe
-            left = s.scalar(select(func.max(ConsentRecord.id)).where(
-                ConsentRecord.subscriber_id == sub.id,
-                ConsentRecord.action.in_(("unsubscribe", "bounce", "complaint"))))
-            if signed is None or (left is not None and signed.id < left):
-                raise SubscriberError("this confirmation link is no longer valid: the address has left the list "
-                                      "since; please sign up again")
-            wanted = json.loads(signed.detail or "{}")
-            sub.name = wanted.get("name", sub.name)
-            sub.frequency = wanted.get("frequency", sub.frequency)
-            _set_topics(sub, clean_topics(settings, wanted.get("topics", [])))
-        wording, version = (signed.wording, signed.wording_version) if signed else consent_wording(settings)
-        _set_status(sub, "confirmed", at)
-        s.execute(delete(Suppression).where(Suppression.email_hash == sub.email_hash))
-        _record(s, sub.id, "confirm", method, at, ip=ip, wording=wording, version=version, detail=_choices(sub))
-        return _info(sub), True
-
-
 def add(engine: Engine, settings, address: str, *, name: str | None = None, topics: Iterable[str] = (),
         frequency: str = "daily", confirmed: bool = False, consent: str | None = None,
         method: str = "cli") -> SubscriberInfo:
@@ -491,20 +403,36 @@ def add(engine: Engine, settings, address: str, *, name: str | None = None, topi
 
 
 def update_preferences(engine: Engine, settings, subscriber_id: int, *, name: str | None, topics: Iterable[str],
-                       frequency: str, method: str = "web", ip: str | None = None) -> SubscriberInfo:
+                       frequency: str, method: str = "web", ip: str | None = None) -> tuple[SubscriberInfo, bool]:
+    """Change name, topics and frequency; returns (subscriber, changed).  Only a
+    confirmed subscriber's change carries the consent wording: someone who left
+    keeps their choices for a return, but saving them is not an opt-in and
+    changes no status.  Saving the same choices again records nothing."""
+    from subscribers.conflicts import retrying
+
     name, topics, frequency = clean_name(name), clean_topics(settings, topics), clean_frequency(frequency)
     wording, version = consent_wording(settings)
-    at = clock.now()
-    with transaction(engine) as s:
-        sub = s.get(Subscriber, subscriber_id)
-        if sub is None:
-            raise SubscriberError("no such subscriber")
-        sub.name, sub.frequency = name, frequency
-        _set_topics(sub, topics)
-        sub.updated_at = at
-        _record(s, sub.id, "preferences", method, at, ip=ip, wording=wording, version=version,
-                detail={"frequency": frequency, "topics": list(topics)})
-        return _info(sub)
+
+    def write() -> tuple[SubscriberInfo, bool]:
+        at = clock.now()
+        with transaction(engine) as s:
+            # FOR UPDATE (PostgreSQL): concurrent saves of one person queue up here
+            # instead of colliding on the topic rows
+            sub = s.scalar(select(Subscriber).where(Subscriber.id == subscriber_id).with_for_update())
+            if sub is None:
+                raise SubscriberError("no such subscriber")
+            if (sub.name, sub.frequency, tuple(sub.topic_ids)) == (name, frequency, tuple(topics)):
+                return _info(sub), False
+            sub.name, sub.frequency = name, frequency
+            _set_topics(sub, topics)
+            sub.updated_at = at
+            opted_in = sub.status == "confirmed"
+            _record(s, sub.id, "preferences", method, at, ip=ip, wording=wording if opted_in else None,
+                    version=version if opted_in else None, detail={"frequency": frequency, "topics": list(topics)})
+            s.flush()
+            return _info(sub), True
+
+    return retrying(write)
 
 
 def _leave(engine: Engine, settings, subscriber: int | str, status: str, method: str,
@@ -554,6 +482,10 @@ def erase(engine: Engine, settings, subscriber: int | str, *, method: str = "web
         s.execute(update(ConsentRecord).where(ConsentRecord.subscriber_id == sid)
                   .values(subscriber_id=None, ip=None, detail=None))
         s.execute(delete(SubscriberTopic).where(SubscriberTopic.subscriber_id == sid))
+        # queued mail (address and message), sign-up requests and one-time links go too
+        s.execute(delete(QueuedMail).where(QueuedMail.subscriber_id == sid))
+        s.execute(delete(SignupRequest).where(SignupRequest.subscriber_id == sid))
+        s.execute(delete(AccessLink).where(AccessLink.subscriber_id == sid))
         # The send ledger keeps a snapshot of the address (and the relay's reply may
         # echo it); erasure clears both, keeping only the anonymous delivery counts.
         from pipeline.ledger import Delivery

@@ -44,9 +44,12 @@ _PLAIN = struct.Struct(">QI")  # subscriber id (8 bytes), issued at (seconds sin
 _TAG_BYTES = 16
 _TOKEN_BYTES = 1 + _PLAIN.size + _TAG_BYTES
 
-CONFIRM = "confirm"
+# A confirm token names a sign-up request (subscribers.signup), not a subscriber;
+# the purpose string changed with that, so a link of the old kind is refused.
+CONFIRM = "confirm-request"
 UNSUBSCRIBE = "unsubscribe"
 PREFERENCES = "preferences"
+DATA = "data"  # names a one-time access link (subscribers.access)
 
 DEV_SECRET_FILE = "secret_key"
 
@@ -183,9 +186,14 @@ def preferences_url(settings, subscriber_id: int) -> str:
     return f"{settings.base_url}/preferences/{make_token(secret(settings), PREFERENCES, subscriber_id)}"
 
 
-def confirm_url(settings, subscriber_id: int) -> str:
-    """``{base_url}/confirm/{token}``: expires after ``confirm_token_days``."""
-    return f"{settings.base_url}/confirm/{make_token(secret(settings), CONFIRM, subscriber_id)}"
+def confirm_url(settings, request_id: int) -> str:
+    """``{base_url}/confirm/{token}`` for one sign-up request: expires after ``confirm_token_days``."""
+    return f"{settings.base_url}/confirm/{make_token(secret(settings), CONFIRM, request_id)}"
+
+
+def data_url(settings, link_id: int) -> str:
+    """``{base_url}/data/{token}`` for one access link: export or erase, once, within ``data_link_minutes``."""
+    return f"{settings.base_url}/data/{make_token(secret(settings), DATA, link_id)}"
 
 
 def confirm_max_age(settings) -> int:

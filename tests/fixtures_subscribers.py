@@ -40,7 +40,12 @@ def _delivery_order(key: str) -> tuple[int, int, int]:
 
 
 def outbox_messages(settings) -> list[EmailMessage]:
-    """Every message in the outbox, oldest first."""
+    """Every message in the outbox, oldest first, once the mail queue has drained
+    (what is due is sent now; rows another worker is sending are waited for)."""
+    from pipeline.database import open_database
+    from subscribers import mailqueue
+
+    mailqueue.drain(open_database(settings.database_url), settings)
     box = mailbox.Maildir(settings.outbox_dir, create=False)
     return [message_from_bytes(box.get_bytes(key), policy=policy.default)
             for key in sorted(box.keys(), key=_delivery_order)]

@@ -13,7 +13,7 @@ from sqlalchemy import inspect, select, text
 
 from pipeline.database import open_database
 from pipeline.errors import SubscriberError
-from subscribers import store, tokens
+from subscribers import signup, store, tokens
 from subscribers.models import ConsentRecord, Subscriber, SubscriberTopic, Suppression
 
 from fixtures_subscribers import SECRET, sub_settings  # noqa: F401
@@ -22,6 +22,12 @@ from fixtures_subscribers import SECRET, sub_settings  # noqa: F401
 @pytest.fixture
 def engine(store_url):
     return open_database(store_url)
+
+
+def sign_up(engine, settings, address, **kw) -> tuple[store.SubscriberInfo, signup.SignUpOutcome]:
+    """``signup.sign_up``, then the subscriber row and what was done."""
+    outcome = signup.sign_up(engine, settings, address, **kw)
+    return store.get(engine, outcome.subscriber_id), outcome
 
 
 def all_text(engine) -> str:
@@ -123,16 +129,15 @@ def test_form_token_is_bound_to_the_link_and_expires(sub_settings, frozen):
 
 def test_sign_up_confirm_records_status_times_and_consent(engine, sub_settings, frozen):
     start = frozen.now()
-    result = store.sign_up(engine, sub_settings, "  Amy@Example.COM ", name="Amy\r\nBcc: x@evil.example",
-                           topics=["hair-loss", "wellbeing"], frequency="weekly", ip="192.0.2.1")
-    sub = result.subscriber
-    assert result.send == "confirm"
+    sub, result = sign_up(engine, sub_settings, "  Amy@Example.COM ", name="Amy\r\nBcc: x@evil.example",
+                          topics=["hair-loss", "wellbeing"], frequency="weekly", ip="192.0.2.1")
+    assert result.mailed == "confirm" and result.request_id
     assert (sub.email, sub.status, sub.frequency, sub.topics) == ("Amy@example.com", "pending", "weekly",
                                                                    ("hair-loss", "wellbeing"))
     assert sub.name == "Amy Bcc: x@evil.example"  # no CR/LF can reach a header
     assert sub.pending_at == start and sub.confirmed_at is None
     frozen.advance(minutes=5)
-    info, changed = store.confirm(engine, sub_settings, sub.id, ip="192.0.2.2")
+    info, changed = signup.confirm(engine, sub_settings, result.request_id, ip="192.0.2.2")
     assert changed and info.status == "confirmed" and info.confirmed_at == start + timedelta(minutes=5)
     records = store.consent_records(engine, sub.id)
     wording, version = store.consent_wording(sub_settings)
@@ -142,14 +147,15 @@ def test_sign_up_confirm_records_status_times_and_consent(engine, sub_settings, 
     assert "Klarity Health Library" in wording and "{publication_name}" not in wording
     assert records[1]["detail"] == {"frequency": "weekly", "topics": ["hair-loss", "wellbeing"]}
     # confirming again changes nothing and records nothing
-    assert store.confirm(engine, sub_settings, sub.id) == (info, False)
+    assert signup.confirm(engine, sub_settings, result.request_id) == (info, False)
     assert len(store.consent_records(engine, sub.id)) == 2
 
 
-def test_addresses_are_unique_case_insensitively(engine, sub_settings):
-    first = store.sign_up(engine, sub_settings, "Amy@Example.com").subscriber
-    second = store.sign_up(engine, sub_settings, "AMY@EXAMPLE.COM").subscriber
-    assert first.id == second.id
+def test_addresses_are_unique_case_insensitively(engine, sub_settings, frozen):
+    first, _ = sign_up(engine, sub_settings, "Amy@Example.com")
+    frozen.advance(days=2)
+    second, again = sign_up(engine, sub_settings, "AMY@EXAMPLE.COM")
+    assert first.id == second.id and again.mailed == "confirm"
     assert store.get_by_email(engine, "amy@example.com").id == first.id
     with pytest.raises(SubscriberError, match="already in the store"):
         store.add(engine, sub_settings, "amy@EXAMPLE.com")
@@ -159,15 +165,15 @@ def test_addresses_are_unique_case_insensitively(engine, sub_settings):
                                          ("a@localhost", "invalid email"), ("a" * 330 + "@x.org", "320")])
 def test_invalid_addresses_are_refused(engine, sub_settings, bad, reason):
     with pytest.raises(SubscriberError, match=reason):
-        store.sign_up(engine, sub_settings, bad)
+        signup.sign_up(engine, sub_settings, bad)
     assert store.counts(engine) == {}
 
 
 def test_topics_and_frequency_are_validated(engine, sub_settings):
     with pytest.raises(SubscriberError, match="unknown topic 'cancer'"):
-        store.sign_up(engine, sub_settings, "a@example.com", topics=["cancer"])
+        signup.sign_up(engine, sub_settings, "a@example.com", topics=["cancer"])
     with pytest.raises(SubscriberError, match="daily or weekly"):
-        store.sign_up(engine, sub_settings, "a@example.com", frequency="hourly")
+        signup.sign_up(engine, sub_settings, "a@example.com", frequency="hourly")
     info = store.add(engine, sub_settings, "a@example.com", confirmed=True, consent="yes")
     with pytest.raises(SubscriberError, match="unknown topic"):
         store.update_preferences(engine, sub_settings, info.id, name=None, topics=["x"], frequency="daily")
@@ -177,18 +183,17 @@ def test_topics_and_frequency_are_validated(engine, sub_settings):
 def test_confirmed_subscriber_signing_up_again_is_left_alone(engine, sub_settings, frozen):
     info = store.add(engine, sub_settings, "a@example.com", topics=["wellbeing"], confirmed=True, consent="clinic form")
     frozen.advance(minutes=1)
-    again = store.sign_up(engine, sub_settings, "a@example.com", topics=["hair-loss"], name="Mallory")
-    assert again.send == "already"
+    _, again = sign_up(engine, sub_settings, "a@example.com", topics=["hair-loss"], name="Mallory")
+    assert again.mailed == "already" and again.request_id is None
     assert store.get(engine, info.id) == info  # nobody can change a confirmed person's choices from the form
 
 
-def test_confirmation_email_is_not_resent_within_minutes(engine, sub_settings, frozen):
-    first = store.sign_up(engine, sub_settings, "a@example.com")
-    store.mark_confirmation_sent(engine, first.subscriber.id)
-    frozen.advance(minutes=3)
-    assert store.sign_up(engine, sub_settings, "a@example.com").send == "none"
-    frozen.advance(minutes=8)
-    assert store.sign_up(engine, sub_settings, "a@example.com").send == "confirm"
+def test_one_confirmation_email_a_day_per_address(engine, sub_settings, frozen):
+    assert signup.sign_up(engine, sub_settings, "a@example.com").mailed == "confirm"
+    frozen.advance(hours=23)
+    assert signup.sign_up(engine, sub_settings, "A@example.com").mailed == "none"
+    frozen.advance(hours=1, seconds=1)
+    assert signup.sign_up(engine, sub_settings, "a@example.com").mailed == "confirm"
 
 
 def test_unsubscribe_is_idempotent_and_suppresses(engine, sub_settings, frozen):
@@ -203,12 +208,21 @@ def test_unsubscribe_is_idempotent_and_suppresses(engine, sub_settings, frozen):
     assert list(store.recipients(engine, sub_settings, "daily")) == []
 
 
-def test_old_confirmation_link_cannot_undo_an_unsubscribe(engine, sub_settings):
-    sub = store.sign_up(engine, sub_settings, "a@example.com").subscriber
-    store.confirm(engine, sub_settings, sub.id)
+def test_old_confirmation_link_cannot_undo_an_unsubscribe(engine, sub_settings, frozen):
+    sub, first = sign_up(engine, sub_settings, "a@example.com")
+    _, second = sign_up(engine, sub_settings, "a@example.com")  # limited: no request, no link
+    assert second.mailed == "none" and second.request_id is None
+    signup.confirm(engine, sub_settings, first.request_id)
     store.unsubscribe(engine, sub_settings, sub.id)
+    assert signup.confirm(engine, sub_settings, first.request_id)[1] is False  # used: nothing happens
+    # a request never confirmed, made before the person left, is refused
+    frozen.advance(days=31)
+    _, third = sign_up(engine, sub_settings, "a@example.com")
+    other, fourth = sign_up(engine, sub_settings, "b@example.com")
+    store.unsubscribe(engine, sub_settings, other.id)
     with pytest.raises(SubscriberError, match="no longer valid"):
-        store.confirm(engine, sub_settings, sub.id)
+        signup.confirm(engine, sub_settings, fourth.request_id)
+    assert store.get(engine, other.id).status == "unsubscribed"
     assert store.get(engine, sub.id).status == "unsubscribed"
 
 
@@ -217,14 +231,14 @@ def test_suppressed_address_comes_back_only_by_fresh_double_opt_in(engine, sub_s
     store.unsubscribe(engine, sub_settings, info.id)
     with pytest.raises(SubscriberError, match="suppression list"):
         store.add(engine, sub_settings, "a@example.com", confirmed=True, consent="yes")
-    again = store.sign_up(engine, sub_settings, "a@example.com", ip="192.0.2.9", topics=["wellbeing"])
+    _, again = sign_up(engine, sub_settings, "a@example.com", ip="192.0.2.9", topics=["wellbeing"])
     # the record stays as the person left it (anyone can type an address into the form)
     # and still suppressed: not mailed until the person clicks
     assert store.suppression_reason(engine, sub_settings, "a@example.com") == "unsubscribed"
     assert list(store.recipients(engine, sub_settings, "daily")) == []
-    assert again.send == "confirm" and again.subscriber.status == "unsubscribed"
+    assert again.mailed == "confirm" and store.get(engine, info.id).status == "unsubscribed"
     assert store.get(engine, info.id).topics == ()
-    store.confirm(engine, sub_settings, info.id, ip="192.0.2.9")
+    signup.confirm(engine, sub_settings, again.request_id, ip="192.0.2.9")
     assert store.suppression_reason(engine, sub_settings, "a@example.com") is None
     assert [r.email for r in store.recipients(engine, sub_settings, "daily")] == ["a@example.com"]
     # the choices of the sign-up the person confirmed now apply
@@ -244,9 +258,10 @@ def test_bounce_and_complaint(engine, sub_settings, frozen):
 
 
 def test_erase_keeps_only_the_suppression_hash(engine, sub_settings):
-    sub = store.sign_up(engine, sub_settings, "erase.me@example.com", name="Erin Private", topics=["mental-health"],
-                        ip="198.51.100.7").subscriber
-    store.confirm(engine, sub_settings, sub.id, ip="198.51.100.8")
+    sub, request = sign_up(engine, sub_settings, "erase.me@example.com", name="Erin Private",
+                           topics=["mental-health"], ip="198.51.100.7")
+    signup.confirm(engine, sub_settings, request.request_id, ip="198.51.100.8")
+    assert "erase.me" in all_text(engine)  # queued mail, the request
     other = store.add(engine, sub_settings, "keep@example.com", topics=["mental-health"], confirmed=True, consent="y")
     assert store.erase(engine, sub_settings, sub.id, method="web")
     assert store.get(engine, sub.id) is None
@@ -284,7 +299,7 @@ def test_recipients_streams_confirmed_unsuppressed_in_id_order(engine, sub_setti
                                         ("daily", ["hair-loss"]), ("daily", [])]):
         ids[i] = store.add(engine, sub_settings, f"p{i}@example.com", topics=topics, frequency=freq,
                            confirmed=True, consent="y").id
-    store.sign_up(engine, sub_settings, "pending@example.com", topics=["hair-loss"])
+    signup.sign_up(engine, sub_settings, "pending@example.com", topics=["hair-loss"])
     store.unsubscribe(engine, sub_settings, ids[6])
     # a confirmed row whose address is on the suppression list (e.g. a bounce recorded by hash) is excluded too
     with engine.begin() as conn:
@@ -300,10 +315,10 @@ def test_recipients_streams_confirmed_unsuppressed_in_id_order(engine, sub_setti
 
 
 def test_preferences_update_and_export(engine, sub_settings, frozen):
-    sub = store.sign_up(engine, sub_settings, "a@example.com", name="A", topics=["wellbeing"], ip="192.0.2.1").subscriber
-    store.confirm(engine, sub_settings, sub.id)
+    sub, request = sign_up(engine, sub_settings, "a@example.com", name="A", topics=["wellbeing"], ip="192.0.2.1")
+    signup.confirm(engine, sub_settings, request.request_id)
     frozen.advance(days=1)
-    info = store.update_preferences(engine, sub_settings, sub.id, name="  Ann  ", topics=["skin-care", "hair-loss"],
+    info, changed = store.update_preferences(engine, sub_settings, sub.id, name="  Ann  ", topics=["skin-care", "hair-loss"],
                                     frequency="weekly", ip="192.0.2.3")
     assert (info.name, info.topics, info.frequency, info.updated_at) == ("Ann", ("hair-loss", "skin-care"), "weekly",
                                                                          frozen.now())
@@ -319,7 +334,7 @@ def test_preferences_update_and_export(engine, sub_settings, frozen):
 def test_import_rows_adds_updates_and_skips_suppressed(engine, sub_settings, frozen):
     confirmed = store.add(engine, sub_settings, "conf@example.com", name="Old", topics=["wellbeing"],
                           confirmed=True, consent="y")
-    pending = store.sign_up(engine, sub_settings, "pend@example.com").subscriber
+    pending, _ = sign_up(engine, sub_settings, "pend@example.com")
     left = store.add(engine, sub_settings, "left@example.com", confirmed=True, consent="y")
     store.unsubscribe(engine, sub_settings, left.id)
     frozen.advance(days=1)

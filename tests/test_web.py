@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 import re
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ with warnings.catch_warnings():
 from pipeline import web
 from pipeline.database import open_database
 from pipeline.errors import DeliveryError
-from subscribers import store, tokens
+from subscribers import access, mailqueue, signup, store, tokens
 
 from fixtures_subscribers import CONSENT, SECRET, html_part, link, outbox_messages, subscriber_settings, text_part
 
@@ -56,8 +57,15 @@ def h1(response) -> str:
     return soup(response).h1.get_text(strip=True)
 
 
+def hidden(response, form_id: str) -> dict:
+    form = soup(response).find("form", id=form_id)
+    return {i["name"]: i.get("value", "") for i in form.find_all("input", attrs={"type": "hidden"})}
+
+
 def sign_up(client, email="amy@example.com", **extra):
-    data = {"email": email, "name": "Amy", "topics": ["hair-loss", "wellbeing"], "frequency": "weekly", **CONSENT}
+    """As a browser does it: load the form (its CSRF token and cookie), then post it."""
+    data = {"email": email, "name": "Amy", "topics": ["hair-loss", "wellbeing"], "frequency": "weekly", **CONSENT,
+            **hidden(client.get("/subscribe"), "subscribe")}
     data.update(extra)
     return client.post("/subscribe", data=data)
 
@@ -65,7 +73,7 @@ def sign_up(client, email="amy@example.com", **extra):
 def confirmed_subscriber(client, wsettings, engine, email="amy@example.com") -> store.SubscriberInfo:
     sign_up(client, email)
     confirm = [m for m in outbox_messages(wsettings) if m["To"].addresses[0].addr_spec == email][-1]
-    assert client.get(path_of(link(confirm, "confirm"))).status_code == 200
+    assert client.post(path_of(link(confirm, "confirm"))).status_code == 200
     return store.get_by_email(engine, email)
 
 
@@ -84,7 +92,7 @@ def test_subscribe_form_has_every_field_and_the_consent_wording(client, wsetting
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     page = soup(response)
     form = page.find("form", id="subscribe")
-    assert form["method"] == "post" and not form.get("action")  # posts to itself, wherever mounted
+    assert form["method"] == "post" and form["action"] == BASE + "/subscribe"  # from base_url
     assert form.find("input", attrs={"name": "email"})["type"] == "email"
     assert form.find("input", attrs={"name": "name"})
     assert sorted(i["value"] for i in form.find_all("input", attrs={"name": "topics"})) == sorted(wsettings.topics)
@@ -106,7 +114,8 @@ def test_security_headers_everywhere(client):
         assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
         assert "script-src" not in csp or "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
         assert headers["x-content-type-options"] == "nosniff"
-        assert headers["referrer-policy"] == "no-referrer"
+        # the sign-up form's own page sends its origin back with the post (the Origin check needs it)
+        assert headers["referrer-policy"] == ("same-origin" if path == "/subscribe" else "no-referrer")
 
 
 def test_sign_up_sends_a_confirmation_email_and_makes_a_pending_subscriber(client, wsettings, engine):
@@ -131,7 +140,7 @@ def test_sign_up_sends_a_confirmation_email_and_makes_a_pending_subscriber(clien
 
 def test_no_topic_ever_shows_in_headers_subjects_or_links(client, wsettings, engine):
     sign_up(client, topics=list(wsettings.topics))
-    client.get(path_of(link(outbox_messages(wsettings)[0], "confirm")))
+    client.post(path_of(link(outbox_messages(wsettings)[0], "confirm")))
     messages = outbox_messages(wsettings)
     assert [m["Subject"] for m in messages][-1] == "Welcome to Klarity Health Library"
     words = set()
@@ -151,10 +160,10 @@ def test_no_topic_ever_shows_in_headers_subjects_or_links(client, wsettings, eng
 
 def test_the_answer_is_the_same_whoever_the_address_belongs_to(client, wsettings, engine, frozen):
     confirmed_subscriber(client, wsettings, engine, "known@example.com")
-    frozen.advance(minutes=11)  # past the resend pause of the confirmation email
+    frozen.advance(days=1, minutes=1)  # past the one-a-day limit of the confirmation email
     left = store.add(engine, wsettings, "left@example.com", confirmed=True, consent="y")
     store.unsubscribe(engine, wsettings, left.id)
-    store.sign_up(engine, wsettings, "pending@example.com")
+    signup.sign_up(engine, wsettings, "pending@example.com")
     bodies = {email: sign_up(client, email).text for email in
               ["new@example.com", "known@example.com", "left@example.com", "pending@example.com"]}
     statuses = {sign_up(client, email).status_code for email in bodies}
@@ -230,16 +239,25 @@ def test_token_bucket_refills(monkeypatch):
     assert len(small._buckets) <= 3  # idle full buckets are pruned
 
 
-def test_mail_failure_is_a_clear_503_and_a_retry_sends(wsettings, engine):
+def test_a_relay_failure_keeps_the_mail_queued_and_a_later_pass_sends_it(wsettings, engine):
     def broken(settings, message):
         raise DeliveryError("relay down")
 
     with TestClient(web.create_app(wsettings, engine, send=broken)) as c:
         response = sign_up(c)
-        assert response.status_code == 503 and "try again" in response.text
-    with TestClient(web.create_app(wsettings, engine)) as c:
-        assert sign_up(c).status_code == 200
-    assert len(outbox_messages(wsettings)) == 1
+        assert response.status_code == 200 and h1(response) == "Check your inbox"
+        mailqueue.drain(engine, wsettings, send=broken)
+    assert mailqueue.counts(engine) == {"queued": 1}
+    assert "relay down" in mailqueue.status_line(engine) and "1 waiting" in mailqueue.status_line(engine)
+    with TestClient(web.create_app(wsettings, engine)):
+        pass
+    engine_rows = mailqueue.counts(engine)
+    assert engine_rows == {"queued": 1}  # not due yet: it waits out its backoff
+    from pipeline.clock import frozen_clock, now
+    with frozen_clock(now() + timedelta(minutes=5)):
+        assert len(outbox_messages(wsettings)) == 1
+    assert mailqueue.counts(engine) == {"sent": 1} and mailqueue.pending(engine) == 0
+    assert len(outbox_messages(wsettings)) == 1  # exactly once
 
 
 # -- confirmation --------------------------------------------------------------------------
@@ -251,7 +269,7 @@ def test_confirm_sends_a_welcome_with_the_latest_issue(client, wsettings, engine
         folder.mkdir(parents=True)
         (folder / "issue.json").write_text(json.dumps({"key": key}))
     sign_up(client)
-    response = client.get(path_of(link(outbox_messages(wsettings)[0], "confirm")))
+    response = client.post(path_of(link(outbox_messages(wsettings)[0], "confirm")))
     assert response.status_code == 200 and h1(response) == "You are subscribed"
     assert response.headers["cache-control"] == "no-store"
     info = store.get_by_email(engine, "amy@example.com")
@@ -269,15 +287,17 @@ def test_confirm_sends_a_welcome_with_the_latest_issue(client, wsettings, engine
     assert prefs == [tokens.preferences_url(wsettings, info.id)]
 
 
-def test_confirming_twice_sends_one_welcome_and_head_changes_nothing(client, wsettings, engine):
+def test_confirming_twice_sends_one_welcome_and_get_and_head_change_nothing(client, wsettings, engine):
     sign_up(client)
     path = path_of(link(outbox_messages(wsettings)[0], "confirm"))
-    assert client.head(path).status_code == 200
+    assert client.head(path).status_code == 200 and client.get(path).status_code == 200
     assert store.get_by_email(engine, "amy@example.com").status == "pending"
-    assert h1(client.get(path)) == "You are subscribed"
-    again = client.get(path)
-    assert again.status_code == 200 and h1(again) == "Already confirmed"
+    assert h1(client.post(path)) == "You are subscribed"
+    again = client.post(path)
+    assert again.status_code == 200 and h1(again) == "You are subscribed"
     assert [m["Subject"] for m in outbox_messages(wsettings)].count("Welcome to Klarity Health Library") == 1
+    info = store.get_by_email(engine, "amy@example.com")
+    assert [r["action"] for r in store.consent_records(engine, info.id)] == ["subscribe", "confirm"]
     # without any issue published, the welcome links to the archive
     assert f"{BASE}/\n" in text_part(outbox_messages(wsettings)[-1])
 
@@ -290,12 +310,15 @@ def test_expired_forged_and_misused_confirm_links_change_nothing(client, wsettin
     flipped = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
     for bad in [f"/confirm/{flipped}", "/confirm/forged", "/confirm/" + "A" * 39,
                 "/confirm/" + tokens.make_token(SECRET, tokens.UNSUBSCRIBE, sid),
+                "/confirm/" + tokens.make_token(SECRET, "confirm", sid),  # the old kind, naming a subscriber
+                "/confirm/" + tokens.make_token(SECRET, tokens.CONFIRM, 999),
                 "/confirm/" + tokens.make_token("another-secret", tokens.CONFIRM, sid)]:
-        response = client.get(bad)
-        assert response.status_code == 400 and h1(response) == "This link does not work", bad
-        assert "Nothing has been changed" in response.text
+        for method in ("GET", "POST"):
+            response = client.request(method, bad)
+            assert response.status_code == 400 and h1(response) == "This link does not work", bad
+            assert "Nothing has been changed" in response.text
     frozen.advance(days=7, seconds=1)
-    expired = client.get(good)
+    expired = client.post(good)
     assert expired.status_code == 400 and "expired" in expired.text
     assert store.get(engine, sid).status == "pending"
     assert len(outbox_messages(wsettings)) == 1  # no welcome
@@ -382,7 +405,7 @@ def test_preferences_change_with_csrf(client, wsettings, engine):
     page = client.get(path)
     assert page.status_code == 200 and page.headers["cache-control"] == "no-store"
     form = soup(page).find("form", id="preferences")
-    assert form["action"] == path
+    assert form["action"] == BASE + path
     assert sorted(i["value"] for i in form.find_all("input", attrs={"name": "topics"}) if i.has_attr("checked")) == [
         "hair-loss", "wellbeing"]
     response = client.post(path, data={"csrf": csrf_of(page), "name": "Amy B", "topics": ["skin-care"],
@@ -411,9 +434,21 @@ def test_preferences_refuse_missing_foreign_and_stale_csrf(client, wsettings, en
     assert store.get(engine, info.id).topics == ("hair-loss", "wellbeing")
 
 
+def data_link_path(client, wsettings, info) -> str:
+    """Ask for the one-time link on the preferences page; the path of the link emailed."""
+    page = client.get(preferences_path(wsettings, info.id))
+    client.post(path_of(soup(page).find("form", id="data-link")["action"]), data=hidden(page, "data-link"))
+    mail = [m for m in outbox_messages(wsettings) if "/data/" in text_part(m)][-1]
+    assert mail["To"].addresses[0].addr_spec == info.email
+    return path_of(link(mail, "data"))
+
+
 def test_export_downloads_everything_held(client, wsettings, engine):
     info = confirmed_subscriber(client, wsettings, engine)
-    response = client.get(preferences_path(wsettings, info.id) + "/export")
+    path = data_link_path(client, wsettings, info)
+    page = client.get(path)
+    assert soup(page).find("form", id="export")["action"] == BASE + path + "/export"
+    response = client.post(path + "/export", data=hidden(page, "export"))
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     assert response.headers["content-disposition"] == 'attachment; filename="newsletter-data.json"'
     assert response.headers["cache-control"] == "no-store"
@@ -422,35 +457,37 @@ def test_export_downloads_everything_held(client, wsettings, engine):
     assert [t["id"] for t in data["topics"]] == ["hair-loss", "wellbeing"]
     assert [r["action"] for r in data["consent_records"]] == ["subscribe", "confirm"]
     assert data["consent_records"][0]["ip"] == "testclient"
-    # the export link on the page is this URL
-    page = soup(client.get(preferences_path(wsettings, info.id)))
-    assert page.find(id="export")["href"] == preferences_path(wsettings, info.id) + "/export"
 
 
-def test_erase_from_the_preferences_page(client, wsettings, engine):
+def test_erase_with_a_one_time_link(client, wsettings, engine):
     info = confirmed_subscriber(client, wsettings, engine)
-    path = preferences_path(wsettings, info.id)
-    page = soup(client.get(path))
-    erase_form = page.find("form", id="erase")
-    assert erase_form["action"] == path + "/erase"
-    csrf = erase_form.find("input", attrs={"name": "csrf"})["value"]
-    refused = client.post(path + "/erase", data={"csrf": csrf})
+    path = data_link_path(client, wsettings, info)
+    page = client.get(path)
+    erase_form = soup(page).find("form", id="erase")
+    assert erase_form["action"] == BASE + path + "/erase"
+    refused = client.post(path + "/erase", data=hidden(page, "erase"))
     assert refused.status_code == 400 and store.get(engine, info.id) is not None
     assert client.post(path + "/erase", data={"csrf": "", "confirm": "yes"}).status_code == 400
-    done = client.post(path + "/erase", data={"csrf": csrf, "confirm": "yes"})
+    done = client.post(path + "/erase", data={**hidden(page, "erase"), "confirm": "yes"})
     assert done.status_code == 200 and h1(done) == "Your data has been deleted"
     assert store.get(engine, info.id) is None
     assert store.suppression_reason(engine, wsettings, "amy@example.com") == "erased"
-    for method, suffix in [("GET", ""), ("GET", "/export"), ("POST", "/erase")]:
-        assert client.request(method, path + suffix).status_code == 404
+    prefs = preferences_path(wsettings, info.id)
+    assert client.get(prefs).status_code == 404
+    for method, suffix in [("GET", ""), ("POST", "/export"), ("POST", "/erase")]:
+        assert client.request(method, path + suffix).status_code == 400
 
 
-def test_forged_preferences_links(client, wsettings, engine):
+def test_forged_preferences_and_data_links(client, wsettings, engine):
     info = store.add(engine, wsettings, "a@example.com", confirmed=True, consent="y")
     wrong_purpose = "/preferences/" + tokens.make_token(SECRET, tokens.UNSUBSCRIBE, info.id)
-    for path in ["/preferences/forged", wrong_purpose, wrong_purpose + "/export"]:
+    for path in ["/preferences/forged", wrong_purpose]:
         assert client.get(path).status_code == 400
-    assert client.post(wrong_purpose + "/erase", data={"confirm": "yes"}).status_code == 400
+    assert client.post(wrong_purpose + "/data-link", data={"csrf": "x"}).status_code == 400
+    # a data token needs a link row: a subscriber id, or another purpose's token, is refused
+    for token in [tokens.make_token(SECRET, tokens.DATA, info.id), tokens.make_token(SECRET, tokens.PREFERENCES, 1)]:
+        assert client.get(f"/data/{token}").status_code == 400
+        assert client.post(f"/data/{token}/erase", data={"confirm": "yes"}).status_code == 400
     assert store.get(engine, info.id) is not None
 
 
@@ -502,14 +539,15 @@ BODIES = st.one_of(st.binary(max_size=400), st.just(b"List-Unsubscribe=One-Click
 def fuzz_app(wsettings, engine):
     info = store.add(engine, wsettings, "fuzz@example.com", confirmed=True, consent="y")
     valid = {purpose: tokens.make_token(SECRET, purpose, info.id)
-             for purpose in (tokens.CONFIRM, tokens.UNSUBSCRIBE, tokens.PREFERENCES)}
+             for purpose in (tokens.CONFIRM, tokens.UNSUBSCRIBE, tokens.PREFERENCES, tokens.DATA)}
     with TestClient(web.create_app(wsettings, engine, rate_per_minute=0)) as c:
         yield c, valid
 
 
 @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(method=METHODS, route=st.sampled_from(["/subscribe", "/confirm/{}", "/unsubscribe/{}", "/preferences/{}",
-                                              "/preferences/{}/export", "/preferences/{}/erase", "/healthz",
+                                              "/preferences/{}/data-link", "/data/{}", "/data/{}/export",
+                                              "/data/{}/erase", "/healthz",
                                               "/readyz", "/{}", "/{}/{}"]),
        segment=SEGMENT, use_valid=st.booleans(), content_type=CONTENT_TYPES, body=BODIES)
 def test_random_requests_never_get_a_server_error(fuzz_app, method, route, segment, use_valid, content_type, body):

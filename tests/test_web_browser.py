@@ -53,6 +53,9 @@ def test_a_person_signs_up_confirms_changes_preferences_and_leaves(browser, site
         text = mail.message.get_body(("plain",)).get_content()
         confirm = re.search(rf"{re.escape(base)}/confirm/[A-Za-z0-9_-]+", text).group(0)
         page.goto(confirm)
+        assert page.locator("h1").inner_text() == "Confirm your subscription"
+        assert page.locator("#topics").inner_text() == "Hair loss"  # the page names them; the email never
+        page.get_by_role("button", name="Confirm my subscription").click()
         assert page.locator("h1").inner_text() == "You are subscribed"
         welcome = smtp_server.wait_for(2)[1].message
         assert welcome["Subject"] == "Welcome to Klarity Health Library"
@@ -69,17 +72,29 @@ def test_a_person_signs_up_confirms_changes_preferences_and_leaves(browser, site
         info = store.get_by_email(engine, "reader@example.com")
         assert (info.name, info.topics, info.frequency) == ("Reader Two", ("wellbeing",), "daily")
 
+        assert page.locator("#address").inner_text() == "r•••@example.com"
+        prefs = page.url
+
+        # export needs a one-time link, emailed
+        page.get_by_role("button", name="Email me a link to download or delete my data").click()
+        assert "emailed you a link" in page.locator("#notice").inner_text()
+        data_mail = smtp_server.wait_for(3)[2].message
+        data_url = re.search(rf"{re.escape(base)}/data/[A-Za-z0-9_-]+", data_mail.get_body(("plain",)).get_content())
+        page.goto(data_url.group(0))
         with page.expect_download() as download:
-            page.locator("#export").click()
+            page.get_by_role("button", name="Download everything we hold about me").click()
         data = json.loads(download.value.path().read_text())
         assert data["subscriber"]["name"] == "Reader Two"
         assert [r["action"] for r in data["consent_records"]] == ["subscribe", "confirm", "preferences"]
 
+        page.goto(prefs)
         page.get_by_role("link", name="Unsubscribe").click()
         assert page.locator("h1").inner_text() == "Unsubscribe"
         page.get_by_role("button", name="Unsubscribe").click()
         assert page.locator("h1").inner_text() == "You are unsubscribed"
-        assert store.get_by_email(engine, "reader@example.com").status == "unsubscribed"
+        info = store.get_by_email(engine, "reader@example.com")
+        assert info.status == "unsubscribed"
+        assert store.consent_records(engine, info.id)[-1]["method"] == "web"  # the button, not RFC 8058
         assert problems == []  # no CSP violations or other console errors
         assert [u for u in failed if not u.endswith("/favicon.ico")] == []  # the browser asks; public/ has none
     finally:

@@ -61,14 +61,17 @@ def test_sign_up_confirm_and_one_click_over_real_http_and_smtp(server, smtp_serv
         assert web_client.get("/readyz").text == "ready"
         form = web_client.get("/subscribe")
         assert form.status_code == 200 and 'name="consent"' in form.text
-        response = web_client.post("/subscribe", data={"email": "Reader@Example.com", "name": "Reader",
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+        response = web_client.post("/subscribe", data={"email": "Reader@Example.com", "name": "Reader", "csrf": csrf,
                                                  "topics": ["mental-health"], "frequency": "daily", **CONSENT})
-        assert response.status_code == 200 and "Check your inbox" in response.text
+        assert response.status_code == 303 and response.headers["location"] == base + "/subscribe/sent"
+        assert "Check your inbox" in web_client.get("/subscribe/sent").text
         (received,) = smtp_server.wait_for(1)
         assert received.mail_from == "newsletter@my.klarity.health" and received.rcpt_tos == ["Reader@example.com"]
         text = received.message.get_body(("plain",)).get_content()
         confirm = re.search(rf"{re.escape(base)}(/confirm/[A-Za-z0-9_-]+)", text).group(1)
-        assert web_client.get(confirm).status_code == 200
+        assert web_client.get(confirm).status_code == 200  # the page with the button
+        assert web_client.post(confirm).status_code == 303
         welcome = smtp_server.wait_for(2)[1].message
         assert welcome["Subject"] == "Welcome to Klarity Health Library"
         unsubscribe = re.search(rf"<{re.escape(base)}(/unsubscribe/[^>]+)>", welcome["List-Unsubscribe"]).group(1)

@@ -9,16 +9,17 @@ below falls through to ``pipeline.static_files.StaticSite``, which serves
 
 Routes (the token in a path is an opaque signed token, ``subscribers.tokens``):
 
-- ``GET/POST /subscribe``: the form; a post makes a ``pending`` subscriber and
-  sends the confirmation link.  The answer is the same whether or not the
-  address is known.  Posts are rate-limited per client IP (token bucket).
-- ``GET /confirm/{token}``: confirms, records consent, sends the welcome email.
+- ``GET/POST /subscribe``: the form (CSRF token bound to a cookie, Origin
+  checked); a post records a sign-up request and queues its confirmation
+  email, then redirects.  The answer is the same whether or not the address is
+  known.  Limits per IP block and per address live in the database.
+- ``GET /confirm/{token}``: a page with a button; ``POST`` confirms that request.
 - ``GET /unsubscribe/{token}``: one button.  ``POST /unsubscribe/{token}``:
   RFC 8058 one-click: no cookies, no login, no CSRF token, 200 with no redirect,
   idempotent.
-- ``GET/POST /preferences/{token}``: topics, frequency, name (CSRF token bound
-  to the link and a time); ``GET .../export`` JSON of all data held;
-  ``POST .../erase`` deletes the person, keeping only the suppression hash.
+- ``GET/POST /preferences/{token}``: topics, frequency, name; ``POST
+  .../data-link`` emails a one-time link to ``GET /data/{token}``, whose
+  ``POST .../export`` and ``POST .../erase`` work once, within the hour.
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (the database answers).
 
 Behind a reverse proxy, run uvicorn with ``--forwarded-allow-ips`` set to the

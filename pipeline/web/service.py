@@ -1,40 +1,73 @@
-"""The web service's handlers: sign-up, confirmation, unsubscribe, preferences, data rights."""
+"""The web service's handlers: sign-up, confirmation, unsubscribe, preferences, data rights.
+
+No handler talks to the mail relay: mail is written to the queue in the same
+transaction as the consent record (``subscribers.mailqueue``), and ``notify``
+wakes this process's queue worker.  Every link and form action is built from
+``settings.base_url``.  A form post that changes something answers with a
+redirect to a page (POST-redirect-GET), so a reload never posts it again;
+one-click unsubscribe (RFC 8058) is the exception, and it is idempotent.
+"""
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import secrets as pysecrets
+import threading
+from dataclasses import dataclass, field as dc_field
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit
 
 from jinja2 import Environment
 from sqlalchemy import Engine, text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
-from pipeline.errors import DeliveryError, SubscriberError
+from pipeline.database import transaction
+from pipeline.errors import SubscriberError
 from pipeline.settings import Settings
 from pipeline.web.http import NO_STORE, TokenBucket, client_ip, field, fields, is_one_click, read_form
-from subscribers import messages, store, tokens
+from subscribers import access, limits, mailqueue, signup, store, tokens
+from subscribers.conflicts import retrying
 
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates" / "web"  # shared with the archive pages
-FORM_MAX_AGE = 2 * 3600  # seconds a preferences form stays valid (its CSRF token)
+FORM_MAX_AGE = 2 * 3600  # seconds a form stays valid (its CSRF token)
+FORM_COOKIE = "nl_form"  # binds the sign-up form's CSRF token to the browser that loaded the form
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    host = (parts.hostname or "").lower()
+    port = f":{parts.port}" if parts.port and parts.port != default else ""
+    return f"{parts.scheme.lower()}://{host}{port}"
+
+
+def mask_email(address: str) -> str:
+    """``j•••@example.com``: enough for the person to recognise, too little for whoever the email was forwarded to."""
+    local, _, domain = address.partition("@")
+    return f"{local[:1]}•••@{domain}"
 
 
 @dataclass
 class WebService:
-    """The app's state: settings, database, how mail is sent, the templates."""
+    """The app's state: settings, database, how queued mail is sent, the templates."""
 
     settings: Settings
     engine: Engine
     send: Callable
-    limiter: TokenBucket
+    limiter: TokenBucket  # kept for callers that pass one; the sign-up limits live in the database
     env: Environment
+    rate_per_minute: int | None = None  # overrides subscribe_rate_per_minute (tests)
+    mail_worker: bool = True
+    worker: mailqueue.MailWorker | None = None
+    _worker_lock: threading.Lock = dc_field(default_factory=threading.Lock)
 
     # -- rendering ---------------------------------------------------------------
 
@@ -49,6 +82,12 @@ class WebService:
     def bad_link(self, why: str) -> HTMLResponse:
         return self.message("This link does not work", why, status=400, headers=NO_STORE)
 
+    def url(self, path: str) -> str:
+        return f"{self.settings.base_url}{path}"
+
+    def see_other(self, url: str) -> Response:
+        return RedirectResponse(url, status_code=303, headers=NO_STORE)
+
     @property
     def secret(self) -> str:
         return tokens.secret(self.settings)
@@ -56,86 +95,162 @@ class WebService:
     def read(self, purpose: str, token: str, max_age: int | None = None) -> int:
         return tokens.read_token(self.secret, purpose, token, max_age)
 
+    # -- the mail queue worker ------------------------------------------------------
+
+    def start_worker(self) -> None:
+        with self._worker_lock:
+            if self.mail_worker and self.worker is None:
+                self.worker = mailqueue.MailWorker(self.engine, self.settings, self.send).start()
+
+    def stop_worker(self) -> None:
+        with self._worker_lock:
+            if self.worker is not None:
+                self.worker.stop()
+                self.worker = None
+
+    def notify(self) -> None:
+        """Mail was queued: this process's worker sends it now rather than at its next poll."""
+        self.start_worker()
+        if self.worker is not None:
+            self.worker.wake()
+
     # -- sign-up -------------------------------------------------------------------
 
-    def subscribe_form(self, status: int = 200, error: str | None = None, values: dict | None = None) -> HTMLResponse:
+    def subscribe_form(self, request: Request, status: int = 200, error: str | None = None,
+                       values: dict | None = None) -> HTMLResponse:
         wording, version = store.consent_wording(self.settings)
         values = {"email": "", "name": "", "topics": (), "frequency": "daily", **(values or {})}
-        return self.page("subscribe.html", status, error=error, values=values, wording=wording, version=version,
-                         topics=sorted(self.settings.topics.items()))
+        cookie = request.cookies.get(FORM_COOKIE, "")
+        if not (16 <= len(cookie) <= 64 and cookie.isalnum()):
+            cookie = pysecrets.token_hex(16)
+        response = self.page("subscribe.html", status, {"referrer-policy": "same-origin"}, error=error, values=values,
+                             wording=wording, version=version, topics=sorted(self.settings.topics.items()),
+                             action=self.url("/subscribe"), csrf=tokens.form_token(self.settings, "subscribe:" + cookie))
+        base = urlsplit(self.settings.base_url)
+        response.set_cookie(FORM_COOKIE, cookie, max_age=FORM_MAX_AGE, path=base.path or "/",
+                            secure=base.scheme == "https", httponly=True, samesite="strict")
+        return response
 
     async def get_subscribe(self, request: Request) -> Response:
-        return self.subscribe_form()
+        return self.subscribe_form(request)
+
+    def same_origin(self, request: Request) -> bool:
+        """Origin (or, without it, Referer) must be our own when the browser sends one."""
+        ours = origin_of(self.settings.base_url)
+        origin = request.headers.get("origin")
+        if origin is not None:
+            return origin.strip().lower() == ours
+        referer = request.headers.get("referer")
+        return referer is None or origin_of(referer) == ours
+
+    def ip_allowed(self, ip: str | None) -> bool:
+        per_minute = self.settings.subscribe_rate_per_minute if self.rate_per_minute is None else self.rate_per_minute
+        if int(per_minute) <= 0:
+            return True
+        bucket = limits.ip_bucket(ip)
+
+        def write() -> bool:
+            with transaction(self.engine) as s:
+                return (limits.take(s, f"signup-ip-minute:{bucket}", int(per_minute), timedelta(minutes=1))
+                        and limits.take(s, f"signup-ip-hour:{bucket}", int(self.settings.subscribe_rate_per_hour),
+                                        timedelta(hours=1)))
+        return retrying(write)
 
     async def post_subscribe(self, request: Request) -> Response:
         ip = client_ip(request)
-        if not self.limiter.allow(ip or "unknown"):
+        form = await read_form(request)
+        cookie = request.cookies.get(FORM_COOKIE, "")
+        if not self.same_origin(request) or not cookie or not tokens.check_form_token(
+                self.settings, "subscribe:" + cookie, field(form, "csrf"), FORM_MAX_AGE):
+            return self.message("Please use the form again", "This form was sent from another site, or it has "
+                                "expired. Nothing was done; please fill in the subscription form again.", status=403,
+                                links=(("The subscription form", self.url("/subscribe")),))
+        if not await run_in_threadpool(self.ip_allowed, ip):
             return self.message("Too many requests", "Please wait a minute and try again.", status=429,
                                 headers={"retry-after": "60"})
-        form = await read_form(request)
         values = {"email": field(form, "email"), "name": field(form, "name"), "topics": fields(form, "topics"),
                   "frequency": field(form, "frequency") or "daily"}
         _, version = store.consent_wording(self.settings)
         if field(form, "consent") != "yes":
-            return self.subscribe_form(400, "Please tick the box to agree to receive the newsletter.", values)
+            return self.subscribe_form(request, 400, "Please tick the box to agree to receive the newsletter.", values)
         if field(form, "consent_version") != version:
-            return self.subscribe_form(400, "The consent wording has changed since this page was loaded; "
-                                            "please read it again and resubmit.", values)
+            return self.subscribe_form(request, 400, "The consent wording has changed since this page was loaded; "
+                                       "please read it again and resubmit.", values)
         try:
-            result = await run_in_threadpool(partial(
-                store.sign_up, self.engine, self.settings, values["email"], name=values["name"] or None,
+            outcome = await run_in_threadpool(partial(
+                signup.sign_up, self.engine, self.settings, values["email"], name=values["name"] or None,
                 topics=values["topics"], frequency=values["frequency"], ip=ip))
         except SubscriberError as exc:
-            return self.subscribe_form(400, exc.message, values)
-        if result.send != "none":
-            message = messages.confirmation_message(self.settings, result.subscriber, already=result.send == "already")
-            try:
-                await run_in_threadpool(self.send, self.settings, message)
-            except DeliveryError as exc:
-                log.error("confirmation email to subscriber %s not sent: %s", result.subscriber.id, exc)
-                return self.message("Please try again later", "We could not send the confirmation email just now. "
-                                    "Nothing has been lost; please try again in a few minutes.", status=503)
-            await run_in_threadpool(store.mark_confirmation_sent, self.engine, result.subscriber.id)
-        # The same answer for a new, pending, confirmed or suppressed address.
+            return self.subscribe_form(request, 400, exc.message, values)
+        if outcome.mailed != "none":
+            self.notify()
+        # The same answer for a new, pending, confirmed, suppressed or limited address.
+        return self.see_other(self.url("/subscribe/sent"))
+
+    async def subscribe_sent(self, request: Request) -> Response:
         return self.message("Check your inbox", "If the address can receive our newsletter, an email is on its way "
                             "with a link to confirm your subscription. The link works for "
-                            f"{self.settings.confirm_token_days} days. Until you click it, you will not be subscribed.")
+                            f"{self.settings.confirm_token_days} days. Until you confirm, you will not be subscribed.")
+
+    # -- confirmation ------------------------------------------------------------------
+
+    def _request_id(self, token: str) -> int:
+        return self.read(tokens.CONFIRM, token, tokens.confirm_max_age(self.settings))
+
+    def _confirm_failed(self, exc: SubscriberError) -> Response:
+        return self.bad_link(f"{exc.message[:1].upper()}{exc.message[1:]}. Nothing has been changed. "
+                             "You can sign up again on the subscription page.")
+
+    async def confirm_page(self, request: Request) -> Response:
+        """GET (and a link scanner's HEAD): a page with a button; nothing changes."""
+        token = request.path_params["token"]
+        try:
+            view = await run_in_threadpool(signup.get_request, self.engine, self._request_id(token))
+            if view is None:
+                raise SubscriberError("this confirmation link is no longer valid")
+        except SubscriberError as exc:
+            return self._confirm_failed(exc)
+        if view.confirmed or view.subscriber_status == "confirmed":
+            return self.message("You are subscribed", "Thank you: your subscription is confirmed.",
+                                links=(("Your preferences", tokens.preferences_url(self.settings, view.subscriber_id)),
+                                       ("Read the latest issue", self.latest_issue())),
+                                headers=NO_STORE)
+        names = [(self.settings.topics.get(t) or {}).get("name", t) for t in view.topics]
+        return self.page("confirm.html", headers=NO_STORE, action=self.url(f"/confirm/{token}"), view=view,
+                         topic_names=names)
 
     async def confirm(self, request: Request) -> Response:
-        if request.method == "HEAD":  # link scanners probe with HEAD: nothing happens without a GET
-            return Response(status_code=200, headers=NO_STORE, media_type="text/html")
+        token = request.path_params["token"]
         try:
-            sid = self.read(tokens.CONFIRM, request.path_params["token"], tokens.confirm_max_age(self.settings))
-            info, changed = await run_in_threadpool(partial(store.confirm, self.engine, self.settings, sid,
-                                                            method="web", ip=client_ip(request)))
+            _, changed = await run_in_threadpool(partial(signup.confirm, self.engine, self.settings,
+                                                         self._request_id(token), method="web", ip=client_ip(request)))
         except SubscriberError as exc:
-            return self.bad_link(f"{exc.message[:1].upper()}{exc.message[1:]}. Nothing has been changed. "
-                                 "You can sign up again on the subscription page.")
+            return self._confirm_failed(exc)
         if changed:
-            welcome = messages.welcome_message(self.settings, info, messages.latest_issue_url(self.settings))
-            try:
-                await run_in_threadpool(self.send, self.settings, welcome)
-            except DeliveryError as exc:  # the confirmation stands; the welcome is a courtesy
-                log.error("welcome email to subscriber %s not sent: %s", info.id, exc)
-        title = "You are subscribed" if changed else "Already confirmed"
-        return self.message(title, "Thank you: your subscription is confirmed." if changed
-                            else "This subscription was already confirmed; nothing has changed.",
-                            links=(("Your preferences", tokens.preferences_url(self.settings, info.id)),
-                                   ("Read the latest issue", messages.latest_issue_url(self.settings))),
-                            headers=NO_STORE)
+            self.notify()
+        return self.see_other(self.url(f"/confirm/{token}"))
+
+    def latest_issue(self) -> str:
+        from subscribers.messages import latest_issue_url
+        return latest_issue_url(self.settings)
 
     # -- leaving ---------------------------------------------------------------------
 
     async def unsubscribe(self, request: Request) -> Response:
+        token = request.path_params["token"]
         try:
-            sid = self.read(tokens.UNSUBSCRIBE, request.path_params["token"])
+            sid = self.read(tokens.UNSUBSCRIBE, token)
         except SubscriberError:
             return self.bad_link("This unsubscribe link is not valid. Please use the link from your most recent email.")
         if request.method in ("GET", "HEAD"):
             info = await run_in_threadpool(store.get, self.engine, sid)
-            return self.page("unsubscribe.html", headers=NO_STORE,
+            return self.page("unsubscribe.html", headers=NO_STORE, action=self.url(f"/unsubscribe/{token}"),
+                             csrf=tokens.form_token(self.settings, "unsubscribe:" + token),
                              left=info is None or info.status in store.SUPPRESSED_STATUSES)
-        one_click = await is_one_click(request)
+        form = await read_form(request)
+        # RFC 8058's POST carries only List-Unsubscribe=One-Click; our page's button sends its form token
+        by_button = tokens.check_form_token(self.settings, "unsubscribe:" + token, field(form, "csrf"), FORM_MAX_AGE)
+        one_click = not by_button and "csrf" not in form and field(form, "List-Unsubscribe") == "One-Click"
         info = await run_in_threadpool(partial(store.unsubscribe, self.engine, self.settings, sid,
                                                method="one-click" if one_click else "web", ip=client_ip(request)))
         # 200 and no redirect (RFC 8058), whether this is the first request or a repeat
@@ -149,10 +264,10 @@ class WebService:
     def preferences_form(self, request: Request, info: store.SubscriberInfo, status: int = 200,
                          error: str | None = None, notice: str | None = None) -> HTMLResponse:
         token = request.path_params["token"]
-        # absolute paths: this form is also shown in answer to .../erase
-        here = f"{request.scope.get('root_path', '')}/preferences/{token}"
+        here = self.url(f"/preferences/{token}")
         return self.page("preferences.html", status, NO_STORE, info=info, error=error, notice=notice, here=here,
-                         csrf=tokens.form_token(self.settings, token), topics=sorted(self.settings.topics.items()),
+                         masked=mask_email(info.email), csrf=tokens.form_token(self.settings, token),
+                         topics=sorted(self.settings.topics.items()),
                          unsubscribe_url=tokens.unsubscribe_url(self.settings, info.id))
 
     async def _subscriber(self, token: str) -> store.SubscriberInfo | Response:
@@ -166,46 +281,90 @@ class WebService:
                                 status=404, headers=NO_STORE)
         return info
 
+    NOTICES = {"saved": "Your preferences are saved.",
+               "sent": "We have emailed you a link to download or delete your data. It works once, for one hour."}
+
     async def preferences(self, request: Request) -> Response:
         token = request.path_params["token"]
         info = await self._subscriber(token)
         if isinstance(info, Response):
             return info
         if request.method in ("GET", "HEAD"):
-            return self.preferences_form(request, info)
+            notice = next((text for key, text in self.NOTICES.items() if request.query_params.get(key) == "1"), None)
+            return self.preferences_form(request, info, notice=notice)
         form = await read_form(request)
         if not tokens.check_form_token(self.settings, token, field(form, "csrf"), FORM_MAX_AGE):
             return self.preferences_form(request, info, 400, "This form has expired; please make your changes again.")
         try:
-            info = await run_in_threadpool(partial(
+            await run_in_threadpool(partial(
                 store.update_preferences, self.engine, self.settings, info.id, name=field(form, "name") or None,
                 topics=fields(form, "topics"), frequency=field(form, "frequency"), ip=client_ip(request)))
         except SubscriberError as exc:
             return self.preferences_form(request, info, 400, exc.message)
-        return self.preferences_form(request, info, notice="Your preferences are saved.")
+        return self.see_other(self.url(f"/preferences/{token}?saved=1"))
 
-    async def export(self, request: Request) -> Response:
-        info = await self._subscriber(request.path_params["token"])
-        if isinstance(info, Response):
-            return info
-        data = await run_in_threadpool(store.export_data, self.engine, self.settings, info.id)
-        return Response(json.dumps(data, indent=2, ensure_ascii=False), media_type="application/json",
-                        headers={**NO_STORE, "content-disposition": 'attachment; filename="newsletter-data.json"'})
-
-    async def erase(self, request: Request) -> Response:
+    async def data_link(self, request: Request) -> Response:
+        """POST from the preferences page: email a one-time export/erase link."""
         token = request.path_params["token"]
         info = await self._subscriber(token)
         if isinstance(info, Response):
             return info
         form = await read_form(request)
         if not tokens.check_form_token(self.settings, token, field(form, "csrf"), FORM_MAX_AGE):
-            return self.preferences_form(request, info, 400, "This form has expired; nothing was deleted. Please try again.")
-        if field(form, "confirm") != "yes":
-            return self.preferences_form(request, info, 400, "Tick the box to confirm that all your data should be deleted.")
-        await run_in_threadpool(partial(store.erase, self.engine, self.settings, info.id, method="web"))
-        return self.message("Your data has been deleted",
-                            "We have deleted your subscription and everything we held about you. We keep only a "
-                            "one-way coded form of your address so that we never email it again.", headers=NO_STORE)
+            return self.preferences_form(request, info, 400, "This form has expired; nothing was sent. Please try again.")
+        if await run_in_threadpool(access.request_link, self.engine, self.settings, info.id):
+            self.notify()
+        return self.see_other(self.url(f"/preferences/{token}?sent=1"))
+
+    # -- data rights: one-time links ------------------------------------------------------
+
+    async def _link(self, token: str) -> access.Link | Response:
+        try:
+            link_id = self.read(tokens.DATA, token, int(self.settings.data_link_minutes) * 60)
+            return await run_in_threadpool(access.open_link, self.engine, link_id)
+        except SubscriberError as exc:
+            return self.bad_link(f"{exc.message[:1].upper()}{exc.message[1:]}. You can ask for a new link on your "
+                                 "preferences page (the link in any newsletter).")
+
+    async def data_page(self, request: Request) -> Response:
+        token = request.path_params["token"]
+        link = await self._link(token)
+        if isinstance(link, Response):
+            return link
+        return self.page("data.html", headers=NO_STORE, here=self.url(f"/data/{token}"),
+                         masked=mask_email(link.subscriber.email), csrf=tokens.form_token(self.settings, "data:" + token))
+
+    async def _spend(self, request: Request, action: Callable) -> Response:
+        token = request.path_params["token"]
+        link = await self._link(token)
+        if isinstance(link, Response):
+            return link
+        form = await read_form(request)
+        if not tokens.check_form_token(self.settings, "data:" + token, field(form, "csrf"), FORM_MAX_AGE):
+            return self.bad_link("This form has expired; nothing was done. Please open the link from the email again.")
+        try:
+            return await action(link, form)
+        except SubscriberError as exc:
+            return self.bad_link(f"{exc.message[:1].upper()}{exc.message[1:]}.")
+
+    async def export(self, request: Request) -> Response:
+        async def download(link, form) -> Response:
+            data = await run_in_threadpool(access.export_once, self.engine, self.settings, link.id)
+            return Response(json.dumps(data, indent=2, ensure_ascii=False), media_type="application/json",
+                            headers={**NO_STORE, "content-disposition": 'attachment; filename="newsletter-data.json"'})
+        return await self._spend(request, download)
+
+    async def erase(self, request: Request) -> Response:
+        async def delete(link, form) -> Response:
+            if field(form, "confirm") != "yes":
+                return self.message("Nothing was deleted", "Tick the box to confirm that all your data should be "
+                                    "deleted.", status=400, headers=NO_STORE,
+                                    links=(("Back", self.url(f"/data/{request.path_params['token']}")),))
+            await run_in_threadpool(access.erase_once, self.engine, self.settings, link.id)
+            return self.message("Your data has been deleted",
+                                "We have deleted your subscription and everything we held about you. We keep only a "
+                                "one-way coded form of your address so that we never email it again.", headers=NO_STORE)
+        return await self._spend(request, delete)
 
     # -- operations -------------------------------------------------------------------
 
