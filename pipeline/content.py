@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from pipeline import markup
+from pipeline import clock, markup
 from pipeline.article import Article, Author, Reference
+from pipeline.buildcache import ContentCache
 from pipeline.errors import ContentError
 from pipeline.settings import Settings, load_settings
 
@@ -91,7 +92,7 @@ def _key_lines(text: str, first_line: int = 1) -> dict[str, int]:
     (as ``references.N``), for error messages."""
     lines: dict[str, int] = {}
     try:
-        node = yaml.compose(text)
+        node = yaml.compose(text, Loader=FAST_LOADER)
     except yaml.YAMLError:
         return lines
     if not isinstance(node, yaml.MappingNode):
@@ -110,7 +111,16 @@ def _key_lines(text: str, first_line: int = 1) -> dict[str, int]:
     return lines
 
 
+# libyaml when present: the pure-Python parser was most of a library load. On any
+# error the pure-Python parser runs again, so messages do not depend on which is installed.
+FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _load_yaml(text: str, path: Path, first_line: int, out: _Collector) -> Any:
+    try:
+        return yaml.load(text, Loader=FAST_LOADER)
+    except yaml.YAMLError:
+        pass
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -307,13 +317,14 @@ def _load_article(path: Path, authors: dict[str, Author], topics: dict | None,
 
     references = _load_references(data.get("references"), path, lines, out)
 
+    toks = markup.tokens(body)  # parsed once for every check below
     if not body.strip():
         # point at the closing '---': the body's first line may not exist
         out.error(path, body_line - 1, "the article body is empty (nothing after the front matter)")
     else:
-        _check_body(body, body_line, len(references) if references is not None else None, path, out)
+        _check_body(toks, body_line, len(references) if references is not None else None, path, out)
     if references:
-        cited = {n for _, n in _citations(body)}
+        cited = {n for _, child in _inline_lines(toks) if child.type == "citation" for n in child.meta["numbers"]}
         for ref in references:
             if ref.number not in cited:
                 out.warning(path, lines.get(f"references.{ref.number}"), f"reference {ref.number} is never cited")
@@ -372,13 +383,7 @@ def _inline_lines(toks) -> Iterable[tuple[int, Any]]:
             yield line, child
 
 
-def _citations(body: str) -> list[tuple[int, int]]:
-    return [(line, n) for line, child in _inline_lines(markup.tokens(body)) if child.type == "citation"
-            for n in child.meta["numbers"]]
-
-
-def _check_body(body: str, body_line: int, reference_count: int | None, path: Path, out: _Collector) -> None:
-    toks = markup.tokens(body)
+def _check_body(toks: list, body_line: int, reference_count: int | None, path: Path, out: _Collector) -> None:
     # headings: no h1 (the title is the h1), no skipped levels, no empty sections
     last_level = 1
     open_heading: tuple[int, int] | None = None  # (level, line) of a heading with nothing under it yet
@@ -426,13 +431,45 @@ def _check_html_hrefs(html: str, line: int, path: Path, out: _Collector) -> None
             out.error(path, line + html.count("\n", 0, match.start()), f"link URL is not absolute http(s): {url!r}")
 
 
+def _site_today(settings: Settings) -> date:
+    """Today where the library is published (the content cache keeps no future article)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    try:
+        return clock.now().astimezone(ZoneInfo(str(settings.timezone))).date()
+    except (ZoneInfoNotFoundError, ValueError):
+        return clock.now().date()
+
+
 # -- the library --------------------------------------------------------------------
 
-def check_library(content_dir: Path | str = "content", settings: Settings | None = None) -> tuple[Library | None, list[Problem]]:
+def _load_article_cached(path: Path, authors: dict[str, Author], topics: dict | None, out: _Collector,
+                         cache: ContentCache, context: str, today: date) -> tuple[Article | None, int | None]:
+    """``_load_article`` through the content cache, keyed by the file's bytes (always read)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return _load_article(path, authors, topics, out)  # reports why
+    hit = cache.get(path, data, context, authors)
+    if hit is not None:
+        article, slug_line, problems = hit
+        out.problems.extend(Problem(path, line, message, level) for level, line, message in problems)
+        return article, slug_line
+    own = _Collector()
+    article, slug_line = _load_article(path, authors, topics, own)
+    out.problems.extend(own.problems)
+    cache.put(path, data, context, article, slug_line, [(p.level, p.line, p.message) for p in own.problems
+                                                        if p.path == path], embargoed_after=today)
+    return article, slug_line
+
+
+def check_library(content_dir: Path | str = "content", settings: Settings | None = None, *,
+                  cache_dir: Path | str | None = None) -> tuple[Library | None, list[Problem]]:
     """Load everything and return (library or None, every problem found).
 
     Like a compiler, it keeps going after an error: when the site settings cannot
-    be loaded, authors and articles are still checked (without the topic list)."""
+    be loaded, authors and articles are still checked (without the topic list).
+    With ``cache_dir``, each article's check result is kept there (``ContentCache``)
+    and reused while the file's bytes, the authors, the topics and the code are the same."""
     content_dir = Path(content_dir)
     out = _Collector()
     if settings is None:
@@ -453,8 +490,14 @@ def check_library(content_dir: Path | str = "content", settings: Settings | None
     if not article_paths:
         out.warning(content_dir / "articles", None, "no articles")
     topics = settings.topics if settings is not None and isinstance(settings.topics, dict) else None
+    cache = ContentCache(cache_dir) if cache_dir is not None else None
+    context = ContentCache.context(authors, topics) if cache is not None else ""
+    today = clock.now().date() if settings is None else _site_today(settings)
     for path in article_paths:
-        article, slug_line = _load_article(path, authors, topics, out)
+        if cache is not None:
+            article, slug_line = _load_article_cached(path, authors, topics, out, cache, context, today)
+        else:
+            article, slug_line = _load_article(path, authors, topics, out)
         if article is None:
             continue
         if article.slug in seen:
@@ -463,6 +506,9 @@ def check_library(content_dir: Path | str = "content", settings: Settings | None
         seen[article.slug] = path
         articles.append(article)
     articles.sort(key=lambda a: (a.published, a.slug))
+    if cache is not None:
+        # a library with errors builds nothing, so it creates no cache folder either
+        cache.save(create=not any(p.level == "error" for p in out.problems))
     if settings is None or any(p.level == "error" for p in out.problems):
         return None, out.problems
     warnings = tuple(p for p in out.problems if p.level == "warning")

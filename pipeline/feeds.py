@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import date, datetime, time
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -59,15 +59,27 @@ class Topic:
 
 @dataclass(frozen=True)
 class ArticleView:
-    """One article as the web pages and feeds show it."""
+    """One article as the web pages and feeds show it.
+
+    The two HTML bodies are rendered on first use and kept: a page needs only
+    ``page_body_html``, a feed item only ``body_html``, and Markdown rendering is
+    most of a build's cost."""
 
     article: Article
     url: str  # canonical, absolute; also the feed id / guid
     published_at: datetime  # timezone-aware
     updated_at: datetime  # timezone-aware; equals published_at until the article is edited
-    body_html: str  # sanitised; citations are absolute links to the references on the article page
-    page_body_html: str  # the same for the article page itself: citations are in-page (#ref-N) links
     topics: tuple[Topic, ...]
+
+    @cached_property
+    def body_html(self) -> str:
+        """Sanitised; citations are absolute links to the references on the article page."""
+        return markup.to_html(self.article.body, cite_href=lambda n: f"{self.url}#ref-{n}", heading_ids=True)
+
+    @cached_property
+    def page_body_html(self) -> str:
+        """The same for the article page itself: citations are in-page (#ref-N) links."""
+        return markup.to_html(self.article.body, cite_href=lambda n: f"#ref-{n}", heading_ids=True)
 
 
 # -- values ----------------------------------------------------------------------
@@ -116,19 +128,22 @@ def article_view(article: Article, settings: Settings) -> ArticleView:
         url=url,
         published_at=publication_time(article.published, settings),
         updated_at=publication_time(article.last_modified, settings),
-        body_html=markup.to_html(article.body, cite_href=lambda n: f"{url}#ref-{n}", heading_ids=True),
-        page_body_html=markup.to_html(article.body, cite_href=lambda n: f"#ref-{n}", heading_ids=True),
         topics=tuple(Topic(t, topic_name(settings, t)) for t in article.topics),
     )
 
 
-def public_articles(library: Library, as_of: date | None = None) -> list[ArticleView]:
+def due_articles(library: Library, as_of: date | None = None) -> list[Article]:
     """Every article published on or before ``as_of`` (default: today), newest first.
     A future-dated article stays off the site and the feeds until its date."""
     as_of = as_of or today(library.settings)
     due = [a for a in library.articles if a.published <= as_of]
     due.sort(key=lambda a: (a.published, a.slug), reverse=True)
-    return [article_view(a, library.settings) for a in due]
+    return due
+
+
+def public_articles(library: Library, as_of: date | None = None) -> list[ArticleView]:
+    """``due_articles`` as views (cheap: a view renders its Markdown only when asked)."""
+    return [article_view(a, library.settings) for a in due_articles(library, as_of)]
 
 
 def long_date(value: date) -> str:
@@ -160,7 +175,10 @@ def item_html(view: ArticleView, settings: Settings) -> str:
 # -- the three feeds ----------------------------------------------------------------
 
 def _items(library: Library, as_of: date | None) -> list[ArticleView]:
-    views = public_articles(library, as_of)[: max(int(library.settings.feed_items), 0)]
+    """The newest ``feed_items`` articles as views: the feeds cost O(feed_items), whatever
+    the size of the library (only these are ever rendered)."""
+    newest = due_articles(library, as_of)[: max(int(library.settings.feed_items), 0)]
+    views = [article_view(a, library.settings) for a in newest]
     if not views:
         raise ContentError("no published articles to put in the feeds", path=Path("articles"))
     return views
@@ -210,20 +228,20 @@ def _generator(library: Library, views: list[ArticleView], self_file: str, rss: 
     return fg
 
 
-def rss_feed(library: Library, as_of: date | None = None) -> bytes:
-    fg = _generator(library, _items(library, as_of), RSS_FILE, rss=True)
+def rss_feed(library: Library, as_of: date | None = None, *, views: list[ArticleView] | None = None) -> bytes:
+    fg = _generator(library, views or _items(library, as_of), RSS_FILE, rss=True)
     return fg.rss_str(pretty=True, encoding="UTF-8", xml_declaration=True)
 
 
-def atom_feed(library: Library, as_of: date | None = None) -> bytes:
-    fg = _generator(library, _items(library, as_of), ATOM_FILE, rss=False)
+def atom_feed(library: Library, as_of: date | None = None, *, views: list[ArticleView] | None = None) -> bytes:
+    fg = _generator(library, views or _items(library, as_of), ATOM_FILE, rss=False)
     return fg.atom_str(pretty=True, encoding="UTF-8", xml_declaration=True)
 
 
-def json_feed(library: Library, as_of: date | None = None) -> bytes:
+def json_feed(library: Library, as_of: date | None = None, *, views: list[ArticleView] | None = None) -> bytes:
     """JSON Feed 1.1, written directly (feedgen has none) from the same values."""
     settings = library.settings
-    views = _items(library, as_of)
+    views = views or _items(library, as_of)
     feed = {
         "version": JSON_FEED_VERSION,
         "title": settings.publication_name,
@@ -266,9 +284,11 @@ def feed_warnings(library: Library, as_of: date | None = None) -> list[str]:
 
 
 def render_feeds(library: Library, as_of: date | None = None) -> dict[str, bytes]:
-    """File name -> bytes for the three feeds."""
+    """File name -> bytes for the three feeds, from one list of views (each item's
+    Markdown is rendered once for all three)."""
+    views = _items(library, as_of)
     return {
-        RSS_FILE: rss_feed(library, as_of),
-        ATOM_FILE: atom_feed(library, as_of),
-        JSON_FILE: json_feed(library, as_of),
+        RSS_FILE: rss_feed(library, views=views),
+        ATOM_FILE: atom_feed(library, views=views),
+        JSON_FILE: json_feed(library, views=views),
     }
