@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import replace
 from datetime import date
 from functools import lru_cache
 from importlib import metadata
@@ -97,7 +96,7 @@ def _article_record(article: Article) -> dict:
             "updated": article.updated.isoformat() if article.updated else None,
             "author": article.author.id, "topics": list(article.topics),
             "references": [[r.text, r.url, r.cited.isoformat() if r.cited else None] for r in article.references],
-            "body_line": article.body_line}
+            "body_line": article.body_line, "body_chars": len(article.body)}
 
 
 def _article_from(record: dict, body: str, source: Path, authors: dict[str, Author]) -> Article:
@@ -118,6 +117,9 @@ class ContentCache:
         self.path = Path(folder) / "content.json"
         self.entries: dict[str, dict] = _read_json(self.path).get("articles", {})
         self.seen: set[str] = set()
+        # path -> digest of everything an Article is made from (file bytes, path, authors,
+        # topics, code): the input key of its page, without hashing the article again
+        self.input_keys: dict[str, str] = {}
         self.changed = False
 
     @staticmethod
@@ -128,15 +130,17 @@ class ContentCache:
         """(article or None, slug line, [(level, line, message)]) when cached, else None."""
         key = str(path)
         self.seen.add(key)
+        sha = digest(data)
+        self.input_keys[key] = digest(key, sha, context)
         entry = self.entries.get(key)
-        if not entry or entry["sha"] != digest(data) or entry["context"] != context:
+        if not entry or entry["sha"] != sha or entry["context"] != context:
             return None
         record = entry["article"]
         article = None
         if record is not None:
-            # the body is the text after the front matter, cut at the recorded line
-            text = data.decode("utf-8").removeprefix("\ufeff")
-            body = "".join(text.splitlines(keepends=True)[record["body_line"] - 1:])
+            # the body is the end of the text, after the front matter: its length is recorded
+            text = data.decode("utf-8")
+            body = text[len(text) - record["body_chars"]:]
             article = _article_from(record, body, path, authors)
         return article, entry["slug_line"], entry["problems"]
 
@@ -173,14 +177,14 @@ class SiteManifest:
         self.build = build
         self.changed = not data or data.get("build") != build
 
-    def _stat_matches(self, path: Path, entry: list) -> bool:
+    def _stat_matches(self, path: Path | str, entry: list) -> bool:
         try:
-            st = path.stat()
+            st = os.stat(path)
         except OSError:
             return False
         return st.st_size == entry[1] and st.st_mtime_ns == entry[2]
 
-    def fresh(self, relative: str, path: Path, key: str) -> bool:
+    def fresh(self, relative: str, path: Path | str, key: str) -> bool:
         """True when ``relative`` was made from inputs ``key`` and the file is still ours."""
         entry = self.files.get(relative)
         return bool(entry) and entry[3] == key and self._stat_matches(path, entry)
@@ -209,4 +213,8 @@ class SiteManifest:
 
 def article_key(article: Article) -> str:
     """The inputs of an article's page: every field of the article (its author included)."""
-    return digest(repr(replace(article, source=None)))
+    a = article
+    references = tuple((r.number, r.text, r.url, r.cited) for r in a.references)
+    author = (a.author.id, a.author.name, a.author.credentials, a.author.bio, a.author.photo)
+    meta = (a.slug, a.title, a.summary, a.published, a.updated, author, a.topics, references, a.body_line)
+    return digest(repr(meta), a.body)

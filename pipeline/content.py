@@ -66,6 +66,9 @@ class Library:
     authors: dict[str, Author]
     articles: tuple[Article, ...]  # oldest published first: the queue order
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
+    # slug -> digest of the article's inputs, when loaded through a ContentCache (the site
+    # build uses it as the page's input key; without it, it hashes the Article itself)
+    input_keys: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def article(self, slug: str) -> Article:
         for article in self.articles:
@@ -486,7 +489,7 @@ def check_library(content_dir: Path | str = "content", settings: Settings | None
             authors[author.id] = author
     articles: list[Article] = []
     seen: dict[str, Path] = {}
-    article_paths = sorted((content_dir / "articles").glob("*.md"))
+    article_paths = sorted((content_dir / "articles").glob("*.md"), key=lambda p: p.name)  # one folder
     if not article_paths:
         out.warning(content_dir / "articles", None, "no articles")
     topics = settings.topics if settings is not None and isinstance(settings.topics, dict) else None
@@ -512,7 +515,9 @@ def check_library(content_dir: Path | str = "content", settings: Settings | None
     if settings is None or any(p.level == "error" for p in out.problems):
         return None, out.problems
     warnings = tuple(p for p in out.problems if p.level == "warning")
-    return Library(settings=settings, authors=authors, articles=tuple(articles), warnings=warnings), out.problems
+    input_keys = {a.slug: cache.input_keys[str(a.source)] for a in articles} if cache is not None else {}
+    return (Library(settings=settings, authors=authors, articles=tuple(articles), warnings=warnings,
+                    input_keys=input_keys), out.problems)
 
 
 def load_library(content_dir: Path | str = "content", settings: Settings | None = None) -> Library:

@@ -94,21 +94,30 @@ def article_url(settings: Settings, slug: str) -> str:
 
 
 def zone(settings: Settings) -> ZoneInfo:
+    return _zone(settings.timezone, settings.source)
+
+
+def _zone(name: str, source: Path | None) -> ZoneInfo:
     try:
-        return ZoneInfo(settings.timezone)
+        return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ContentError(f"timezone {settings.timezone!r} is not an IANA time zone", path=settings.source) from None
+        raise ContentError(f"timezone {name!r} is not an IANA time zone", path=source) from None
 
 
 def publication_time(day: date, settings: Settings) -> datetime:
     """An article dated ``day`` counts as published at the daily send time in the site's zone:
     a fixed, content-derived instant (never the build time)."""
+    return _publication_time(day, str(settings.send_time), settings.timezone, settings.source)
+
+
+@lru_cache(maxsize=8192)  # a library has a few thousand distinct dates; views of 10,000 articles ask
+def _publication_time(day: date, send_time: str, timezone: str, source: Path | None) -> datetime:
     try:
-        hour, minute = (int(part) for part in str(settings.send_time).split(":"))
+        hour, minute = (int(part) for part in send_time.split(":"))
         at = time(hour, minute)
     except ValueError:
-        raise ContentError(f"send_time must be HH:MM, got {settings.send_time!r}", path=settings.source) from None
-    return datetime.combine(day, at, tzinfo=zone(settings))
+        raise ContentError(f"send_time must be HH:MM, got {send_time!r}", path=source) from None
+    return datetime.combine(day, at, tzinfo=_zone(timezone, source))
 
 
 def today(settings: Settings) -> date:

@@ -32,7 +32,7 @@ from pipeline.errors import ContentError, RenderError
 from pipeline import archive
 from pipeline.archive import ArchivePage
 from pipeline.buildcache import SiteManifest, article_key, build_hash, digest
-from pipeline.feeds import (FEEDS, TEMPLATES, ArticleView, public_articles, render_feeds, site_url, today,
+from pipeline.feeds import (FEEDS, TEMPLATES, ArticleView, article_view, public_articles, render_feeds, site_url, today,
                             web_templates)
 from pipeline.issue import PLACEHOLDERS, Personal, RenderedIssue, personalise
 from pipeline.settings import Settings
@@ -72,7 +72,8 @@ class SiteWriter:
     def fresh(self, relative: str, key: str) -> bool:
         """True (and counted as unchanged) when the manifest says ``relative`` was made from
         inputs ``key`` and the file has not been touched since: the caller need not render it."""
-        if not self.reuse or self.manifest is None or not self.manifest.fresh(relative, self.target(relative), key):
+        if not self.reuse or self.manifest is None \
+                or not self.manifest.fresh(relative, os.path.join(self.root, *relative.split("/")), key):
             return False
         self.unchanged.append(relative)
         return True
@@ -262,9 +263,10 @@ def build_site(library: Library, public_dir: Path | str, *, as_of: date | None =
     writer = SiteWriter(public_dir, manifest, reuse=incremental)
     for view in views:
         relative = f"{ARTICLES_DIR}/{view.article.slug}/index.html"
-        key = article_key(view.article)
+        key = library.input_keys.get(view.article.slug) or article_key(view.article)
         if not writer.fresh(relative, key):
-            writer.write(relative, article_page(view, settings), key=key)
+            # a fresh view: the rendered body is dropped with it, not kept for 10,000 pages
+            writer.write(relative, article_page(article_view(view.article, settings), settings), key=key)
     _remove_withdrawn(writer, ARTICLES_DIR, {v.article.slug for v in views})
     for name, data in feeds.items():
         writer.write(name, data)
