@@ -40,13 +40,16 @@ def inline_lines(toks) -> Iterable[tuple[int, Any]]:
             yield line, child
 
 
-def citation_lines(body: str) -> list[tuple[int, int]]:
-    return [(line, n) for line, child in inline_lines(markup.tokens(body)) if child.type == "citation"
+def citation_lines(body: str, toks: list | None = None) -> list[tuple[int, int]]:
+    """(line offset, reference number) of every citation; ``toks``: the body already parsed."""
+    return [(line, n) for line, child in inline_lines(toks if toks is not None else markup.tokens(body))
+            if child.type == "citation"
             for n in child.meta["numbers"]]
 
 
-def check_body(body: str, body_line: int, reference_count: int | None, path: Path, out: Any) -> None:
-    toks = markup.tokens(body)
+def check_body(body: str, body_line: int, reference_count: int | None, path: Path, out: Any,
+               toks: list | None = None) -> None:
+    toks = toks if toks is not None else markup.tokens(body)
     # headings: no h1 (the title is the h1), no skipped levels, no empty sections
     last_level = 1
     open_heading: tuple[int, int] | None = None  # (level, line) of a heading with nothing under it yet

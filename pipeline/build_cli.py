@@ -16,14 +16,16 @@ from pathlib import Path
 import click
 
 from pipeline.content import Library, LibraryError, check_library
-from pipeline.errors import RenderError
+from pipeline.buildcache import CACHE_DIR
+from pipeline.errors import ContentError, RenderError
 from pipeline.feeds import today
 from pipeline.issue import RenderedIssue
+from pipeline.settings import load_settings
 from pipeline.site import BuildReport, build_site, publish_issue, published_issues
 
 
-def load_checked(content_dir: Path) -> Library:
-    library, problems = check_library(content_dir)
+def load_checked(content_dir: Path, cache_dir: Path | None = None) -> Library:
+    library, problems = check_library(content_dir, cache_dir=cache_dir)
     for problem in problems:
         click.echo(str(problem), err=True)
     if library is None:
@@ -62,7 +64,12 @@ def _report(report: BuildReport, out: Path) -> None:
 @click.pass_obj
 def build(obj, out: Path | None, day: datetime | None) -> None:
     """Write the feeds, article pages and archive (and with --date, that day's issue page)."""
-    library = load_checked(obj.content_dir)
+    if out is None:
+        try:
+            out = Path(load_settings(obj.content_dir).public_dir)
+        except ContentError:
+            out = None  # check_library reports it, with every other problem
+    library = load_checked(obj.content_dir, out / CACHE_DIR if out is not None else None)
     out = out or Path(library.settings.public_dir)
     report = BuildReport((), ())
     as_of = None

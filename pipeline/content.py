@@ -20,6 +20,7 @@ import yaml
 from pipeline import clock, markup
 from pipeline.body_check import check_body, citation_lines, is_absolute_http_url
 from pipeline.article import Article, Author, Reference
+from pipeline.buildcache import ContentCache
 from pipeline.errors import ContentError
 from pipeline.settings import Settings, load_settings
 
@@ -64,6 +65,9 @@ class Library:
     authors: dict[str, Author]
     articles: tuple[Article, ...]  # oldest published first: the queue order
     warnings: tuple[Problem, ...] = field(default=(), compare=False)
+    # slug -> digest of the article's inputs, when loaded through a ContentCache (the site
+    # build uses it as the page's input key; without it, it hashes the Article itself)
+    input_keys: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def article(self, slug: str) -> Article:
         for article in self.articles:
@@ -93,7 +97,7 @@ def _key_lines(text: str, first_line: int = 1) -> dict[str, int]:
     (as ``references.N``), for error messages."""
     lines: dict[str, int] = {}
     try:
-        node = yaml.compose(text)
+        node = yaml.compose(text, Loader=FAST_LOADER)
     except yaml.YAMLError:
         return lines
     if not isinstance(node, yaml.MappingNode):
@@ -112,7 +116,16 @@ def _key_lines(text: str, first_line: int = 1) -> dict[str, int]:
     return lines
 
 
+# libyaml when present: the pure-Python parser was most of a library load. On any
+# error the pure-Python parser runs again, so messages do not depend on which is installed.
+FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _load_yaml(text: str, path: Path, first_line: int, out: _Collector) -> Any:
+    try:
+        return yaml.load(text, Loader=FAST_LOADER)
+    except yaml.YAMLError:
+        pass
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -305,17 +318,18 @@ def _load_article(path: Path, authors: dict[str, Author], topics: dict | None,
 
     references = _load_references(data.get("references"), path, lines, out)
 
+    toks = markup.tokens(body)  # parsed once for every check below
     if not body.strip():
         # point at the closing '---': the body's first line may not exist
         out.error(path, body_line - 1, "the article body is empty (nothing after the front matter)")
     else:
-        check_body(body, body_line, len(references) if references is not None else None, path, out)
+        check_body(body, body_line, len(references) if references is not None else None, path, out, toks=toks)
         summary = data.get("summary")
         if isinstance(summary, str) and markup.repeats_opening(summary, body):
             out.warning(path, lines.get("summary"), "the summary copies the body's first sentence(s); it is not "
                         "shown as a standfirst (it would say the opening twice): write one that adds to the opening")
     if references:
-        cited = {n for _, n in citation_lines(body)}
+        cited = {n for _, n in citation_lines(body, toks)}
         for ref in references:
             if ref.number not in cited:
                 out.warning(path, lines.get(f"references.{ref.number}"), f"reference {ref.number} is never cited")
@@ -361,21 +375,46 @@ def _load_references(raw: Any, path: Path, lines: dict[str, int], out: _Collecto
     return refs
 
 
-def _today(settings: Settings | None) -> date | None:
-    """Today where the library is published (None when the settings cannot say)."""
+
+
+def _site_today(settings: Settings) -> date:
+    """Today where the library is published (the content cache keeps no future article)."""
     try:
-        return clock.now().astimezone(ZoneInfo(str(settings.timezone))).date() if settings is not None else None
+        return clock.now().astimezone(ZoneInfo(str(settings.timezone))).date()
     except (ZoneInfoNotFoundError, ValueError):
-        return None
+        return clock.now().date()
 
 
 # -- the library --------------------------------------------------------------------
 
-def check_library(content_dir: Path | str = "content", settings: Settings | None = None) -> tuple[Library | None, list[Problem]]:
+def _load_article_cached(path: Path, authors: dict[str, Author], topics: dict | None, out: _Collector,
+                         cache: ContentCache, context: str, today: date) -> tuple[Article | None, int | None]:
+    """``_load_article`` through the content cache, keyed by the file's bytes (always read)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return _load_article(path, authors, topics, out)  # reports why
+    hit = cache.get(path, data, context, authors)
+    if hit is not None:
+        article, slug_line, problems = hit
+        out.problems.extend(Problem(path, line, message, level) for level, line, message in problems)
+        return article, slug_line
+    own = _Collector()
+    article, slug_line = _load_article(path, authors, topics, own)
+    out.problems.extend(own.problems)
+    cache.put(path, data, context, article, slug_line, [(p.level, p.line, p.message) for p in own.problems
+                                                        if p.path == path], embargoed_after=today)
+    return article, slug_line
+
+
+def check_library(content_dir: Path | str = "content", settings: Settings | None = None, *,
+                  cache_dir: Path | str | None = None) -> tuple[Library | None, list[Problem]]:
     """Load everything and return (library or None, every problem found).
 
     Like a compiler, it keeps going after an error: when the site settings cannot
-    be loaded, authors and articles are still checked (without the topic list)."""
+    be loaded, authors and articles are still checked (without the topic list).
+    With ``cache_dir``, each article's check result is kept there (``ContentCache``)
+    and reused while the file's bytes, the authors, the topics and the code are the same."""
     content_dir = Path(content_dir)
     out = _Collector()
     if settings is None:
@@ -392,13 +431,18 @@ def check_library(content_dir: Path | str = "content", settings: Settings | None
             authors[author.id] = author
     articles: list[Article] = []
     seen: dict[str, Path] = {}
-    article_paths = sorted((content_dir / "articles").glob("*.md"))
+    article_paths = sorted((content_dir / "articles").glob("*.md"), key=lambda p: p.name)  # one folder
     if not article_paths:
         out.warning(content_dir / "articles", None, "no articles")
     topics = settings.topics if settings is not None and isinstance(settings.topics, dict) else None
-    today = _today(settings)
+    cache = ContentCache(cache_dir) if cache_dir is not None else None
+    context = ContentCache.context(authors, topics) if cache is not None else ""
+    today = clock.now().date() if settings is None else _site_today(settings)
     for path in article_paths:
-        article, slug_line = _load_article(path, authors, topics, out, today)
+        if cache is not None:
+            article, slug_line = _load_article_cached(path, authors, topics, out, cache, context, today)
+        else:
+            article, slug_line = _load_article(path, authors, topics, out, today)
         if article is None:
             continue
         if article.slug in seen:
@@ -407,10 +451,15 @@ def check_library(content_dir: Path | str = "content", settings: Settings | None
         seen[article.slug] = path
         articles.append(article)
     articles.sort(key=lambda a: (a.published, a.slug))
+    if cache is not None:
+        # a library with errors builds nothing, so it creates no cache folder either
+        cache.save(create=not any(p.level == "error" for p in out.problems))
     if settings is None or any(p.level == "error" for p in out.problems):
         return None, out.problems
     warnings = tuple(p for p in out.problems if p.level == "warning")
-    return Library(settings=settings, authors=authors, articles=tuple(articles), warnings=warnings), out.problems
+    input_keys = {a.slug: cache.input_keys[str(a.source)] for a in articles} if cache is not None else {}
+    return (Library(settings=settings, authors=authors, articles=tuple(articles), warnings=warnings,
+                    input_keys=input_keys), out.problems)
 
 
 def load_library(content_dir: Path | str = "content", settings: Settings | None = None) -> Library:

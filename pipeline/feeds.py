@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -62,24 +62,51 @@ class Topic:
     name: str
 
 
+# ids the article page (templates/web/*.html) uses itself; a heading never takes one
+PAGE_IDS = ("main", "section-references", "section-author", "section-author-heading", "section-disclaimer",
+            "section-privacy")
+
+
 @dataclass(frozen=True)
 class ArticleView:
-    """One article as the web pages and feeds show it."""
+    """One article as the web pages and feeds show it.
+
+    The HTML bodies, the standfirst and the lead image are worked out on first use and
+    kept: a page needs only ``page_body_html``, a feed item only ``body_html``, and
+    Markdown parsing is most of a build's cost."""
 
     article: Article
     url: str  # canonical, absolute; also the feed id / guid
     published_at: datetime  # timezone-aware
     updated_at: datetime  # timezone-aware; equals published_at until the article is edited
-    body_html: str  # sanitised; citations are absolute links to the references on the article page
-    page_body_html: str  # the same for the article page itself: citations are in-page (#ref-N) links
     topics: tuple[Topic, ...]
-    standfirst: str = ""  # the summary shown above the body; "" when it would repeat the body's opening
-    image: markup.Image | None = None  # the lead image (the body's first), for feed enclosures
 
+    @property
+    def _reserved(self) -> tuple[str, ...]:
+        return (*PAGE_IDS, *(f"ref-{ref.number}" for ref in self.article.references))
 
-# ids the article page (templates/web/*.html) uses itself; a heading never takes one
-PAGE_IDS = ("main", "section-references", "section-author", "section-author-heading", "section-disclaimer",
-            "section-privacy")
+    @cached_property
+    def body_html(self) -> str:
+        """Sanitised; citations are absolute links to the references on the article page."""
+        return markup.to_html(self.article.body, cite_href=lambda n: f"{self.url}#ref-{n}", heading_ids=True,
+                              reserved_ids=self._reserved)
+
+    @cached_property
+    def page_body_html(self) -> str:
+        """The same for the article page itself: citations are in-page (#ref-N) links."""
+        return markup.to_html(self.article.body, cite_href=lambda n: f"#ref-{n}", heading_ids=True,
+                              reserved_ids=self._reserved)
+
+    @cached_property
+    def standfirst(self) -> str:
+        """The summary shown above the body; "" when it would repeat the body's opening."""
+        return "" if markup.repeats_opening(self.article.summary, self.article.body) else self.article.summary
+
+    @cached_property
+    def image(self) -> markup.Image | None:
+        """The lead image (the body's first), for feed enclosures."""
+        images = markup.images(self.article.body)
+        return images[0] if images else None
 
 
 # -- values ----------------------------------------------------------------------
@@ -94,22 +121,32 @@ def article_url(settings: Settings, slug: str) -> str:
 
 
 def zone(settings: Settings) -> ZoneInfo:
+    return _zone(settings.timezone, settings.source)
+
+
+def _zone(name: str, source: Path | None) -> ZoneInfo:
     try:
-        return ZoneInfo(settings.timezone)
+        return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ContentError(f"timezone {settings.timezone!r} is not an IANA time zone", path=settings.source) from None
+        raise ContentError(f"timezone {name!r} is not an IANA time zone", path=source) from None
 
 
 def publication_time(day: date, settings: Settings, offset: int = 0) -> datetime:
     """An article dated ``day`` counts as published at the daily send time in the site's zone,
     plus ``offset`` seconds to tell same-day articles apart: a fixed, content-derived instant
     (never the build time)."""
+    return _publication_time(day, str(settings.send_time), settings.timezone, settings.source) + \
+        timedelta(seconds=offset)
+
+
+@lru_cache(maxsize=8192)  # a library has a few thousand distinct dates; views of 10,000 articles ask
+def _publication_time(day: date, send_time: str, timezone: str, source: Path | None) -> datetime:
     try:
-        hour, minute = (int(part) for part in str(settings.send_time).split(":"))
+        hour, minute = (int(part) for part in send_time.split(":"))
         at = time(hour, minute)
     except ValueError:
-        raise ContentError(f"send_time must be HH:MM, got {settings.send_time!r}", path=settings.source) from None
-    return datetime.combine(day, at, tzinfo=zone(settings)) + timedelta(seconds=offset)
+        raise ContentError(f"send_time must be HH:MM, got {send_time!r}", path=source) from None
+    return datetime.combine(day, at, tzinfo=_zone(timezone, source))
 
 
 def same_day_offsets(articles) -> dict[str, tuple[int, int]]:
@@ -138,33 +175,30 @@ def topic_name(settings: Settings, topic_id: str) -> str:
 
 
 def article_view(article: Article, settings: Settings, offsets: tuple[int, int] = (0, 0)) -> ArticleView:
-    url = article_url(settings, article.slug)
-    reserved = (*PAGE_IDS, *(f"ref-{ref.number}" for ref in article.references))
-    images = markup.images(article.body)
+    """The view of one article; ``offsets`` from ``same_day_offsets`` (seconds after the send time)."""
     return ArticleView(
         article=article,
-        url=url,
+        url=article_url(settings, article.slug),
         published_at=publication_time(article.published, settings, offsets[0]),
         updated_at=publication_time(article.last_modified, settings, offsets[1]),
-        body_html=markup.to_html(article.body, cite_href=lambda n: f"{url}#ref-{n}", heading_ids=True,
-                                 reserved_ids=reserved),
-        page_body_html=markup.to_html(article.body, cite_href=lambda n: f"#ref-{n}", heading_ids=True,
-                                      reserved_ids=reserved),
         topics=tuple(Topic(t, topic_name(settings, t)) for t in article.topics),
-        standfirst="" if markup.repeats_opening(article.summary, article.body) else article.summary,
-        image=images[0] if images else None,
     )
 
 
-def public_articles(library: Library, as_of: date | None = None) -> list[ArticleView]:
+def due_articles(library: Library, as_of: date | None = None) -> list[Article]:
     """Every article published on or before ``as_of`` (default: today), newest first.
     A future-dated article stays off the site and the feeds until its date."""
     as_of = as_of or today(library.settings)
     due = [a for a in library.articles if a.published <= as_of]
     due.sort(key=lambda a: (a.published, a.slug), reverse=True)
+    return due
+
+
+def public_articles(library: Library, as_of: date | None = None) -> list[ArticleView]:
+    """``due_articles`` as views (cheap: a view renders its Markdown only when asked). Same-day
+    articles: the later slug is the later second, so this order is the instants' order too."""
     offsets = same_day_offsets(library.articles)
-    # (same-day articles: the later slug is the later second, so this order is the instants' order too)
-    return [article_view(a, library.settings, offsets[a.slug]) for a in due]
+    return [article_view(a, library.settings, offsets[a.slug]) for a in due_articles(library, as_of)]
 
 
 def long_date(value: date) -> str:
@@ -196,7 +230,11 @@ def item_html(view: ArticleView, settings: Settings) -> str:
 # -- the three feeds ----------------------------------------------------------------
 
 def _items(library: Library, as_of: date | None) -> list[ArticleView]:
-    views = public_articles(library, as_of)[: max(int(library.settings.feed_items), 0)]
+    """The newest ``feed_items`` articles as views: the feeds cost O(feed_items), whatever
+    the size of the library (only these are ever rendered)."""
+    newest = due_articles(library, as_of)[: max(int(library.settings.feed_items), 0)]
+    offsets = same_day_offsets(library.articles)
+    views = [article_view(a, library.settings, offsets[a.slug]) for a in newest]
     if not views:
         raise ContentError("no published articles to put in the feeds", path=Path("articles"))
     return views
@@ -260,20 +298,20 @@ def _media(image: markup.Image) -> dict[str, str]:
     return fields
 
 
-def rss_feed(library: Library, as_of: date | None = None) -> bytes:
-    fg = _generator(library, _items(library, as_of), RSS_FILE, rss=True)
+def rss_feed(library: Library, as_of: date | None = None, *, views: list[ArticleView] | None = None) -> bytes:
+    fg = _generator(library, views or _items(library, as_of), RSS_FILE, rss=True)
     return fg.rss_str(pretty=True, encoding="UTF-8", xml_declaration=True)
 
 
-def atom_feed(library: Library, as_of: date | None = None) -> bytes:
-    fg = _generator(library, _items(library, as_of), ATOM_FILE, rss=False)
+def atom_feed(library: Library, as_of: date | None = None, *, views: list[ArticleView] | None = None) -> bytes:
+    fg = _generator(library, views or _items(library, as_of), ATOM_FILE, rss=False)
     return fg.atom_str(pretty=True, encoding="UTF-8", xml_declaration=True)
 
 
-def json_feed(library: Library, as_of: date | None = None) -> bytes:
+def json_feed(library: Library, as_of: date | None = None, *, views: list[ArticleView] | None = None) -> bytes:
     """JSON Feed 1.1, written directly (feedgen has none) from the same values."""
     settings = library.settings
-    views = _items(library, as_of)
+    views = views or _items(library, as_of)
     feed = {
         "version": JSON_FEED_VERSION,
         "title": settings.publication_name,
@@ -301,9 +339,11 @@ def json_feed(library: Library, as_of: date | None = None) -> bytes:
 
 
 def render_feeds(library: Library, as_of: date | None = None) -> dict[str, bytes]:
-    """File name -> bytes for the three feeds."""
+    """File name -> bytes for the three feeds, from one list of views (each item's
+    Markdown is rendered once for all three)."""
+    views = _items(library, as_of)
     return {
-        RSS_FILE: rss_feed(library, as_of),
-        ATOM_FILE: atom_feed(library, as_of),
-        JSON_FILE: json_feed(library, as_of),
+        RSS_FILE: rss_feed(library, views=views),
+        ATOM_FILE: atom_feed(library, views=views),
+        JSON_FILE: json_feed(library, views=views),
     }

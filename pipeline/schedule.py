@@ -391,7 +391,8 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
         load_settings(content_dir)
     except ContentError as exc:
         problems.append(str(exc))
-    library, found = check_library(content_dir, settings)
+    # through the build's content cache: a send day re-checks only the articles that changed
+    library, found = check_library(content_dir, settings, cache_dir=Path(settings.public_dir) / ".cache")
     problems += [str(p) for p in found if p.level == "error"]
     if library is not None:
         known = {a.slug for a in library.articles}
@@ -542,6 +543,8 @@ def _publish_and_send(engine: Engine, settings: Settings, library, issue, entrie
     for warning in rendered.warnings:
         log.warning("%s issue of %s: %s", kind, day.isoformat(), warning)
     publish_issue(rendered, settings.public_dir)
+    # incremental: rewrites only the pages the day's articles change (and the archive, feeds,
+    # sitemap), so a send never waits on a rebuild of the whole library
     build_site(library, settings.public_dir, as_of=day)
     summary = send_issue(engine, settings, rendered, frequency=kind, resume=resume, progress=False)
     counts = ledger_counts(engine, [issue.key]).get(issue.key) or {

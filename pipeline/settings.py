@@ -79,6 +79,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("grace_minutes", 120, "A send missed by less than this is made late; after it the day is recorded as missed.", kind=int),
     Setting("send_when_nothing_due", False, "If true, a day with nothing scheduled sends the next unsent article.", kind=bool),
     Setting("feed_items", 20, "How many items each feed carries, newest first.", kind=int),
+    Setting("archive_page_size", 50, "Articles per archive page (index.html, then page/2/, page/3/...).", kind=int),
     Setting("reconcile_seconds", 20.0,
             "How often `newsletter run` re-reads the calendar and pause from the database (CLI changes take effect within this).",
             kind=float),

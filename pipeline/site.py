@@ -23,13 +23,17 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path, PurePosixPath
 
 from pipeline.content import Library
 from pipeline.errors import ContentError, RenderError
-from pipeline.feeds import FEEDS, ArticleView, public_articles, render_feeds, site_url, today, web_templates
+from pipeline import archive
+from pipeline.archive import ArchivePage
+from pipeline.buildcache import SiteManifest, article_key, build_hash, digest
+from pipeline.feeds import (FEEDS, TEMPLATES, ArticleView, public_articles, render_feeds, site_url, today,
+                            web_templates)
 from pipeline.issue import PLACEHOLDERS, Personal, RenderedIssue, personalise
 from pipeline.settings import Settings
 
@@ -53,6 +57,8 @@ class SiteWriter:
     swaps it in, so a server never serves half a file."""
 
     root: Path
+    manifest: SiteManifest | None = None  # what we wrote before: skips reading unchanged files back
+    reuse: bool = True  # False: record in the manifest, but trust nothing it says (a full build)
     written: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
@@ -63,14 +69,28 @@ class SiteWriter:
             raise ValueError(f"output path must stay inside {self.root}: {relative!r}")
         return self.root.joinpath(*parts)
 
-    def write(self, relative: str, data: bytes | str) -> bool:
-        """Write ``data`` to ``relative``; return True when the file changed."""
+    def fresh(self, relative: str, key: str) -> bool:
+        """True (and counted as unchanged) when the manifest says ``relative`` was made from
+        inputs ``key`` and the file has not been touched since: the caller need not render it."""
+        if not self.reuse or self.manifest is None \
+                or not self.manifest.fresh(relative, os.path.join(self.root, *relative.split("/")), key):
+            return False
+        self.unchanged.append(relative)
+        return True
+
+    def write(self, relative: str, data: bytes | str, *, key: str | None = None) -> bool:
+        """Write ``data`` to ``relative``; return True when the file changed. ``key`` names the
+        inputs ``data`` was made from, for ``fresh`` on the next build."""
         if isinstance(data, str):
             data = data.encode("utf-8")
         path = self.target(relative)
+        sha = digest(data) if self.manifest is not None else ""
         try:
-            if path.read_bytes() == data:
+            if (self.reuse and self.manifest is not None and self.manifest.same_bytes(relative, path, sha)) \
+                    or path.read_bytes() == data:
                 self.unchanged.append(relative)
+                if self.manifest is not None:
+                    self.manifest.record(relative, path, sha, key)
                 return False
         except FileNotFoundError:
             pass
@@ -85,6 +105,8 @@ class SiteWriter:
             Path(tmp).unlink(missing_ok=True)
             raise
         self.written.append(relative)
+        if self.manifest is not None:
+            self.manifest.record(relative, path, sha, key)
         return True
 
     def remove_tree(self, relative: str) -> None:
@@ -92,6 +114,8 @@ class SiteWriter:
         if path.is_dir():
             shutil.rmtree(path)
             self.removed.append(relative)
+        if self.manifest is not None:
+            self.manifest.forget_under(relative)
 
     def report(self) -> "BuildReport":
         return BuildReport(tuple(self.written), tuple(self.unchanged), tuple(self.removed))
@@ -200,34 +224,60 @@ def article_page(view: ArticleView, settings: Settings) -> str:
     return _render("article.html", settings, view=view, article=view.article, page_url=view.url)
 
 
-def archive_page(views: list[ArticleView], issues: list[IssueRecord], settings: Settings) -> str:
-    titles = {v.article.slug: v.article.title for v in views}
-    return _render("archive.html", settings, views=views, issues=issues, titles=titles,
-                   page_url=site_url(settings))
+def archive_page(page: ArchivePage, issues: list[IssueRecord], settings: Settings) -> str:
+    titles = {v.article.slug: v.article.title for v in page.views}
+    return _render("archive.html", settings, views=list(page.views), issues=issues, titles=titles,
+                   page_url=archive.page_url(settings, page.number), pages=archive.pagination(page, settings))
 
 
-def build_site(library: Library, public_dir: Path | str, *, as_of: date | None = None) -> BuildReport:
-    """(Re)write the article pages, feeds, archive and 404 page. Idempotent: a second run
-    without content changes writes nothing. Articles dated after ``as_of`` (default: today
-    in the site's time zone) are left out; a page of an article no longer published is removed."""
+def _remove_withdrawn(writer: SiteWriter, folder: str, keep: set[str]) -> None:
+    """Remove each sub-folder of ``folder`` not in ``keep``: a withdrawn (or future-dated)
+    article must not stay online, nor an archive page past the last one."""
+    root = writer.root / folder
+    if not root.is_dir():
+        return
+    with os.scandir(root) as entries:
+        names = sorted(e.name for e in entries if e.is_dir() and e.name not in keep)
+    for name in names:
+        writer.remove_tree(f"{folder}/{name}")
+
+
+def build_site(library: Library, public_dir: Path | str, *, as_of: date | None = None,
+               incremental: bool = True) -> BuildReport:
+    """(Re)write the article pages, feeds, archive pages, sitemap, robots.txt and 404 page.
+    Idempotent: a second run without content changes writes nothing. Articles dated after
+    ``as_of`` (default: today in the site's time zone) are left out; a page of an article no
+    longer published is removed.
+
+    Incremental: ``<public_dir>/.cache/site.json`` (``SiteManifest``) records the inputs of
+    each file, so only pages whose inputs changed are rendered; a change of templates,
+    settings or code renders everything. ``incremental=False`` ignores the record (the output
+    is the same, byte for byte)."""
     settings = library.settings
     as_of = as_of or today(settings)
     public_dir = Path(public_dir)
-    views = public_articles(library, as_of)
     feeds = render_feeds(library, as_of)  # first: an unbuildable feed fails before any page is written
-    writer = SiteWriter(public_dir)
+    views = public_articles(library, as_of)  # cheap: a view renders its Markdown only when a page needs it
+    issues = published_issues(public_dir)
+    manifest = SiteManifest(public_dir, build_hash(settings, TEMPLATES.parent))
+    writer = SiteWriter(public_dir, manifest, reuse=incremental)
     for view in views:
-        writer.write(f"{ARTICLES_DIR}/{view.article.slug}/index.html", article_page(view, settings))
-    live = {v.article.slug for v in views}
-    articles_root = public_dir / ARTICLES_DIR
-    if articles_root.is_dir():
-        for folder in sorted(articles_root.iterdir()):
-            if folder.is_dir() and folder.name not in live:
-                # a withdrawn (or future-dated) article must not stay online
-                writer.remove_tree(f"{ARTICLES_DIR}/{folder.name}")
+        relative = f"{ARTICLES_DIR}/{view.article.slug}/index.html"
+        key = library.input_keys.get(view.article.slug) or article_key(view.article)
+        if not writer.fresh(relative, key):
+            # a fresh view: the rendered body is dropped with it, not kept for 10,000 pages
+            writer.write(relative, article_page(replace(view), settings), key=key)
+    _remove_withdrawn(writer, ARTICLES_DIR, {v.article.slug for v in views})
     for name, data in feeds.items():
         writer.write(name, data)
-    writer.write("index.html", archive_page(views, published_issues(public_dir), settings))
+    pages = archive.paginate(views, settings)
+    for page in pages:
+        key = archive.page_key(page, issues)
+        if not writer.fresh(page.file, key):
+            writer.write(page.file, archive_page(page, issues, settings), key=key)
+    _remove_withdrawn(writer, archive.PAGES_DIR, {str(p.number) for p in pages[1:]})
+    writer.write(archive.SITEMAP_FILE, archive.sitemap(settings, pages, views, issues))
+    writer.write(archive.ROBOTS_FILE, archive.robots(settings))
     writer.write(NOT_FOUND_PAGE, _render("not_found.html", settings, page_url=site_url(settings)))
+    manifest.save()
     return writer.report()
-

@@ -40,8 +40,9 @@ def text_of(el) -> str:
 
 
 def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every served file (the build cache under .cache/ is not output)."""
     return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and ".cache" not in p.relative_to(root).parts}
 
 
 @pytest.fixture
@@ -195,11 +196,11 @@ def test_malformed_issue_record_names_the_file(tmp_path, library, frozen):
 
 def test_rebuild_without_changes_is_byte_identical_and_keeps_mtimes(public, library, frozen):
     first = snapshot(public)
-    assert set(first) == {"404.html", "index.html", "feed.xml", "atom.xml", "feed.json",
-                          "articles/microneedling/index.html"}
+    assert set(first) == {"404.html", "index.html", "feed.xml", "atom.xml", "feed.json", "sitemap.xml",
+                          "robots.txt", "articles/microneedling/index.html"}
     frozen.advance(days=1, hours=3)
     report = build_site(library, public)
-    assert report.written == () and len(report.unchanged) == 6
+    assert report.written == () and len(report.unchanged) == 8
     assert snapshot(public) == first  # bytes and mtimes
 
 
@@ -232,9 +233,9 @@ def test_build_command_writes_then_reports_nothing_changed(content_dir, tmp_path
     runner = CliRunner()
     first = runner.invoke(cli, ["--content", str(content_dir), "build", "--out", str(out)])
     assert first.exit_code == 0, first.output
-    assert f"wrote {out / 'feed.xml'}" in first.output and "6 written, 0 unchanged" in first.output
+    assert f"wrote {out / 'feed.xml'}" in first.output and "8 written, 0 unchanged" in first.output
     second = runner.invoke(cli, ["--content", str(content_dir), "build", "--out", str(out)])
-    assert second.exit_code == 0 and "0 written, 6 unchanged, 0 removed" in second.output
+    assert second.exit_code == 0 and "0 written, 8 unchanged, 0 removed" in second.output
 
 
 def test_build_fails_on_a_library_error_and_writes_nothing(content_dir, tmp_path):

@@ -1,0 +1,164 @@
+"""The build at library scale (issue 11, "Scale"): a smoke test on 1,000 synthetic articles
+(bench/synthetic.py; the 10,000-article figures come from bench/build.py, not from tests).
+
+Times are compared as ratios of CPU time within one run, never against a fixed number."""
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import lxml.etree
+import lxml.html
+import pytest
+
+from pipeline import feeds, markup
+from pipeline.content import check_library, load_library
+from pipeline.feeds import render_feeds
+from pipeline.site import build_site
+
+from conftest import ROOT
+from fixtures_site import write_article
+
+sys.path.insert(0, str(ROOT / "bench"))
+import synthetic  # noqa: E402
+
+N = 1000
+BASE = "https://my.klarity.health/newsletter"  # the fixture site's base_url: it has a path prefix
+
+
+def outputs(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file() and ".cache" not in p.relative_to(root).parts}
+
+
+def build(content: Path, out: Path, **kwargs):
+    """Load through the content cache and build, as `newsletter build` does; (report, CPU seconds)."""
+    start = time.process_time()
+    library, problems = check_library(content, cache_dir=out / ".cache")
+    assert library is not None, [str(p) for p in problems if p.level == "error"][:3]
+    report = build_site(library, out, as_of=synthetic.last_day(N), **kwargs)
+    return report, time.process_time() - start
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory) -> Path:
+    content = tmp_path_factory.mktemp("big") / "content"
+    synthetic.generate(content, N)
+    return content
+
+
+def test_incremental_build_of_a_thousand_articles(big, tmp_path):
+    content = tmp_path / "content"
+    shutil.copytree(big, content)
+    out = tmp_path / "public"
+    cold, cold_cpu = build(content, out)
+    pages = math.ceil(N / 50)
+    assert len(cold.written) == N + pages + 6  # articles, archive pages, 3 feeds, sitemap, robots.txt, 404
+    assert (out / "page" / str(pages) / "index.html").is_file() and not (out / "page" / str(pages + 1)).exists()
+    before = outputs(out)
+
+    again, again_cpu = build(content, out)
+    assert again.written == () and again.removed == ()
+    assert outputs(out) == before  # bytes and mtimes
+    assert again_cpu <= 0.2 * cold_cpu, (again_cpu, cold_cpu)
+
+    # a correction to the newest article, the same day: its page, the feeds and archive page 1
+    # (the sitemap's lastmod is a date, and it is still that day)
+    newest = N - 1
+    slug = f"article-{newest:05d}"
+    text = synthetic.article_text(newest, edit=1).replace("\ntitle: ", "\ntitle: Corrected – ", 1)
+    text = text.replace("\nauthor: ", f"\nupdated: {synthetic.last_day(N).isoformat()}\nauthor: ", 1)
+    (content / "articles" / f"{slug}.md").write_text(text, encoding="utf-8")
+    edit, _ = build(content, out)
+    assert set(edit.written) == {f"articles/{slug}/index.html", "feed.xml", "atom.xml", "feed.json", "index.html"}
+    assert "Corrected (1)" in (out / "articles" / slug / "index.html").read_text(encoding="utf-8")
+
+    # an old article (not in the feeds) on archive page 7: its page, that archive page, the sitemap
+    old = N - 1 - 6 * 50 - 3
+    slug = f"article-{old:05d}"
+    path = content / "articles" / f"{slug}.md"
+    path.write_text(path.read_text(encoding="utf-8").replace("\ntitle: ", "\ntitle: Revised – ", 1)
+                    .replace("\nauthor: ", "\nupdated: 2024-01-01\nauthor: ", 1), encoding="utf-8")
+    edit, _ = build(content, out)
+    assert set(edit.written) == {f"articles/{slug}/index.html", "page/7/index.html", "sitemap.xml"}
+
+    # every file is what a full, non-incremental build into an empty folder gives
+    library = load_library(content)
+    full = build_site(library, tmp_path / "full", as_of=synthetic.last_day(N), incremental=False)
+    assert len(full.written) == len(cold.written)
+    assert {k: v[0] for k, v in outputs(out).items()} == {k: v[0] for k, v in outputs(tmp_path / "full").items()}
+
+
+def test_a_template_change_rebuilds_everything(big, tmp_path, monkeypatch):
+    out = tmp_path / "public"
+    first, _ = build(big, out)
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    base = templates / "web" / "base.html"
+    base.write_text(base.read_text(encoding="utf-8").replace("<body>", "<body data-build=\"2\">"),
+                    encoding="utf-8")
+    monkeypatch.setattr(feeds, "TEMPLATES", templates / "web")
+    monkeypatch.setattr("pipeline.site.TEMPLATES", templates / "web")
+    feeds.web_templates.cache_clear()
+    try:
+        second, _ = build(big, out)
+    finally:
+        feeds.web_templates.cache_clear()
+    pages = {name for name in first.written if name.endswith(".html")}
+    assert pages <= set(second.written) and len(pages) == N + math.ceil(N / 50) + 1
+    assert 'data-build="2"' in (out / "articles" / "article-00000" / "index.html").read_text(encoding="utf-8")
+
+
+def test_feeds_render_only_the_newest_items(big, monkeypatch):
+    library = load_library(big)
+    rendered: list[str] = []
+    real = markup.to_html
+    monkeypatch.setattr(markup, "to_html", lambda body, *a, **k: rendered.append(body) or real(body, *a, **k))
+    files = render_feeds(library, synthetic.last_day(N))
+    items = int(library.settings.feed_items)
+    assert len(rendered) == items  # once per item for all three feeds, nothing for the other 980
+    newest = sorted(library.articles, key=lambda a: (a.published, a.slug), reverse=True)[:items]
+    assert set(rendered) == {a.body for a in newest}
+    atom = lxml.etree.fromstring(files["atom.xml"])
+    assert len(atom.findall("{http://www.w3.org/2005/Atom}entry")) == items
+
+
+def test_paginated_archive_sitemap_and_robots(content_dir, tmp_path, frozen):
+    for i, day in enumerate(("2025-01-01", "2025-01-02", "2025-01-03", "2025-01-04")):
+        write_article(content_dir, f"extra-{i}", day, title=f"Extra {i} – café ‘£’ 護膚 😊")
+    site = content_dir / "site.yaml"
+    site.write_text(site.read_text(encoding="utf-8") + "archive_page_size: 2\n", encoding="utf-8")
+    out = tmp_path / "public"
+    build_site(load_library(content_dir), out)
+    # five articles (the fixture's one and four extra), two a page: index.html, page/2/, page/3/
+    first = lxml.html.fromstring((out / "index.html").read_bytes())
+    second = lxml.html.fromstring((out / "page" / "2" / "index.html").read_bytes())
+    third = lxml.html.fromstring((out / "page" / "3" / "index.html").read_bytes())
+    assert first.xpath("//link[@rel='next']/@href") == [f"{BASE}/page/2/"]
+    assert first.xpath("//link[@rel='prev']") == []
+    assert first.xpath("//h2[@id='issues']")  # the issues are on page 1 only
+    assert not second.xpath("//h2[@id='issues']")
+    assert second.xpath("//nav[@aria-label='Archive pages']//a[@rel='prev']/@href") == [f"{BASE}/"]
+    assert second.xpath("//nav[@aria-label='Archive pages']//a[@rel='next']/@href") == [f"{BASE}/page/3/"]
+    assert second.xpath("//link[@rel='canonical']/@href") == [f"{BASE}/page/2/"]
+    assert third.xpath("//a[@rel='next']") == []
+    listed = [h.text_content() for doc in (first, second, third) for h in doc.xpath("//section[@aria-labelledby='articles']//h3")]
+    assert listed[:4] == [f"Extra {i} – café ‘£’ 護膚 😊" for i in (3, 2, 1, 0)] and len(listed) == 5
+
+    sitemap = lxml.etree.fromstring((out / "sitemap.xml").read_bytes())
+    ns = {"s": "http://www.sitemaps.org/schemas/sitemap/0.9"}
+    locs = sitemap.xpath("//s:loc/text()", namespaces=ns)
+    assert locs[:3] == [f"{BASE}/", f"{BASE}/page/2/", f"{BASE}/page/3/"]
+    assert f"{BASE}/articles/extra-3/" in locs and len(locs) == 3 + 5
+    assert all(loc.startswith(f"{BASE}/") for loc in locs)
+    assert (out / "robots.txt").read_text() == f"User-agent: *\nAllow: /\nSitemap: {BASE}/sitemap.xml\n"
+
+    # fewer articles: the page past the last one is removed
+    for i in range(3):
+        (content_dir / "articles" / f"extra-{i}.md").unlink()
+    report = build_site(load_library(content_dir), out)
+    assert "page/3" in report.removed and not (out / "page" / "3").exists()
+    assert not (out / "page" / "2").exists()
