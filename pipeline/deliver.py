@@ -39,14 +39,17 @@ relay's own processing (``smtp_timeout``) keeps that rare.
 from __future__ import annotations
 
 import asyncio
-import threading
+import base64
 import hashlib
+import hmac
+import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
 from pipeline import clock, ledger
-from pipeline.errors import DeliveryError
+from pipeline.errors import DeliveryError, NewsletterError
+from pipeline.headers import display_name
 from pipeline.issue import Personal, RenderedIssue
 from pipeline.message import DkimSigner, MessageTemplate, build_message, dkim_signer
 from pipeline.transport import ConnectionLost, Envelope, Outbox, Outcome, Reply, SMTPConnection
@@ -94,7 +97,9 @@ class SendSummary:
 # -- what a message needs per recipient ---------------------------------------------
 
 def greeting(name: str | None) -> str:
-    return f"Hello {name.strip()}," if name and name.strip() else "Hello,"
+    """The greeting line; a name that breaks the name rule (stored before it) is left out."""
+    name = display_name(name)
+    return f"Hello {name}," if name else "Hello,"
 
 
 def personal_for(settings, subscriber_id: int, name: str | None = None) -> Personal:
@@ -102,11 +107,32 @@ def personal_for(settings, subscriber_id: int, name: str | None = None) -> Perso
     return Personal(unsubscribe_url(settings, subscriber_id), preferences_url(settings, subscriber_id), greeting(name))
 
 
+class MessageIds:
+    """Message-IDs for one issue's ledger rows.
+
+    The same Message-ID every time a row is (re)sent, so a receiver can drop a
+    duplicate, and different for every row.  It is opaque: 120 bits of an HMAC
+    (keyed with the secret) of the issue and the ledger row, so neither the
+    issue date, the row's place in the send order (which follows the
+    subscriber ids), the address nor a topic can be read from it.  The ledger
+    keeps each row's Message-ID, which is how a reply or a bounce quoting it is
+    traced back."""
+
+    def __init__(self, settings, issue: ledger.IssueInfo):
+        from subscribers.tokens import secret
+        self.domain = settings.sender_domain
+        self._key = hmac.new(secret(settings).encode("utf-8"), b"message-id\0" + f"{issue.id}\0"
+                             f"{issue.created_at.isoformat()}\0".encode("ascii"), hashlib.sha256)
+
+    def __call__(self, delivery_id: int) -> str:
+        mac = self._key.copy()
+        mac.update(str(delivery_id).encode("ascii"))
+        return f"<{base64.b32encode(mac.digest()[:15]).decode('ascii').lower()}@{self.domain}>"
+
+
 def message_id_for(settings, issue: ledger.IssueInfo, delivery_id: int) -> str:
-    """The same Message-ID every time a row is (re)sent, so a receiver can drop a
-    duplicate; it names the issue date and ledger row, nothing about the person."""
-    nonce = hashlib.blake2b(f"{issue.id}:{issue.created_at.isoformat()}".encode(), digest_size=5).hexdigest()
-    return f"<{issue.key}.{delivery_id}.{nonce}@{settings.sender_domain}>"
+    """The Message-ID of one ledger row (``MessageIds``)."""
+    return MessageIds(settings, issue)(delivery_id)
 
 
 # -- outcomes -> ledger states --------------------------------------------------------------
@@ -171,6 +197,7 @@ class _Run:
         self.failure_streak = 0
         self.sender = settings.sender_address
         self.retry_delay = float(settings.smtp_retry_delay)
+        self.message_id = MessageIds(settings, issue)
 
     # feeding batches ---------------------------------------------------------------
     def _refill(self) -> bool:
@@ -226,12 +253,18 @@ class _Run:
 
     # messages ------------------------------------------------------------------------------
     def build(self, row: ledger.Pending) -> tuple[str, bytes, str]:
-        """(envelope recipient, bytes, Message-ID); DeliveryError for a bad address."""
-        message_id = message_id_for(self.settings, self.issue, row.id)
-        data = self.template.render_to(row.email, row.name, message_id=message_id,
-                                       personal=personal_for(self.settings, row.subscriber_id, row.name))
-        if self.signer is not None:
-            data = self.signer.sign(data)
+        """(envelope recipient, bytes, Message-ID); DeliveryError for a bad address
+        or anything else that stops this one message being built (recorded as failed)."""
+        message_id = self.message_id(row.id)
+        try:
+            data = self.template.render_to(row.email, row.name, message_id=message_id,
+                                           personal=personal_for(self.settings, row.subscriber_id, row.name))
+            if self.signer is not None:
+                data = self.signer.sign(data)
+        except NewsletterError:
+            raise
+        except Exception as exc:  # a bug must not stop everyone else's message; the row records it
+            raise DeliveryError(f"cannot build the message: {type(exc).__name__}: {exc}") from None
         return row.email, data, message_id
 
     # recording ---------------------------------------------------------------------------------
@@ -412,7 +445,7 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
     issue_key = rendered.issue.key
     if settings.transport not in ("outbox", "smtp"):
         raise DeliveryError(f"unknown transport {settings.transport!r} (outbox or smtp)")
-    template = MessageTemplate(rendered, settings)
+    template = build_template(rendered, settings)
     signer = dkim_signer(settings)
 
     if dry_run:
@@ -453,6 +486,30 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
         ledger.release_lease(engine, issue.id, owner)
         summary.elapsed = clock.monotonic() - started
     return summary
+
+
+def render_for_send(issue, settings) -> RenderedIssue:
+    """``render_issue``, with any unexpected failure as a one-line ``RenderError``."""
+    from pipeline.errors import RenderError
+    from pipeline.render import render_issue
+    try:
+        return render_issue(issue, settings)
+    except NewsletterError:
+        raise
+    except Exception as exc:
+        raise RenderError(f"cannot render issue {issue.key}: {type(exc).__name__}: {exc}") from None
+
+
+def build_template(rendered: RenderedIssue, settings, *, test: bool = False) -> MessageTemplate:
+    """The issue's ``MessageTemplate``; any failure is a one-line ``DeliveryError``
+    (a send never ends in a traceback; the day's run records the line)."""
+    try:
+        return MessageTemplate(rendered, settings, test=test)
+    except NewsletterError:
+        raise
+    except Exception as exc:
+        raise DeliveryError(f"cannot build the message of issue {rendered.issue.key}: "
+                            f"{type(exc).__name__}: {exc}") from None
 
 
 def run_coroutine(coro):

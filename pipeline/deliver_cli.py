@@ -32,7 +32,7 @@ def issue_for(engine, library, day: date, *, record: bool, topic: str | None = N
     from pipeline import calendar, ledger, schedule
     from pipeline.compose import compose_issue
     from pipeline.issue import issue_key
-    from pipeline.render import render_issue
+    from pipeline.deliver import render_for_send
     from subscribers.tokens import audience_label
 
     label = audience_label(library.settings, topic) if topic else None
@@ -46,7 +46,7 @@ def issue_for(engine, library, day: date, *, record: bool, topic: str | None = N
                               sent=schedule.sent_slugs(engine), audience_topic=topic)
     if issue is None:
         return None
-    rendered = render_issue(issue, library.settings)
+    rendered = render_for_send(issue, library.settings)
     if record and found is None:
         ledger.record_issue(engine, issue, rendered.subject)
     return rendered

@@ -5,13 +5,19 @@ Each is multipart text + HTML built with ``EmailMessage``.  Nothing about the
 person's topics appears in the subject, the headers or any URL (topics are
 health data); the tokens in the links are opaque.  Every header value is
 built from settings or from cleaned fields, and CR/LF are stripped again
-here, so a name typed into the form cannot add a header.
+here.  Names are written by ``pipeline.headers`` (a stored name that breaks the
+name rule is left out), and every finished message is parsed back and must have
+exactly the headers we set and the parts we built (``headers.check_finished``),
+so a name typed into the form cannot add a header or a body.
+
+The confirmation email carries no name at all, in To or in the greeting: anyone
+can type any address and any name into the form, and a name in a greeting to a
+stranger's inbox is a way to send them spam under our name.
 """
 from __future__ import annotations
 
 import json
 from email import policy
-from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from functools import lru_cache
@@ -20,6 +26,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from pipeline import clock
+from pipeline.headers import check_finished, display_name, mailbox
 from subscribers import tokens
 from subscribers.store import SubscriberInfo, consent_wording
 
@@ -36,21 +43,36 @@ def _safe(value: str) -> str:
     return " ".join((value or "").replace("\r", " ").replace("\n", " ").split())
 
 
-def _message(settings, to: SubscriberInfo, subject: str, template: str, values: dict) -> EmailMessage:
-    values = {"publication": settings.publication_name, "name": to.name, "address": to.email, "subject": subject,
+def _message(settings, to: SubscriberInfo, subject: str, template: str, values: dict, *,
+             with_name: bool = True) -> EmailMessage:
+    name = display_name(to.name) if with_name else ""
+    values = {"publication": settings.publication_name, "name": name or None, "address": to.email, "subject": subject,
               "language": settings.language, "privacy_notice": settings.privacy_notice,
               "company": settings.publisher.get("company_name", ""), **values}
     # policy.SMTP: CRLF line ends, which an SMTP relay requires (send_single passes the bytes through as they are)
     msg = EmailMessage(policy=policy.SMTP)
     msg["Subject"] = _safe(subject)
-    msg["From"] = Address(_safe(settings.sender_name), addr_spec=settings.sender_address)
-    msg["To"] = Address(_safe(to.name or ""), addr_spec=to.email)
+    # From and To are written here (folded, RFC 2047), never re-folded by the email package
+    msg.set_raw("From", mailbox(display_name(_safe(settings.sender_name)), settings.sender_address, "From")[0])
+    msg.set_raw("To", mailbox(name, to.email)[0])
     if settings.reply_to:
         msg["Reply-To"] = settings.reply_to
     msg["Date"] = format_datetime(clock.now())
     msg["Message-ID"] = make_msgid(domain=settings.sender_domain)
     msg.set_content(_env().get_template(f"email/{template}.txt").render(values))
     msg.add_alternative(_env().get_template(f"email/{template}.html").render(values), subtype="html")
+    return msg
+
+
+def _checked(settings, msg: EmailMessage, to: SubscriberInfo, *, with_name: bool) -> EmailMessage:
+    """``msg`` if its bytes read back as exactly what we built; ``DeliveryError`` otherwise."""
+    name = mailbox(display_name(to.name) if with_name else "", to.email)[1]
+    expected: dict = {header: None for header in msg.keys()}
+    expected.pop("Content-Type")
+    expected.update({"To": (name, to.email), "Subject": str(msg["Subject"]),
+                     "From": (mailbox(display_name(_safe(settings.sender_name)), settings.sender_address, "From")[1],
+                              settings.sender_address)})
+    check_finished(msg.as_bytes(), expected, "email to " + to.email)
     return msg
 
 
@@ -65,9 +87,10 @@ def confirmation_message(settings, subscriber: SubscriberInfo, *, already: bool 
         subject = f"Please confirm your subscription to {settings.publication_name}"
         links = {"confirm_url": tokens.confirm_url(settings, subscriber.id), "preferences_url": "",
                  "unsubscribe_url": ""}
-    return _message(settings, subscriber, subject, "confirm",
-                    {"already": already, "wording": wording, "version": version,
-                     "days": settings.confirm_token_days, **links})
+    msg = _message(settings, subscriber, subject, "confirm",
+                   {"already": already, "wording": wording, "version": version,
+                    "days": settings.confirm_token_days, **links}, with_name=False)
+    return _checked(settings, msg, subscriber, with_name=False)
 
 
 def welcome_message(settings, subscriber: SubscriberInfo, latest_url: str) -> EmailMessage:
@@ -81,7 +104,7 @@ def welcome_message(settings, subscriber: SubscriberInfo, latest_url: str) -> Em
     msg["List-Unsubscribe"] = f"<{unsubscribe}>, <mailto:{mailto}>"
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg["List-Id"] = f"<{settings.list_id or 'daily.' + settings.sender_domain}>"
-    return msg
+    return _checked(settings, msg, subscriber, with_name=True)
 
 
 def latest_issue_url(settings) -> str:

@@ -1,0 +1,196 @@
+"""Header values, and the check of a finished message before it leaves.
+
+Three things are decided here, once, for every message we send (issues,
+test copies, confirmation and welcome emails):
+
+- **Which names may appear at all** (``name_problem``, ``display_name``).  A
+  name is display text typed by a stranger.  The email package decodes RFC 2047
+  encoded words when it reads a header, and some CPython releases (3.11.7 and
+  3.12.1 among them) then write the decoded CR/LF back out as real line breaks,
+  so a name such as ``=?utf-8?b?...?=`` can carry its own headers and body.  We
+  do not rely on the interpreter: a name with encoded-word syntax, a control
+  character or a line separator is refused where it comes in, and one already
+  stored is treated as no name.
+- **How a header is written** (``unstructured``, ``mailbox``): ASCII only, folded
+  at 78 columns, non-ASCII text as RFC 2047 encoded words (``’ – £ é``, CJK and
+  emoji in a subject or a name must never stop a send).
+- **Whether the finished bytes are what we built** (``check_finished``): parsed
+  back with the email package as a receiver would, the message must have exactly
+  the headers we set, each once, and the MIME structure we built
+  (multipart/alternative: text/plain then text/html, nothing else).  Anything
+  else is refused with ``DeliveryError``.
+"""
+from __future__ import annotations
+
+import base64
+import re
+import unicodedata
+from email import policy as email_policy
+from email.parser import BytesParser
+from email.utils import formataddr
+from typing import Mapping
+
+from pipeline.errors import DeliveryError
+
+NAME_MAX = 100  # characters; a display name, not a biography
+_ENCODED_WORD = re.compile(r"=\?.*\?=", re.S)
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_Q_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
+_PARSER = BytesParser(policy=email_policy.default)
+BODY_TYPES = ("text/plain", "text/html")
+PART_HEADERS = frozenset({"content-type", "content-transfer-encoding", "mime-version"})
+
+
+# -- names ----------------------------------------------------------------------------
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a display name, in plain words; None when it can."""
+    if _ENCODED_WORD.search(name):
+        return "the name contains \"=?\" and \"?=\", which email programs read as hidden text; type the name as plain text"
+    for char in name:  # a tab is only whitespace (it becomes a space); CR, LF, NUL, U+0085... are refused
+        if (unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") and char != "\t") or char in _BIDI_CONTROLS:
+            return "the name contains a line break or another control character; type it on one line"
+    if len(" ".join(name.split())) > NAME_MAX:
+        return f"the name is longer than {NAME_MAX} characters"
+    return None
+
+
+def display_name(name: str | None) -> str:
+    """The name as it may appear in a header or a greeting: spaces collapsed, or
+    "" when there is none or it breaks the rule (a name stored before the rule)."""
+    if not name or name_problem(name) is not None:
+        return ""
+    return " ".join(name.split())
+
+
+# -- writing headers --------------------------------------------------------------------
+
+def _encoded_word(text: str) -> str:
+    """One RFC 2047 encoded word for ``text`` (UTF-8), Q or B, whichever is shorter."""
+    raw = text.encode("utf-8")
+    q = "".join(chr(b) if b in _Q_SAFE else "_" if b == 0x20 else f"={b:02X}" for b in raw)
+    b = base64.b64encode(raw).decode("ascii")
+    return f"=?utf-8?q?{q}?=" if len(q) <= len(b) else f"=?utf-8?b?{b}?="
+
+
+def unstructured(header: str, value: str) -> str:
+    """``Header: value`` CRLF for free text (Subject, Feedback-ID), ASCII and folded.
+
+    ASCII text is folded at spaces.  Other text (and ASCII that a reader would
+    take for an encoded word) becomes a run of encoded words, each within 75
+    characters and never splitting a character; whitespace between adjacent
+    encoded words is dropped when decoding, so the value comes back exactly."""
+    prefix = f"{header}: "
+    if value.isascii() and "=?" not in value:
+        words = value.split(" ")
+        lines = [prefix + words[0]]
+        for word in words[1:]:
+            if word and len(lines[-1]) > len(prefix) and len(lines[-1]) + 1 + len(word) > 78:
+                lines.append(" " + word)  # the space becomes the fold: unfolding gives it back
+            else:
+                lines[-1] += " " + word
+        return "\r\n".join(lines) + "\r\n"
+    words, chunk, room = [], "", 78 - len(prefix)
+    for char in value:
+        if chunk and len(_encoded_word(chunk + char)) > min(75, room):
+            words.append(_encoded_word(chunk))
+            chunk, room = "", 77
+        chunk += char
+    words.append(_encoded_word(chunk))
+    return prefix + "\r\n ".join(words) + "\r\n"
+
+
+def mailbox(name: str, addr: str, header: str = "To") -> tuple[str, str]:
+    """(header value, the name it shows) for ``name <addr>``, at most 78 columns a
+    line, CRLF-folded.  ``name`` must already be a ``display_name``.
+
+    A non-ASCII name becomes one encoded word, written here rather than by the
+    email package, whose folder drops the quotes of a name such as ``Jöhn "Q"``.
+    Names too long for one encoded word (or one line) are shortened: several
+    encoded words in a row decode with stray spaces in common parsers (Python's
+    included), and it is only a display name."""
+    if not name:
+        return addr, ""
+    if name.isascii():
+        room = 78 - len(header) - 2 - len(addr) - 5  # "To: " + quotes + " <addr>"
+        if room < 1:
+            return addr, ""
+        shown = name[:room].rstrip()
+        return formataddr((shown, addr)), shown
+    while name:
+        word = "=?utf-8?b?" + base64.b64encode(name.encode("utf-8")).decode("ascii") + "?="
+        if len(word) <= 75:
+            break
+        name = name[:-1].rstrip()
+    else:
+        return addr, ""
+    fits = len(header) + 2 + len(word) + len(addr) + 3 <= 78
+    return (f"{word} <{addr}>" if fits else f"{word}\r\n <{addr}>"), name
+
+
+# -- the finished message -----------------------------------------------------------------
+
+def _refuse(what: str, why: str) -> DeliveryError:
+    return DeliveryError(f"refusing the {what}: {why} (a header value must have broken out of its line)")
+
+
+def _same(a: str, b: str) -> bool:
+    return " ".join(str(a).split()) == " ".join(str(b).split())
+
+
+def check_mailbox_header(line: bytes, header: str, name: str, addr: str, what: str) -> None:
+    """One ``Header: value`` CRLF line, parsed as a receiver parses it: exactly one
+    header, naming exactly ``name <addr>``.  The per-recipient check of the fast
+    builder (the To line is the only per-recipient header with free text)."""
+    if not line.endswith(b"\r\n") or b"\r\n" in line[:-2].replace(b"\r\n ", b""):
+        raise _refuse(what, f"the {header} line is not one folded header line")
+    try:
+        head, _, value = line[:-2].decode("ascii").partition(":")
+    except UnicodeDecodeError:
+        raise _refuse(what, f"the {header} line is not ASCII") from None
+    if head != header:
+        raise _refuse(what, f"expected a {header} line, found {head!r}")
+    parsed = email_policy.default.header_factory(header, value.replace("\r\n", "").strip())
+    found = [(a.display_name, a.addr_spec) for a in getattr(parsed, "addresses", ())]
+    if len(found) != 1 or found[0][1] != addr or not _same(found[0][0], name) or parsed.defects:
+        raise _refuse(what, f"the {header} header reads back as {found!r}, not {(name, addr)!r}")
+
+
+def check_finished(data: bytes, expected: Mapping[str, object], what: str = "message") -> None:
+    """Refuse ``data`` unless it reads back as exactly what we built.
+
+    ``expected`` maps each header we set to its decoded value: a string, an
+    (display name, address) pair for From/To, or None for "present, any value".
+    Content-Type is implied.  The body must be multipart/alternative with a
+    text/plain part then a text/html part, each a leaf with only its own
+    Content-Type and Content-Transfer-Encoding, and nothing before or after."""
+    msg = _PARSER.parsebytes(data)
+    found = [k.lower() for k in msg.keys()]
+    wanted = {k.lower() for k in expected} | {"content-type"}
+    repeated = sorted({k for k in found if found.count(k) > 1})
+    if repeated:
+        raise _refuse(what, f"header {repeated[0]!r} appears {found.count(repeated[0])} times")
+    if set(found) != wanted:
+        extra, missing = sorted(set(found) - wanted), sorted(wanted - set(found))
+        raise _refuse(what, f"unexpected header {extra[0]!r}" if extra else f"header {missing[0]!r} is missing")
+    for header, value in expected.items():
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            got = [(a.display_name, a.addr_spec) for a in msg[header].addresses]
+            if len(got) != 1 or got[0][1] != value[1] or not _same(got[0][0], value[0]):
+                raise _refuse(what, f"{header} reads back as {got!r}, not {value!r}")
+        elif not _same(msg[header], value):
+            raise _refuse(what, f"{header} reads back as {str(msg[header])!r}, not {value!r}")
+    if msg.get_content_type() != "multipart/alternative" or msg.defects:
+        raise _refuse(what, f"the message is {msg.get_content_type()}, not multipart/alternative"
+                      + (f" ({msg.defects[0].__class__.__name__})" if msg.defects else ""))
+    parts = list(msg.iter_parts())
+    if tuple(p.get_content_type() for p in parts) != BODY_TYPES:
+        raise _refuse(what, "the parts are " + ", ".join(p.get_content_type() for p in parts)
+                      + ", not text/plain then text/html")
+    for part in parts:
+        if part.is_multipart() or part.defects or not {k.lower() for k in part.keys()} <= PART_HEADERS:
+            raise _refuse(what, f"the {part.get_content_type()} part has unexpected headers or structure")
+    if (msg.preamble or "").strip() or (msg.epilogue or "").strip():
+        raise _refuse(what, "there is text outside the MIME parts")
