@@ -39,9 +39,6 @@ relay's own processing (``smtp_timeout``) keeps that rare.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -49,7 +46,7 @@ from datetime import timedelta
 
 from pipeline import clock, ledger
 from pipeline.errors import DeliveryError, NewsletterError
-from pipeline.headers import display_name
+from pipeline.headers import MessageIds, display_name
 from pipeline.issue import Personal, RenderedIssue
 from pipeline.message import DkimSigner, MessageTemplate, build_message, dkim_signer
 from pipeline.transport import ConnectionLost, Envelope, Outbox, Outcome, Reply, SMTPConnection
@@ -107,31 +104,8 @@ def personal_for(settings, subscriber_id: int, name: str | None = None) -> Perso
     return Personal(unsubscribe_url(settings, subscriber_id), preferences_url(settings, subscriber_id), greeting(name))
 
 
-class MessageIds:
-    """Message-IDs for one issue's ledger rows.
-
-    The same Message-ID every time a row is (re)sent, so a receiver can drop a
-    duplicate, and different for every row.  It is opaque: 120 bits of an HMAC
-    (keyed with the secret) of the issue and the ledger row, so neither the
-    issue date, the row's place in the send order (which follows the
-    subscriber ids), the address nor a topic can be read from it.  The ledger
-    keeps each row's Message-ID, which is how a reply or a bounce quoting it is
-    traced back."""
-
-    def __init__(self, settings, issue: ledger.IssueInfo):
-        from subscribers.tokens import secret
-        self.domain = settings.sender_domain
-        self._key = hmac.new(secret(settings).encode("utf-8"), b"message-id\0" + f"{issue.id}\0"
-                             f"{issue.created_at.isoformat()}\0".encode("ascii"), hashlib.sha256)
-
-    def __call__(self, delivery_id: int) -> str:
-        mac = self._key.copy()
-        mac.update(str(delivery_id).encode("ascii"))
-        return f"<{base64.b32encode(mac.digest()[:15]).decode('ascii').lower()}@{self.domain}>"
-
-
 def message_id_for(settings, issue: ledger.IssueInfo, delivery_id: int) -> str:
-    """The Message-ID of one ledger row (``MessageIds``)."""
+    """The Message-ID of one ledger row (``pipeline.headers.MessageIds``: opaque, stable per row)."""
     return MessageIds(settings, issue)(delivery_id)
 
 

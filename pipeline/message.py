@@ -44,19 +44,15 @@ from email import policy as email_policy
 from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr, quote
 from html import escape
-from pathlib import Path
 
 from pipeline import clock
 from pipeline.errors import DeliveryError
+from pipeline.dkim import DKIM_HEADERS, DkimSigner, dkim_key, dkim_signer  # noqa: F401  (re-exported)
 from pipeline.headers import check_finished, check_mailbox_header, display_name, mailbox, unstructured
 from pipeline.issue import PLACEHOLDERS, Personal, RenderedIssue
 
 POLICY = email_policy.SMTP  # CRLF line ends, 78-column folding, RFC 2047 for non-ASCII
 TEST_PREFIX = "[TEST] "
-
-# Headers the DKIM signature covers (checklist 19 asks for the first four at least).
-DKIM_HEADERS = (b"From", b"To", b"Subject", b"Date", b"Message-ID", b"List-Unsubscribe",
-                b"List-Unsubscribe-Post", b"List-Id", b"MIME-Version", b"Content-Type")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _ADDR_SPEC = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
@@ -167,11 +163,17 @@ def static_headers(rendered: RenderedIssue, settings, *, test: bool = False, dat
     return headers
 
 
+def _sender(settings) -> tuple[str, str, str]:
+    """(From value, the name it shows, the address)."""
+    address = check_address(settings.sender_address, "sender_address")
+    value, shown = mailbox(display_name(sanitise_text(settings.sender_name, 200)), address, "From")
+    return value, shown, address
+
+
 def _header_line(settings, header: str, value: str) -> str:
-    """One static header as ASCII ``Header: value`` CRLF for the fast builder."""
+    """One static header as ASCII ``Header: value`` CRLF (``pipeline.headers``)."""
     if header == "From":
-        return "From: " + mailbox(display_name(sanitise_text(settings.sender_name, 200)),
-                                  check_address(settings.sender_address, "sender_address"), "From")[0] + "\r\n"
+        return "From: " + _sender(settings)[0] + "\r\n"
     if header == "List-Id" and not value.isascii() and value.endswith(">"):
         phrase, _, ident = value.rpartition("<")  # the id stays plain: list tools match on it
         return unstructured(header, phrase.strip())[:-2] + "\r\n <" + ident + "\r\n"
@@ -184,7 +186,7 @@ def expected_headers(settings, headers: list[tuple[str, str]], to: tuple[str, st
                      unsubscribe_url: str) -> dict:
     """What an issue message must read back as (``headers.check_finished``)."""
     expected: dict = {name: value for name, value in headers}
-    expected["From"] = (display_name(sanitise_text(settings.sender_name, 200)), settings.sender_address)
+    expected["From"] = _sender(settings)[1:]
     expected["To"] = to
     expected["Date"] = None  # the email package re-renders dates; its presence is what counts
     expected["Message-ID"] = message_id
@@ -402,54 +404,3 @@ class MessageTemplate:
                     value = encoded[piece] = qp_value(escape(values[key], quote=True) if html else values[key])
                 parts.append(value)
         return b"".join(parts)
-
-
-# -- DKIM ------------------------------------------------------------------------------
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def dkim_key(settings) -> bytes | None:
-    """The DKIM private key (PEM) from DKIM_PRIVATE_KEY, or the file at
-    dkim_private_key_path, which must lie outside the repository."""
-    if settings.dkim_private_key:
-        return settings.dkim_private_key.encode("ascii")
-    if not settings.dkim_private_key_path:
-        return None
-    path = Path(settings.dkim_private_key_path).expanduser().resolve()
-    if path.is_relative_to(REPO_ROOT):
-        raise DeliveryError("the DKIM key must live outside the repository", path=path)
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise DeliveryError(f"cannot read the DKIM key: {exc.strerror}", path=path) from None
-
-
-class DkimSigner:
-    """Prepends a DKIM-Signature (rsa-sha256, relaxed/relaxed) to a message."""
-
-    def __init__(self, selector: str, domain: str, key: bytes):
-        import dkim  # dkimpy; imported only when signing is on
-        self._dkim = dkim
-        self.selector = selector.encode("ascii")
-        self.domain = domain.encode("ascii")
-        self.key = key
-        try:  # fail now, not at the first message
-            self.sign(b"From: a@b.c\r\nSubject: x\r\n\r\nx\r\n")
-        except dkim.DKIMException as exc:
-            raise DeliveryError(f"DKIM key or selector unusable: {exc}") from None
-
-    def sign(self, data: bytes) -> bytes:
-        signature = self._dkim.sign(data, self.selector, self.domain, self.key, canonicalize=(b"relaxed", b"relaxed"),
-                                    include_headers=list(DKIM_HEADERS), linesep=b"\r\n")
-        return signature + data
-
-
-def dkim_signer(settings) -> DkimSigner | None:
-    """A signer when ``dkim_selector`` and a key are set, else None."""
-    if not settings.dkim_selector:
-        return None
-    key = dkim_key(settings)
-    if key is None:
-        return None
-    return DkimSigner(settings.dkim_selector, settings.dkim_domain or settings.sender_domain, key)

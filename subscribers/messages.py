@@ -26,7 +26,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from pipeline import clock
-from pipeline.headers import check_finished, display_name, mailbox
+from pipeline.headers import check_finished, display_name, mailbox, unstructured
 from subscribers import tokens
 from subscribers.store import SubscriberInfo, consent_wording
 
@@ -51,9 +51,9 @@ def _message(settings, to: SubscriberInfo, subject: str, template: str, values: 
               "company": settings.publisher.get("company_name", ""), **values}
     # policy.SMTP: CRLF line ends, which an SMTP relay requires (send_single passes the bytes through as they are)
     msg = EmailMessage(policy=policy.SMTP)
-    msg["Subject"] = _safe(subject)
-    # From and To are written here (folded, RFC 2047), never re-folded by the email package
-    msg.set_raw("From", mailbox(display_name(_safe(settings.sender_name)), settings.sender_address, "From")[0])
+    # Subject, From and To are written by pipeline.headers (folded, RFC 2047) and kept as they are
+    msg.set_raw("Subject", unstructured("Subject", _safe(subject))[len("Subject: "):-2])
+    msg.set_raw("From", _sender(settings)[0])
     msg.set_raw("To", mailbox(name, to.email)[0])
     if settings.reply_to:
         msg["Reply-To"] = settings.reply_to
@@ -64,14 +64,17 @@ def _message(settings, to: SubscriberInfo, subject: str, template: str, values: 
     return msg
 
 
-def _checked(settings, msg: EmailMessage, to: SubscriberInfo, *, with_name: bool) -> EmailMessage:
+def _sender(settings) -> tuple[str, str]:
+    """(From value, the name it shows)."""
+    return mailbox(display_name(_safe(settings.sender_name)), settings.sender_address, "From")
+
+
+def _checked(settings, msg: EmailMessage, to: SubscriberInfo, subject: str, *, with_name: bool) -> EmailMessage:
     """``msg`` if its bytes read back as exactly what we built; ``DeliveryError`` otherwise."""
     name = mailbox(display_name(to.name) if with_name else "", to.email)[1]
-    expected: dict = {header: None for header in msg.keys()}
-    expected.pop("Content-Type")
-    expected.update({"To": (name, to.email), "Subject": str(msg["Subject"]),
-                     "From": (mailbox(display_name(_safe(settings.sender_name)), settings.sender_address, "From")[1],
-                              settings.sender_address)})
+    expected: dict = {header: None for header in msg.keys() if header != "Content-Type"}  # what we set...
+    expected.update({"To": (name, to.email), "Subject": _safe(subject),  # ...and, where it matters, to what
+                     "From": (_sender(settings)[1], settings.sender_address)})
     check_finished(msg.as_bytes(), expected, "email to " + to.email)
     return msg
 
@@ -90,12 +93,13 @@ def confirmation_message(settings, subscriber: SubscriberInfo, *, already: bool 
     msg = _message(settings, subscriber, subject, "confirm",
                    {"already": already, "wording": wording, "version": version,
                     "days": settings.confirm_token_days, **links}, with_name=False)
-    return _checked(settings, msg, subscriber, with_name=False)
+    return _checked(settings, msg, subscriber, subject, with_name=False)
 
 
 def welcome_message(settings, subscriber: SubscriberInfo, latest_url: str) -> EmailMessage:
     unsubscribe = tokens.unsubscribe_url(settings, subscriber.id)
-    msg = _message(settings, subscriber, f"Welcome to {settings.publication_name}", "welcome",
+    subject = f"Welcome to {settings.publication_name}"
+    msg = _message(settings, subscriber, subject, "welcome",
                    {"latest_url": latest_url, "frequency": subscriber.frequency,
                     "preferences_url": tokens.preferences_url(settings, subscriber.id),
                     "unsubscribe_url": unsubscribe})
@@ -104,7 +108,7 @@ def welcome_message(settings, subscriber: SubscriberInfo, latest_url: str) -> Em
     msg["List-Unsubscribe"] = f"<{unsubscribe}>, <mailto:{mailto}>"
     msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg["List-Id"] = f"<{settings.list_id or 'daily.' + settings.sender_domain}>"
-    return _checked(settings, msg, subscriber, with_name=True)
+    return _checked(settings, msg, subscriber, subject, with_name=True)
 
 
 def latest_issue_url(settings) -> str:
