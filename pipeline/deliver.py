@@ -533,9 +533,15 @@ def send_test(settings, rendered: RenderedIssue, to: str) -> str:
     from pipeline.message import check_address
     check_address(to, "test recipient")
     placeholder = f"{settings.base_url.rstrip('/')}"
-    data = build_message(rendered, settings, to=to, test=True,
-                         personal=Personal(f"{placeholder}/unsubscribe/test", f"{placeholder}/preferences/test",
-                                           greeting(None)))
+    try:
+        data = build_message(rendered, settings, to=to, test=True,
+                             personal=Personal(f"{placeholder}/unsubscribe/test", f"{placeholder}/preferences/test",
+                                               greeting(None)))
+    except NewsletterError:
+        raise
+    except Exception as exc:  # one line, never a traceback
+        raise DeliveryError(f"cannot build the test message of issue {rendered.issue.key}: "
+                            f"{type(exc).__name__}: {exc}") from None
     signer = dkim_signer(settings)
     if signer is not None:
         data = signer.sign(data)

@@ -146,3 +146,16 @@ def test_a_failure_building_the_message_is_one_line_recorded_and_shown_by_status
     code, out, err = run(capsys, "status")
     assert code == 2
     assert "ALERT: daily issue of 2026-03-03 failed: cannot build the message" in err
+
+
+def test_a_failure_building_the_test_copy_is_one_line(env, capsys, monkeypatch):
+    import pipeline.deliver
+
+    def broken(*args, **kwargs):
+        raise ValueError("boom in the reference builder")
+
+    monkeypatch.setattr(pipeline.deliver, "build_message", broken)
+    code, out, err = run(capsys, "send-test", "--to", "editor@example.com", "--date", "2026-03-02")
+    assert code == 1
+    assert err == ("error: cannot build the test message of issue 2026-03-02: "
+                   "ValueError: boom in the reference builder\n")
