@@ -40,14 +40,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
 from pipeline import clock, ledger
+from pipeline.errors import DeliveryError, NewsletterError
+from pipeline.headers import MessageIds, display_name
 from pipeline.send_guard import LEASE_LOST, SendGuard
-from pipeline.errors import DeliveryError
 from pipeline.issue import Personal, RenderedIssue
 from pipeline.message import DkimSigner, MessageTemplate, build_message, dkim_signer
 from pipeline.transport import ConnectionLost, Envelope, Outbox, Outcome, Reply, SMTPConnection
@@ -98,7 +98,9 @@ class SendSummary:
 # -- what a message needs per recipient ---------------------------------------------
 
 def greeting(name: str | None) -> str:
-    return f"Hello {name.strip()}," if name and name.strip() else "Hello,"
+    """The greeting line; a name that breaks the name rule (stored before it) is left out."""
+    name = display_name(name)
+    return f"Hello {name}," if name else "Hello,"
 
 
 def personal_for(settings, subscriber_id: int, name: str | None = None) -> Personal:
@@ -107,10 +109,8 @@ def personal_for(settings, subscriber_id: int, name: str | None = None) -> Perso
 
 
 def message_id_for(settings, issue: ledger.IssueInfo, delivery_id: int) -> str:
-    """The same Message-ID every time a row is (re)sent, so a receiver can drop a
-    duplicate; it names the issue date and ledger row, nothing about the person."""
-    nonce = hashlib.blake2b(f"{issue.id}:{issue.created_at.isoformat()}".encode(), digest_size=5).hexdigest()
-    return f"<{issue.key}.{delivery_id}.{nonce}@{settings.sender_domain}>"
+    """The Message-ID of one ledger row (``pipeline.headers.MessageIds``: opaque, stable per row)."""
+    return MessageIds(settings, issue)(delivery_id)
 
 
 # -- outcomes -> ledger states --------------------------------------------------------------
@@ -177,6 +177,7 @@ class _Run:
         self.failure_streak = 0
         self.sender = settings.sender_address
         self.retry_delay = float(settings.smtp_retry_delay)
+        self.message_id = MessageIds(settings, issue)
 
     # feeding batches ---------------------------------------------------------------
     def _refill(self) -> bool:
@@ -240,12 +241,18 @@ class _Run:
 
     # messages ------------------------------------------------------------------------------
     def build(self, row: ledger.Pending) -> tuple[str, bytes, str]:
-        """(envelope recipient, bytes, Message-ID); DeliveryError for a bad address."""
-        message_id = message_id_for(self.settings, self.issue, row.id)
-        data = self.template.render_to(row.email, row.name, message_id=message_id,
-                                       personal=personal_for(self.settings, row.subscriber_id, row.name))
-        if self.signer is not None:
-            data = self.signer.sign(data)
+        """(envelope recipient, bytes, Message-ID); DeliveryError for a bad address
+        or anything else that stops this one message being built (recorded as failed)."""
+        message_id = self.message_id(row.id)
+        try:
+            data = self.template.render_to(row.email, row.name, message_id=message_id,
+                                           personal=personal_for(self.settings, row.subscriber_id, row.name))
+            if self.signer is not None:
+                data = self.signer.sign(data)
+        except NewsletterError:
+            raise
+        except Exception as exc:  # a bug must not stop everyone else's message; the row records it
+            raise DeliveryError(f"cannot build the message: {type(exc).__name__}: {exc}") from None
         return row.email, data, message_id
 
     # recording ---------------------------------------------------------------------------------
@@ -440,7 +447,7 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
     issue_key = rendered.issue.key
     if settings.transport not in ("outbox", "smtp"):
         raise DeliveryError(f"unknown transport {settings.transport!r} (outbox or smtp)")
-    template = MessageTemplate(rendered, settings)
+    template = build_template(rendered, settings)
     signer = dkim_signer(settings)
 
     if dry_run:
@@ -496,6 +503,30 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
     return summary
 
 
+def render_for_send(issue, settings) -> RenderedIssue:
+    """``render_issue``, with any unexpected failure as a one-line ``RenderError``."""
+    from pipeline.errors import RenderError
+    from pipeline.render import render_issue
+    try:
+        return render_issue(issue, settings)
+    except NewsletterError:
+        raise
+    except Exception as exc:
+        raise RenderError(f"cannot render issue {issue.key}: {type(exc).__name__}: {exc}") from None
+
+
+def build_template(rendered: RenderedIssue, settings, *, test: bool = False) -> MessageTemplate:
+    """The issue's ``MessageTemplate``; any failure is a one-line ``DeliveryError``
+    (a send never ends in a traceback; the day's run records the line)."""
+    try:
+        return MessageTemplate(rendered, settings, test=test)
+    except NewsletterError:
+        raise
+    except Exception as exc:
+        raise DeliveryError(f"cannot build the message of issue {rendered.issue.key}: "
+                            f"{type(exc).__name__}: {exc}") from None
+
+
 def run_coroutine(coro):
     """Run ``coro`` to completion from synchronous code.
 
@@ -543,9 +574,15 @@ def send_test(settings, rendered: RenderedIssue, to: str) -> str:
     from pipeline.message import check_address
     check_address(to, "test recipient")
     placeholder = f"{settings.base_url.rstrip('/')}"
-    data = build_message(rendered, settings, to=to, test=True,
-                         personal=Personal(f"{placeholder}/unsubscribe/test", f"{placeholder}/preferences/test",
-                                           greeting(None)))
+    try:
+        data = build_message(rendered, settings, to=to, test=True,
+                             personal=Personal(f"{placeholder}/unsubscribe/test", f"{placeholder}/preferences/test",
+                                               greeting(None)))
+    except NewsletterError:
+        raise
+    except Exception as exc:  # one line, never a traceback
+        raise DeliveryError(f"cannot build the test message of issue {rendered.issue.key}: "
+                            f"{type(exc).__name__}: {exc}") from None
     signer = dkim_signer(settings)
     if signer is not None:
         data = signer.sign(data)

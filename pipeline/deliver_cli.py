@@ -39,9 +39,9 @@ def render_plan(engine, library, plan, *, record: bool) -> RenderedIssue:
     """Render the planned issue; with ``record``, write it to the ledger first (a re-run
     or ``--resume`` then sends exactly what this run sends)."""
     from pipeline import ledger
-    from pipeline.render import render_issue
+    from pipeline.deliver import render_for_send
 
-    rendered = render_issue(plan.issue, library.settings)
+    rendered = render_for_send(plan.issue, library.settings)  # a failure is one line, never a traceback
     if record:
         ledger.record_issue(engine, plan.issue, rendered.subject)
     return rendered

@@ -19,9 +19,16 @@ exactly the rendered text, and no encoded line is longer than 76 characters.  A
 SMTP dot-stuffing.
 
 Header safety (checklist point 20): header values that come from content or
-subscribers never carry CR or LF.  Names and subjects are sanitised (control
-characters become spaces); addresses, URLs and Message-IDs that contain them are
-refused with ``DeliveryError``, since they can only be an injection attempt.
+subscribers never carry CR or LF.  Subjects are sanitised (control characters
+become spaces); a name that breaks the rule of ``pipeline.headers`` is left
+out; addresses, URLs and Message-IDs that carry control characters are refused
+with ``DeliveryError``, since they can only be an injection attempt.  Non-ASCII
+header text is RFC 2047 encoded (``pipeline.headers``).  Before a message
+leaves, its bytes are parsed back and must be exactly what we built
+(``headers.check_finished``): ``build_message`` checks every message;
+``MessageTemplate`` checks its issue-wide bytes once and each To line it inserts
+(the only per-recipient header with free text; the other inserted values are
+checked against strict patterns).
 
 DKIM (``DkimSigner``) signs each message separately, because the body differs per
 recipient (the token URLs).  It costs an RSA signature plus dkimpy's body
@@ -30,7 +37,6 @@ at a few hundred signed messages a second (see bench/README.md).
 """
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 import secrets
@@ -38,18 +44,15 @@ from email import policy as email_policy
 from email.message import EmailMessage, MIMEPart
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr, quote
 from html import escape
-from pathlib import Path
 
 from pipeline import clock
 from pipeline.errors import DeliveryError
+from pipeline.dkim import DKIM_HEADERS, DkimSigner, dkim_key, dkim_signer  # noqa: F401  (re-exported)
+from pipeline.headers import check_finished, check_mailbox_header, display_name, mailbox, unstructured
 from pipeline.issue import PLACEHOLDERS, Personal, RenderedIssue
 
 POLICY = email_policy.SMTP  # CRLF line ends, 78-column folding, RFC 2047 for non-ASCII
 TEST_PREFIX = "[TEST] "
-
-# Headers the DKIM signature covers (checklist 19 asks for the first four at least).
-DKIM_HEADERS = (b"From", b"To", b"Subject", b"Date", b"Message-ID", b"List-Unsubscribe",
-                b"List-Unsubscribe-Post", b"List-Id", b"MIME-Version", b"Content-Type")
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
 _ADDR_SPEC = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
@@ -79,7 +82,7 @@ def recipient(email: str, name: str | None = None) -> str:
     quoted as needed (``"Jo \\"Q\\" Smith" <jo@example.com>``).  Both builders
     turn it into a header with ``to_header_value``."""
     check_address(email, "recipient address")
-    clean = sanitise_text(name or "", 200)
+    clean = display_name(name)
     return f'"{quote(clean)}" <{email}>' if clean else email
 
 
@@ -91,33 +94,12 @@ def _check_to(to: str) -> tuple[str, str]:
     check_address(addr, "recipient address")
     if to.strip() != addr and not to.rstrip().endswith(f"<{addr}>"):  # parseaddr forgives too much
         raise DeliveryError(f"refusing To {to!r}: not 'address' or 'Name <address>'")
-    return sanitise_text(name, 200), addr
+    return display_name(name), addr
 
 
 def to_header_value(name: str, addr: str) -> str:
-    """The To header value, at most 78 columns a line, CRLF-folded.
-
-    A non-ASCII name becomes one RFC 2047 encoded word, written here rather
-    than by the email package, whose folder drops the quotes of a name such as
-    ``Jöhn "Q"``.  Names too long for one encoded word (or one 78-column line)
-    are shortened: several encoded words in a row decode with stray spaces in
-    common parsers (Python's included), and it is only a display name.
-    """
-    if not name:
-        return addr
-    if name.isascii():
-        room = 74 - len(addr) - 5  # "To: " + quotes + " <addr>"
-        if room < 1:
-            return addr
-        return formataddr((name[:room].rstrip(), addr))
-    while name:
-        word = "=?utf-8?b?" + base64.b64encode(name.encode("utf-8")).decode("ascii") + "?="
-        if len(word) <= 75:
-            break
-        name = name[:-1]
-    else:
-        return addr
-    return f"{word} <{addr}>" if len(word) + len(addr) + 7 <= 78 else f"{word}\r\n <{addr}>"
+    """The To header value (``headers.mailbox``): folded, non-ASCII encoded."""
+    return mailbox(display_name(name), addr)[0]
 
 
 def _check_url(url: str, what: str) -> str:
@@ -136,7 +118,7 @@ def list_id(settings) -> str:
     value = sanitise_text(settings.list_id or f"daily.{settings.sender_domain}", 255)
     if "<" in value:
         return value
-    return f"{sanitise_text(settings.publication_name, 200)} <{value}>"
+    return f"{display_name(sanitise_text(settings.publication_name, 200))} <{value}>".lstrip()
 
 
 def unsubscribe_mailto(settings) -> str:
@@ -166,7 +148,7 @@ def static_headers(rendered: RenderedIssue, settings, *, test: bool = False, dat
     """Headers that are the same for every recipient of an issue, in order."""
     sender = check_address(settings.sender_address, "sender_address")
     headers = [
-        ("From", formataddr((sanitise_text(settings.sender_name, 200), sender), charset="utf-8")),
+        ("From", formataddr((display_name(sanitise_text(settings.sender_name, 200)), sender), charset="utf-8")),
         ("Subject", subject_of(rendered, test)),
         ("Date", format_datetime(clock.require_aware(date or clock.now()))),
         ("MIME-Version", "1.0"),
@@ -179,6 +161,37 @@ def static_headers(rendered: RenderedIssue, settings, *, test: bool = False, dat
         # Feedback-ID names the campaign, never the recipient (no per-recipient values)
         headers.append(("Feedback-ID", sanitise_text(settings.feedback_id, 200)))
     return headers
+
+
+def _sender(settings) -> tuple[str, str, str]:
+    """(From value, the name it shows, the address)."""
+    address = check_address(settings.sender_address, "sender_address")
+    value, shown = mailbox(display_name(sanitise_text(settings.sender_name, 200)), address, "From")
+    return value, shown, address
+
+
+def _header_line(settings, header: str, value: str) -> str:
+    """One static header as ASCII ``Header: value`` CRLF (``pipeline.headers``)."""
+    if header == "From":
+        return "From: " + _sender(settings)[0] + "\r\n"
+    if header == "List-Id" and not value.isascii() and value.endswith(">"):
+        phrase, _, ident = value.rpartition("<")  # the id stays plain: list tools match on it
+        return unstructured(header, phrase.strip())[:-2] + "\r\n <" + ident + "\r\n"
+    if not value.isascii() or "=?" in value or len(header) + 2 + len(value) > 78:
+        return unstructured(header, value)  # Subject, List-Id, Feedback-ID: encoded words as needed
+    return f"{header}: {value}\r\n"
+
+
+def expected_headers(settings, headers: list[tuple[str, str]], to: tuple[str, str], message_id: str,
+                     unsubscribe_url: str) -> dict:
+    """What an issue message must read back as (``headers.check_finished``)."""
+    expected: dict = {name: value for name, value in headers}
+    expected["From"] = _sender(settings)[1:]
+    expected["To"] = to
+    expected["Date"] = None  # the email package re-renders dates; its presence is what counts
+    expected["Message-ID"] = message_id
+    expected["List-Unsubscribe"] = list_unsubscribe(settings, unsubscribe_url)
+    return expected
 
 
 def _bodies(rendered: RenderedIssue, personal: Personal) -> tuple[str, str]:
@@ -203,29 +216,39 @@ def _personal_values(personal: Personal) -> dict[str, str]:
 
 def build_message(rendered: RenderedIssue, settings, *, to: str, personal: Personal,
                   message_id: str | None = None, test: bool = False) -> bytes:
-    """One complete message as bytes (CRLF), built with the email package."""
+    """One complete message as bytes (CRLF): the MIME structure built with the email package,
+    header values written by ``pipeline.headers``, and the result checked before it is returned."""
     name, addr = _check_to(to)
     message_id = _check_message_id(message_id) if message_id else new_message_id(settings)
     msg = EmailMessage(policy=POLICY)
     headers = static_headers(rendered, settings, test=test)
-    for header, value in headers[:1]:
-        msg[header] = value
-    msg.set_raw("To", to_header_value(name, addr))  # already folded and encoded: kept as is
+
+    def put(header: str, value: str) -> None:
+        # written by pipeline.headers and kept as is: the email package's folder leaves a
+        # stray space in long encoded subjects and drops the quotes of some names
+        msg.set_raw(header, _header_line(settings, header, value)[len(header) + 2:-2])
+
+    put(*headers[0])  # From
+    msg.set_raw("To", to_header_value(name, addr))
     for header, value in headers[1:3]:  # Subject, Date
-        msg[header] = value
+        put(header, value)
     msg["Message-ID"] = message_id
     for header, value in headers[3:5]:  # MIME-Version, List-Id
-        msg[header] = value
+        put(header, value)
     msg["List-Unsubscribe"] = list_unsubscribe(settings, personal.unsubscribe_url)
     for header, value in headers[5:]:
-        msg[header] = value
+        put(header, value)
     text, html = _bodies(rendered, personal)
     msg.make_alternative()
     for body, subtype in ((text, "plain"), (html, "html")):  # text first, HTML last (checklist 16)
         part = MIMEPart(policy=POLICY)
         part.set_content(body, subtype=subtype, charset="utf-8", cte="quoted-printable")
         msg.attach(part)
-    return msg.as_bytes(policy=POLICY)
+    data = msg.as_bytes(policy=POLICY)
+    shown = mailbox(name, addr)[1]
+    check_finished(data, expected_headers(settings, headers, (shown, addr), message_id, personal.unsubscribe_url),
+                   "issue message to " + addr)
+    return data
 
 
 # -- the fast builder ---------------------------------------------------------------
@@ -309,7 +332,8 @@ class MessageTemplate:
         self.settings = settings
         self.rendered = rendered
         self.boundary = "=_" + secrets.token_hex(16)  # "=_" cannot occur in quoted-printable text
-        head = "".join(POLICY.fold(name, value) for name, value in static_headers(rendered, settings, test=test, date=date))
+        self._static = static_headers(rendered, settings, test=test, date=date)
+        head = "".join(_header_line(settings, name, value) for name, value in self._static)
         head += f'Content-Type: multipart/alternative; boundary="{self.boundary}"\r\n'
         self._head = head.encode("ascii")
         self._mailto = unsubscribe_mailto(settings).encode("ascii")
@@ -328,12 +352,28 @@ class MessageTemplate:
                 merged.append(piece)
         self._body = merged
         self.size = len(self._head) + sum(len(p) for p in merged if isinstance(p, bytes))
+        # the issue-wide bytes, checked once: a sample with a name in To, parsed back whole
+        sample_to, sample_id = ("Sample Reader", "sample@example.com"), f"<sample@{settings.sender_domain}>"
+        sample_url = f"https://{settings.sender_domain}/unsubscribe/sample"
+        sample = self._render(self._to_line_for(*sample_to), Personal(sample_url, sample_url, "Hello,"), sample_id)
+        check_finished(sample, expected_headers(settings, self._static, sample_to, sample_id, sample_url),
+                       f"issue {rendered.issue.key} message")
+
+    def _to_line_for(self, name: str, addr: str) -> bytes:
+        """The To line for a display name (already ``display_name``) and a checked
+        address, parsed back as a receiver reads it before it is used."""
+        if not name:  # the common case: a bare addr-spec, which _ADDR_SPEC allows no break in
+            return b"To: " + addr.encode("ascii") + b"\r\n"
+        value, shown = mailbox(name, addr)
+        line = b"To: " + value.encode("ascii") + b"\r\n"
+        check_mailbox_header(line, "To", shown, addr, "message to " + addr)
+        return line
 
     def _to_line(self, to: str) -> bytes:
         if _ADDR_SPEC.fullmatch(to):  # the common case: no display name
             return b"To: " + to.encode("ascii") + b"\r\n"
         name, addr = _check_to(to)
-        return b"To: " + to_header_value(name, addr).encode("ascii") + b"\r\n"
+        return self._to_line_for(name, addr)
 
     def render(self, *, to: str, personal: Personal, message_id: str) -> bytes:
         """The message for one recipient (CRLF, no line needing dot-stuffing)."""
@@ -345,9 +385,7 @@ class MessageTemplate:
         """``render`` for a subscriber's address and name, without formatting and
         re-parsing a To string (the send loop's path)."""
         check_address(email, "recipient address")
-        clean = sanitise_text(name or "", 200)
-        value = to_header_value(clean, email) if clean else email
-        return self._render(b"To: " + value.encode("ascii") + b"\r\n", personal, message_id)
+        return self._render(self._to_line_for(display_name(name), email), personal, message_id)
 
     def _render(self, to_line: bytes, personal: Personal, message_id: str) -> bytes:
         _check_message_id(message_id)
@@ -366,54 +404,3 @@ class MessageTemplate:
                     value = encoded[piece] = qp_value(escape(values[key], quote=True) if html else values[key])
                 parts.append(value)
         return b"".join(parts)
-
-
-# -- DKIM ------------------------------------------------------------------------------
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def dkim_key(settings) -> bytes | None:
-    """The DKIM private key (PEM) from DKIM_PRIVATE_KEY, or the file at
-    dkim_private_key_path, which must lie outside the repository."""
-    if settings.dkim_private_key:
-        return settings.dkim_private_key.encode("ascii")
-    if not settings.dkim_private_key_path:
-        return None
-    path = Path(settings.dkim_private_key_path).expanduser().resolve()
-    if path.is_relative_to(REPO_ROOT):
-        raise DeliveryError("the DKIM key must live outside the repository", path=path)
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise DeliveryError(f"cannot read the DKIM key: {exc.strerror}", path=path) from None
-
-
-class DkimSigner:
-    """Prepends a DKIM-Signature (rsa-sha256, relaxed/relaxed) to a message."""
-
-    def __init__(self, selector: str, domain: str, key: bytes):
-        import dkim  # dkimpy; imported only when signing is on
-        self._dkim = dkim
-        self.selector = selector.encode("ascii")
-        self.domain = domain.encode("ascii")
-        self.key = key
-        try:  # fail now, not at the first message
-            self.sign(b"From: a@b.c\r\nSubject: x\r\n\r\nx\r\n")
-        except dkim.DKIMException as exc:
-            raise DeliveryError(f"DKIM key or selector unusable: {exc}") from None
-
-    def sign(self, data: bytes) -> bytes:
-        signature = self._dkim.sign(data, self.selector, self.domain, self.key, canonicalize=(b"relaxed", b"relaxed"),
-                                    include_headers=list(DKIM_HEADERS), linesep=b"\r\n")
-        return signature + data
-
-
-def dkim_signer(settings) -> DkimSigner | None:
-    """A signer when ``dkim_selector`` and a key are set, else None."""
-    if not settings.dkim_selector:
-        return None
-    key = dkim_key(settings)
-    if key is None:
-        return None
-    return DkimSigner(settings.dkim_selector, settings.dkim_domain or settings.sender_domain, key)

@@ -416,7 +416,10 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
         log.error("content error, %s issue of %s not sent: %s", kind, day.isoformat(), exc)
         return calendar.finish_run(engine, day, kind, holder, "content-error", error=str(exc))
     except Exception as exc:  # any failure is recorded, the calendar kept for a retry
-        log.exception("%s issue of %s failed", kind, day.isoformat())
+        if isinstance(exc, NewsletterError):  # an expected failure: one line, no traceback
+            log.error("%s issue of %s failed: %s", kind, day.isoformat(), exc)
+        else:
+            log.exception("%s issue of %s failed", kind, day.isoformat())
         calendar.mark_entries(engine, [e.id for e in entries], "failed")
         message = str(exc) if isinstance(exc, NewsletterError) else f"{type(exc).__name__}: {exc}"
         return calendar.finish_run(engine, day, kind, holder, "failed", error=message)
@@ -534,12 +537,11 @@ def settle_from_ledger(engine: Engine) -> list[Run]:
 
 def _publish_and_send(engine: Engine, settings: Settings, library, issue, entries: list[Entry], holder: str,
                       *, resume: bool) -> Run:
-    from pipeline.deliver import send_issue
-    from pipeline.render import render_issue
+    from pipeline.deliver import render_for_send, send_issue
     from pipeline.site import build_site, publish_issue
 
     kind, day = issue.kind, issue.date
-    rendered = render_issue(issue, settings)
+    rendered = render_for_send(issue, settings)
     for warning in rendered.warnings:
         log.warning("%s issue of %s: %s", kind, day.isoformat(), warning)
     publish_issue(rendered, settings.public_dir)

@@ -10,8 +10,9 @@ rows are imported and each bad row is reported with its line number and why:
 - an invalid address, or one already given on an earlier line,
 - an unknown topic or frequency, a bad ``consented_at``,
 - a cell that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``,
-  tab, carriage return at the start), or such a cell escaped with ``'`` by an
-  export: rejected, never stored,
+  tab, carriage return at the start): rejected, never stored.  The ``email``
+  cell is exempt, since only a valid address is taken from it
+  (``+x@example.com`` is one),
 - no consent wording.
 
 A record must fit on one line: each line is parsed on its own, so one stray
@@ -19,7 +20,9 @@ quote cannot swallow the rest of the file.  Suppressed addresses are skipped
 (and listed) by ``store.import_rows``, never re-subscribed.
 
 Export writes the same columns plus ``status`` and ``created_at`` (which an
-import ignores), with formula-looking cells escaped by a leading ``'``.
+import ignores), with formula-looking cells escaped by a leading ``'``.  Import
+undoes exactly that escape (``'`` followed by a formula start), so a file that
+export wrote imports cleanly into a fresh database: the round trip.
 """
 from __future__ import annotations
 
@@ -102,17 +105,17 @@ def _row(settings, names: list[str], cells: list[str], line: int, default_consen
     if len(cells) > len(names):
         raise SubscriberError(f"malformed row: {len(cells)} cells but the header has {len(names)} "
                               "(an unquoted comma?)")
-    values = {name: cell.strip() for name, cell in zip(names, cells)}
+    values: dict[str, str] = {}
     for name, cell in zip(names, cells):
         # Leading spaces are skipped by some spreadsheets before they look for "=".
-        # A cell our export escaped ("'=...") is refused too: taken literally it would
-        # turn "+a@example.com" into the different address "'+a@example.com".
         bare = cell.lstrip(" ")
         if bare.startswith("'") and bare[1:].lstrip(" ").startswith(FORMULA_START):
-            raise SubscriberError(f"cell {name!r} is an escaped spreadsheet formula: {_show(cell)}")
-        if bare.startswith(FORMULA_START):
+            values[name] = bare[1:]  # our export's escape: the text is what follows the quote
+            continue
+        if bare.startswith(FORMULA_START) and name != "email":
             raise SubscriberError(f"cell {name!r} starts with {cell.lstrip(' ')[:1]!r} and would run as a spreadsheet "
                                   f"formula: {_show(cell)}")
+        values[name] = cell.strip()
     address, key = store.normalise_email(values.get("email", ""))
     topics_cell = values.get("topics", "")
     topics = store.clean_topics(settings, _TOPIC_SPLIT.split(topics_cell)) if topics_cell else None
@@ -186,7 +189,7 @@ def import_file(engine, settings, path: Path | str, *, default_consent: str | No
 
 def neutralise(cell: str) -> str:
     """A cell a spreadsheet would run as a formula gets a leading ``'`` (OWASP CSV injection)."""
-    return "'" + cell if cell.startswith(FORMULA_START) else cell
+    return "'" + cell if cell.lstrip(" ").startswith(FORMULA_START) else cell
 
 
 def write_export(engine, out: TextIO, *, status: str | None = None, chunk: int = store.CHUNK) -> int:

@@ -29,7 +29,6 @@ subscribers are re-keyed by ``rehash``; the hashes of erased people cannot be
 from __future__ import annotations
 
 import json
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterable, Iterator, Sequence
@@ -40,6 +39,7 @@ from sqlalchemy import Engine, bindparam, delete, func, select, text, update
 from pipeline import clock
 from pipeline.database import transaction
 from pipeline.errors import SubscriberError
+from pipeline.headers import name_problem  # one rule for names, for every edge
 from subscribers.models import (FREQUENCIES, STATUSES, AccessLink, ConsentRecord, QueuedMail, SignupRequest, Subscriber,
                                SubscriberTopic, Suppression)
 from subscribers.tokens import email_hash
@@ -47,7 +47,6 @@ from subscribers.tokens import email_hash
 SUPPRESSED_STATUSES = ("unsubscribed", "bounced", "complained")
 _STAMP = {"pending": "pending_at", "confirmed": "confirmed_at", "unsubscribed": "unsubscribed_at",
           "bounced": "bounced_at", "complained": "complained_at"}
-NAME_MAX = 200
 CHUNK = 1000  # rows per executemany / keyset page
 _IN_CHUNK = 500  # values per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
 
@@ -128,14 +127,16 @@ def email_key(address: str) -> str:
 
 
 def clean_name(name: str | None) -> str | None:
-    """Strip control characters (a name ends up in the To header) and surrounding space."""
+    """A name is display text (it ends up in the To header and a greeting): spaces
+    collapsed, and refused, in plain words, when it has encoded-word syntax
+    (``=?...?=``), a control character or line separator, or is too long
+    (``pipeline.headers.name_problem`` decides, for every edge where a name enters)."""
     if name is None:
         return None
-    cleaned = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in name)
-    cleaned = " ".join(cleaned.split())
-    if len(cleaned) > NAME_MAX:
-        raise SubscriberError(f"name is longer than {NAME_MAX} characters")
-    return cleaned or None
+    problem = name_problem(name)
+    if problem:
+        raise SubscriberError(problem)
+    return " ".join(name.split()) or None
 
 
 def clean_topics(settings, topics: Iterable[str]) -> tuple[str, ...]:

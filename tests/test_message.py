@@ -100,7 +100,7 @@ def test_template_body_lines_stay_within_76_and_never_start_with_a_dot(real):
 
 @pytest.mark.parametrize("name", [None, "Amy Murtagh", 'Jöhn "Q" Smith', "Zoë O'Brien-Smith, PhD", "Ünïcödé " * 20,
                                   'Back\\slash "quoted" name, with comma', "日本語の名前"])
-def test_template_matches_reference_builder(real, name):
+def test_template_matches_reference_builder(real, name, frozen):  # frozen: both Dates in the same second
     rendered, settings = real
     to = recipient("reader@example.com", name)
     a, b = both(rendered, settings, to, greeting=f"Hello {name}," if name else "Hello,")

@@ -129,12 +129,12 @@ def test_form_token_is_bound_to_the_link_and_expires(sub_settings, frozen):
 
 def test_sign_up_confirm_records_status_times_and_consent(engine, sub_settings, frozen):
     start = frozen.now()
-    sub, result = sign_up(engine, sub_settings, "  Amy@Example.COM ", name="Amy\r\nBcc: x@evil.example",
+    sub, result = sign_up(engine, sub_settings, "  Amy@Example.COM ", name=" Amy 	 Bcc: x@evil.example",
                           topics=["hair-loss", "wellbeing"], frequency="weekly", ip="192.0.2.1")
     assert result.mailed == "confirm" and result.request_id
     assert (sub.email, sub.status, sub.frequency, sub.topics) == ("Amy@example.com", "pending", "weekly",
                                                                    ("hair-loss", "wellbeing"))
-    assert sub.name == "Amy Bcc: x@evil.example"  # no CR/LF can reach a header
+    assert sub.name == "Amy Bcc: x@evil.example"  # spaces collapsed (CR/LF are refused: test_headers.py)
     assert sub.pending_at == start and sub.confirmed_at is None
     frozen.advance(minutes=5)
     info, changed = signup.confirm(engine, sub_settings, result.request_id, ip="192.0.2.2")

@@ -175,13 +175,21 @@ def test_the_answer_is_the_same_whoever_the_address_belongs_to(client, wsettings
     assert store.get_by_email(engine, "known@example.com").status == "confirmed"
 
 
-def test_a_name_cannot_add_a_header(client, wsettings):
-    sign_up(client, "eve@example.com", name="Eve\r\nBcc: victim@example.com\r\nX-Evil: 1")
+@pytest.mark.parametrize("name", ["Eve\r\nBcc: victim@example.com\r\nX-Evil: 1", "Eve\u2028X-Evil: 1",
+                                  "=?utf-8?b?RXZlDQpSZXBseS1UbzogYUBldmlsLmV4YW1wbGU=?="])
+def test_a_name_that_could_add_a_header_is_refused(client, wsettings, engine, name):
+    response = sign_up(client, "eve@example.com", name=name)
+    assert response.status_code == 400
+    assert "name" in soup(response).find(id="error").get_text().lower()
+    assert store.counts(engine) == {} and outbox_messages(wsettings) == []
+
+
+def test_a_unicode_name_signs_up_and_the_confirmation_names_nobody(client, wsettings, engine):
+    sign_up(client, "zoe@example.com", name="Zoë O’Brien 山田 😀")
+    assert store.get_by_email(engine, "zoe@example.com").name == "Zoë O’Brien 山田 😀"
     (message,) = outbox_messages(wsettings)
-    assert message["Bcc"] is None and message["X-Evil"] is None
-    assert message["To"].addresses[0].display_name == "Eve Bcc: victim@example.com X-Evil: 1"
-    raw = message.as_bytes()
-    assert b"\nBcc:" not in raw and b"\nX-Evil:" not in raw
+    assert [(a.display_name, a.addr_spec) for a in message["To"].addresses] == [("", "zoe@example.com")]
+    assert "Zoë" not in text_part(message) and "Zoë" not in html_part(message)
 
 
 @pytest.mark.parametrize("changes, error", [
@@ -191,7 +199,7 @@ def test_a_name_cannot_add_a_header(client, wsettings):
     ({"consent_version": "1999-01-01"}, "wording has changed"),
     ({"topics": ["cancer"]}, "unknown topic"),
     ({"frequency": "hourly"}, "daily or weekly"),
-    ({"name": "x" * 201}, "longer than 200"),
+    ({"name": "x" * 101}, "longer than 100"),
 ])
 def test_bad_sign_up_input_gets_the_form_back_with_the_reason(client, wsettings, engine, changes, error):
     response = sign_up(client, **changes)
