@@ -228,29 +228,31 @@ class Daemon:
         _daemon = None
         log.info("newsletter run stopped")
 
-    def serve(self, *, web: bool, host: str, port: int) -> None:
+    def serve(self, *, web: bool, host: str, port: int, root_path: str | None = None) -> None:
         self.start()
         try:
             if web:
-                _serve_web(self.settings, self.engine, host, port)
+                _serve_web(self.settings, self.engine, host, port, root_path)
             else:
                 _wait_for_signal()
         finally:
             self.stop()
 
 
-def _serve_web(settings: Settings, engine: Engine, host: str, port: int) -> None:
+def _serve_web(settings: Settings, engine: Engine, host: str, port: int, root_path: str | None = None) -> None:
     import uvicorn
 
-    from pipeline.web.app import create_app
+    from pipeline.web.app import create_app, root_path_for
 
     # uvicorn installs its own SIGINT/SIGTERM handlers while it runs, and re-raises the
     # signal when it is done, to the handler it found: a quiet one here, so that
     # the scheduler is shut down and the heartbeat removed before the process exits
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: None)
+    # the same uvicorn settings as `newsletter serve`: no Server header, the same root path
     uvicorn.Server(uvicorn.Config(create_app(settings, engine), host=host, port=port, log_level="info",
-                                  access_log=False)).run()
+                                  access_log=False, server_header=False, proxy_headers=True,
+                                  root_path=root_path_for(settings, root_path))).run()
 
 
 def _wait_for_signal() -> None:
@@ -317,8 +319,11 @@ def configure_logging() -> None:
 @click.option("--no-web", is_flag=True, help="Do not serve the web service in this process.")
 @click.option("--host", default=None, help="Web service address (default: the web_host setting).")
 @click.option("--port", type=int, default=None, help="Web service port (default: the web_port setting).")
+@click.option("--root-path", default=None, metavar="PATH",
+              help="base_url's path, when a reverse proxy strips it (default: the web_root_path setting).")
 @click.pass_obj
-def run(obj, once: bool, day: str | None, no_web: bool, host: str | None, port: int | None) -> None:
+def run(obj, once: bool, day: str | None, no_web: bool, host: str | None, port: int | None,
+        root_path: str | None) -> None:
     """Run the newsletter: send each day's issue at the send time, serve the web service.
 
     With --once, do one day's work now and exit (non-zero if it failed).
@@ -342,5 +347,8 @@ def run(obj, once: bool, day: str | None, no_web: bool, host: str | None, port: 
         if any(one.state in calendar.ALERT for one in runs):
             raise SystemExit(1)
         return
+    if not no_web:
+        from pipeline.web.app import root_path_for
+        root_path_for(settings, root_path)  # a wrong --root-path fails here, before the scheduler starts
     Daemon(engine, settings, obj.content_dir).serve(web=not no_web, host=host or settings.web_host,
-                                                    port=port or settings.web_port)
+                                                    port=port or settings.web_port, root_path=root_path)

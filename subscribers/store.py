@@ -119,17 +119,41 @@ class ImportOutcome:
 def normalise_email(address: str) -> tuple[str, str]:
     """(normalised address, email_key) or ``SubscriberError`` saying why not."""
     if not isinstance(address, str) or not address.strip():
-        raise SubscriberError("no email address given")
+        raise SubscriberError("Please enter your email address.")
     address = address.strip()
     if len(address) > 320:
-        raise SubscriberError("email address is longer than 320 characters")
+        raise SubscriberError("That email address is too long: an address has at most 320 characters.")
     try:
         # allow_smtputf8=False: a non-ASCII local part needs SMTPUTF8, which neither the
         # messages (email.headerregistry refuses it) nor the transport speak
         valid = validate_email(address, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
-        raise SubscriberError(f"invalid email address {address!r}: {exc}") from None
+        raise SubscriberError(_plain_address_problem(str(exc))) from None
     return valid.normalized, valid.normalized.lower()
+
+
+# What people read when an address is refused: our words, never the validator's text
+# (which quotes the input) nor a Python repr.  Matched on the validator's message.
+_ADDRESS_PROBLEMS = (
+    ("must have an @-sign", "That email address looks incomplete: it needs an @ between your name and the "
+                            "domain, as in jane@example.com."),
+    ("should have a period", "That email address looks incomplete: after the @ it needs a full domain name, "
+                             "such as example.com."),
+    ("something after the @-sign", "That email address looks incomplete: after the @ it needs a full domain "
+                                   "name, such as example.com."),
+    ("something before the @-sign", "That email address looks incomplete: it needs your name or account "
+                                    "before the @."),
+    ("Internationalized characters before the @-sign", "We cannot send to an address with accented or non-Latin "
+                                                        "letters before the @. Please use another address."),
+    ("SPACE", "That email address has a space in it. Please remove it and try again."),
+)
+
+
+def _plain_address_problem(validator_message: str) -> str:
+    for clue, words in _ADDRESS_PROBLEMS:
+        if clue in validator_message:
+            return words
+    return "That email address does not look right. Please check it for typing mistakes."
 
 
 def email_key(address: str) -> str:
@@ -166,6 +190,11 @@ def clean_frequency(frequency: str | None) -> str:
 def consent_wording(settings) -> tuple[str, str]:
     """The sign-up form's consent wording (publication name filled in) and its version."""
     return settings.consent_wording.replace("{publication_name}", settings.publication_name), settings.consent_version
+
+
+def topics_consent_wording(settings) -> str:
+    """The separate consent to keep topic choices (special-category data), as shown."""
+    return settings.topics_consent_wording.replace("{publication_name}", settings.publication_name)
 
 
 # -- helpers on open sessions ---------------------------------------------------------
@@ -377,7 +406,8 @@ def counts(engine: Engine) -> dict[str, int]:
 # -- writes --------------------------------------------------------------------------
 
 def sign_up(engine: Engine, settings, address: str, *, name: str | None = None, topics: Iterable[str] = (),
-            frequency: str = "daily", ip: str | None = None, resend_after: timedelta = timedelta(minutes=10)) -> SignUp:
+            frequency: str = "daily", ip: str | None = None, resend_after: timedelta = timedelta(minutes=10),
+            topics_consent: bool = False) -> SignUp:
     """The web form: a new or not-yet-confirmed person becomes ``pending`` with these
     choices; a confirmed one is left alone.  Suppressed addresses may sign up
     here (it is the person's own double opt-in); the suppression is lifted only by
@@ -386,6 +416,10 @@ def sign_up(engine: Engine, settings, address: str, *, name: str | None = None, 
     address, key = normalise_email(address)
     name, topics, frequency = clean_name(name), clean_topics(settings, topics), clean_frequency(frequency)
     wording, version = consent_wording(settings)
+    explicit = {}
+    if topics and topics_consent:  # the separate tick for topic choices (health data): recorded word for word
+        explicit = {"topics_consent": topics_consent_wording(settings)}
+        wording = f"{wording} {explicit['topics_consent']}"
     at = clock.now()
     with transaction(engine) as s:
         sub = s.scalar(select(Subscriber).where(Subscriber.email_key == key))
@@ -410,7 +444,7 @@ def sign_up(engine: Engine, settings, address: str, *, name: str | None = None, 
         send = "none" if recent else ("already" if sub.status == "confirmed" else "confirm")
         if sub.status != "confirmed":
             _record(s, sub.id, "subscribe", "web", at, ip=ip, wording=wording, version=version,
-                    detail={"frequency": frequency, "topics": list(topics), "name": name})
+                    detail={"frequency": frequency, "topics": list(topics), "name": name, **explicit})
         return SignUp(_info(sub), send)
 
 

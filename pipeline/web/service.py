@@ -44,6 +44,9 @@ class WebService:
 
     def message(self, title: str, text: str, status: int = 200, links: tuple = (), headers: dict | None = None,
                 **extra) -> HTMLResponse:
+        if not links:  # never a dead end: an error leads back to the form, every page to the archive
+            links = ((("Go to the sign-up form", self.settings.url("/subscribe")),) if status >= 400 else ()) + (
+                ("Read the newsletter", self.settings.url("/")),)
         return self.page("message.html", status, headers, title=title, text=text, links=links, **extra)
 
     def bad_link(self, why: str) -> HTMLResponse:
@@ -62,6 +65,7 @@ class WebService:
         wording, version = store.consent_wording(self.settings)
         values = {"email": "", "name": "", "topics": (), "frequency": "daily", **(values or {})}
         return self.page("subscribe.html", status, error=error, values=values, wording=wording, version=version,
+                         topics_wording=store.topics_consent_wording(self.settings),
                          topics=sorted(self.settings.topics.items()))
 
     async def get_subscribe(self, request: Request) -> Response:
@@ -74,17 +78,23 @@ class WebService:
                                 headers={"retry-after": "60"})
         form = await read_form(request)
         values = {"email": field(form, "email"), "name": field(form, "name"), "topics": fields(form, "topics"),
-                  "frequency": field(form, "frequency") or "daily"}
+                  "frequency": field(form, "frequency") or "daily", "topics_consent": field(form, "topics_consent")}
         _, version = store.consent_wording(self.settings)
         if field(form, "consent") != "yes":
             return self.subscribe_form(400, "Please tick the box to agree to receive the newsletter.", values)
         if field(form, "consent_version") != version:
             return self.subscribe_form(400, "The consent wording has changed since this page was loaded; "
                                             "please read it again and resubmit.", values)
+        # Topic choices can reveal health conditions (special-category data): none is
+        # stored without its own explicit tick.
+        topics_consent = values["topics_consent"] == "yes"
+        if any(t.strip() for t in values["topics"]) and not topics_consent:
+            return self.subscribe_form(400, "You ticked some topics. To let us keep them, please also tick the box "
+                                            "agreeing to that, or untick the topics.", values)
         try:
             result = await run_in_threadpool(partial(
                 store.sign_up, self.engine, self.settings, values["email"], name=values["name"] or None,
-                topics=values["topics"], frequency=values["frequency"], ip=ip))
+                topics=values["topics"], frequency=values["frequency"], ip=ip, topics_consent=topics_consent))
         except SubscriberError as exc:
             return self.subscribe_form(400, exc.message, values)
         if result.send != "none":
@@ -149,8 +159,8 @@ class WebService:
     def preferences_form(self, request: Request, info: store.SubscriberInfo, status: int = 200,
                          error: str | None = None, notice: str | None = None) -> HTMLResponse:
         token = request.path_params["token"]
-        # absolute paths: this form is also shown in answer to .../erase
-        here = f"{request.scope.get('root_path', '')}/preferences/{token}"
+        # from base_url (this form is also shown in answer to .../erase, and may sit under a prefix)
+        here = self.settings.url(f"/preferences/{token}")
         return self.page("preferences.html", status, NO_STORE, info=info, error=error, notice=notice, here=here,
                          csrf=tokens.form_token(self.settings, token), topics=sorted(self.settings.topics.items()),
                          unsubscribe_url=tokens.unsubscribe_url(self.settings, info.id))
@@ -225,9 +235,11 @@ class WebService:
 
     async def http_error(self, request: Request, exc: HTTPException) -> Response:
         titles = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Request too large"}
+        texts = {404: "There is no page at this address.",
+                 405: "This address does not take that kind of request.",
+                 413: "What was sent is far larger than any of our forms; nothing was saved."}
         return self.message(titles.get(exc.status_code, "Error"),
-                            "The page you asked for does not exist." if exc.status_code == 404
-                            else "The request could not be handled.", status=exc.status_code,
+                            texts.get(exc.status_code, "The request could not be handled."), status=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     async def server_error(self, request: Request, exc: Exception) -> Response:
