@@ -183,7 +183,7 @@ class Daemon:
         stops.SIGNALLED.clear()
         log.info("newsletter run stopped")
 
-    def serve(self, *, web: bool, host: str, port: int) -> None:
+    def serve(self, *, web: bool, host: str, port: int, root_path: str | None = None) -> None:
         from subscribers.mailqueue import MailWorker
 
         received: list[str] = []
@@ -191,7 +191,7 @@ class Daemon:
         mail = MailWorker(self.engine, self.settings).start()  # transactional mail (sign-ups): the queue
         try:
             if web:
-                _serve_web(self.settings, self.engine, host, port, received)
+                _serve_web(self.settings, self.engine, host, port, received, root_path)
             else:
                 _wait_for_signal(received)
         finally:
@@ -210,18 +210,22 @@ def _noting(received: list[str], then=None):
     return handler
 
 
-def _serve_web(settings: Settings, engine: Engine, host: str, port: int, received: list[str]) -> None:
+def _serve_web(settings: Settings, engine: Engine, host: str, port: int, received: list[str],
+               root_path: str | None = None) -> None:
     import uvicorn
 
-    from pipeline.web.app import create_app
+    from pipeline.web.app import create_app, root_path_for
 
     # uvicorn installs its own SIGINT/SIGTERM handlers while it runs, and re-raises the
     # signal when it is done, to the handler it found: this one notes it, so that the
     # send is stopped, the scheduler shut down and the heartbeat removed before exit
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _noting(received))
-    uvicorn.Server(uvicorn.Config(create_app(settings, engine, mail_worker=False), host=host, port=port, log_level="info",
-                                  access_log=False)).run()
+    # the same uvicorn settings as `newsletter serve`: no Server header, the same root path;
+    # the daemon sends the mail queue itself (mail_worker=False)
+    uvicorn.Server(uvicorn.Config(create_app(settings, engine, mail_worker=False), host=host, port=port,
+                                  log_level="info", access_log=False, server_header=False, proxy_headers=True,
+                                  root_path=root_path_for(settings, root_path))).run()
 
 
 def _wait_for_signal(received: list[str]) -> None:
@@ -315,9 +319,11 @@ def configure_logging() -> None:
 @click.option("--no-web", is_flag=True, help="Do not serve the web service in this process.")
 @click.option("--host", default=None, help="Web service address (default: the web_host setting).")
 @click.option("--port", type=int, default=None, help="Web service port (default: the web_port setting).")
+@click.option("--root-path", default=None, metavar="PATH",
+              help="base_url's path, when a reverse proxy strips it (default: the web_root_path setting).")
 @click.pass_obj
 def run(obj, once: bool, day: str | None, at: str | None, no_web: bool, host: str | None,
-        port: int | None) -> None:
+        port: int | None, root_path: str | None) -> None:
     """Run the newsletter: send each day's issue at the send time, serve the web service.
 
     With --once, do one day's work now and exit (non-zero if it failed).
@@ -349,5 +355,8 @@ def run(obj, once: bool, day: str | None, at: str | None, no_web: bool, host: st
         if any(one.state in calendar.ALERT for one in runs):
             raise SystemExit(1)
         return
+    if not no_web:
+        from pipeline.web.app import root_path_for
+        root_path_for(settings, root_path)  # a wrong --root-path fails here, before the scheduler starts
     Daemon(engine, settings, obj.content_dir).serve(web=not no_web, host=host or settings.web_host,
-                                                    port=port or settings.web_port)
+                                                    port=port or settings.web_port, root_path=root_path)

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -89,6 +90,9 @@ SETTINGS: tuple[Setting, ...] = (
             kind=float),
     Setting("web_host", "127.0.0.1", "Address the web service of `newsletter run` listens on."),
     Setting("web_port", 8000, "Port the web service of `newsletter run` listens on.", kind=int),
+    Setting("web_root_path", "",
+            "Set to base_url's path (e.g. /newsletter) when a reverse proxy strips that prefix before passing "
+            "requests on (uvicorn's root_path); empty: the web service answers under base_url's path itself."),
     # -- storage and output ---------------------------------------------------
     Setting("database_url", "sqlite:///var/newsletter.db", "SQLAlchemy URL of the database.", env="DATABASE_URL"),
     Setting("public_dir", "public", "Where static pages and feeds are written."),
@@ -127,7 +131,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Yes, please email me the {publication_name} newsletter on the topics and at the frequency I chose. "
             "I can unsubscribe or change my choices at any time with the link in every email.",
             "Exact consent wording shown on the sign-up form and stored with each consent record."),
-    Setting("consent_version", "2026-03-01", "Version of the consent wording; change it whenever the wording changes."),
+    Setting("topics_consent_wording",
+            "I agree that {publication_name} keeps the topics I tick, which may say something about my health, "
+            "and uses them only to choose which articles to send me.",
+            "Explicit consent (UK GDPR Art. 9) asked with its own checkbox before any topic choice is stored; "
+            "recorded with the consent record."),
+    Setting("consent_version", "2026-03-01",
+            "Version of the consent wordings (consent_wording, topics_consent_wording); change it whenever either changes."),
+    Setting("privacy_policy_url", "",
+            "The privacy policy linked from the sign-up form; empty: /privacy-policy on base_url's host."),
     Setting("subscribe_rate_per_minute", 5, "Sign-up form posts allowed per IPv4 address or IPv6 /64 per minute, "
             "counted in the database (0 turns the per-IP limits off).", kind=int),
     Setting("subscribe_rate_per_hour", 30, "Sign-up form posts allowed per IPv4 address or IPv6 /64 per hour.", kind=int),
@@ -174,6 +186,24 @@ class Settings(Mapping[str, Any]):
         if unknown:
             raise KeyError(f"unknown settings: {', '.join(sorted(unknown))}")
         return Settings({**self._values, **changes}, self.source)
+
+    # -- addresses: every link, form action and redirect is built from base_url, never from a request
+
+    @property
+    def base_path(self) -> str:
+        """base_url's path without the trailing slash: '/newsletter', or '' at the root."""
+        return urlsplit(self.base_url).path.rstrip("/")
+
+    def url(self, path: str = "/") -> str:
+        """The absolute URL of ``path`` (starting with '/') under base_url."""
+        return f"{self.base_url.rstrip('/')}{path}"
+
+    @property
+    def privacy_policy_url(self) -> str:
+        if self._values.get("privacy_policy_url"):
+            return self._values["privacy_policy_url"]
+        parts = urlsplit(self.base_url)
+        return f"{parts.scheme}://{parts.netloc}/privacy-policy"
 
     @property
     def sender_domain(self) -> str:

@@ -6,7 +6,9 @@ feed readers need to poll cheaply: the feeds' own media types, a strong
 (kept stable by the site writer), and ``304 Not Modified`` on a matching
 ``If-None-Match`` or ``If-Modified-Since``.  A folder is served through its
 ``index.html``; paths outside ``public/`` are never served (no ``..``, no
-symlink escapes); a missing file gets ``404.html``.
+symlink escapes); a missing file gets ``404.html``.  A folder asked for without its
+trailing slash is redirected to ``base_url`` + the path (never to the Host header's
+host); without a ``base_url`` the Location is the path alone.
 
 The web service mounts this as its fallback route; it also runs on its own:
 ``uvicorn --factory pipeline.static_files:app_from_env``.
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
+from typing import Callable
 from urllib.parse import quote
 
 import anyio
@@ -82,8 +85,10 @@ def _route_path(scope: Scope) -> str:
 class StaticSite:
     """ASGI app serving the files under ``root``."""
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, base_url: str = "", not_found: Callable[[], Response] | None = None):
         self.root = Path(root).resolve()
+        self.base_url = base_url.rstrip("/")
+        self.not_found = not_found  # the answer when public/ has no 404.html (default: plain text)
         self._cache: dict[Path, _Entry] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -137,7 +142,8 @@ class StaticSite:
                 # relative links in index.html need the trailing slash.  Empty segments are
                 # dropped: "//articles" echoed back would be a protocol-relative URL to another host.
                 clean = "/".join(p for p in url_path.split("/") if p not in ("", "."))
-                return RedirectResponse(quote(f"{mount_path}/{clean}".rstrip("/")) + "/", status_code=301,
+                where = self.base_url or mount_path  # base_url already ends with the mount's prefix
+                return RedirectResponse(where + quote(f"/{clean}".rstrip("/")) + "/", status_code=301,
                                         headers=COMMON_HEADERS)
             index = target / INDEX
             target = index if index.is_file() else None
@@ -167,6 +173,8 @@ class StaticSite:
             del response.headers["ETag"]
             del response.headers["Last-Modified"]
             return response
+        if self.not_found is not None:
+            return self.not_found()
         return PlainTextResponse("Not Found", status_code=404, headers=COMMON_HEADERS)
 
 
@@ -194,5 +202,6 @@ def _not_modified(headers, entry: _Entry) -> bool:
 
 
 def app_from_env() -> StaticSite:
-    """Factory for ``uvicorn --factory``: serves $NEWSLETTER_PUBLIC_DIR (default ``public``)."""
-    return StaticSite(os.environ.get("NEWSLETTER_PUBLIC_DIR", "public"))
+    """Factory for ``uvicorn --factory``: serves $NEWSLETTER_PUBLIC_DIR (default ``public``);
+    folder redirects go to $NEWSLETTER_BASE_URL when it is set."""
+    return StaticSite(os.environ.get("NEWSLETTER_PUBLIC_DIR", "public"), os.environ.get("NEWSLETTER_BASE_URL", ""))

@@ -32,7 +32,8 @@ from subscribers import limits, mailqueue, messages
 from subscribers.conflicts import insert_ignore, retrying
 from subscribers.models import ConsentRecord, SignupRequest, Subscriber, Suppression
 from subscribers.store import (_choices, _info, _record, _set_status, _set_topics, SubscriberInfo, clean_frequency,
-                               clean_name, clean_topics, consent_wording, normalise_email)
+                               clean_name, clean_topics, consent_wording, normalise_email,
+                               topics_consent_wording)
 from subscribers.tokens import email_hash
 
 NEVER_MAILED = ("bounced", "complained")
@@ -62,7 +63,8 @@ class RequestView:
 
 
 def sign_up(engine: Engine, settings, address: str, *, name: str | None = None, topics: Iterable[str] = (),
-            frequency: str = "daily", ip: str | None = None, method: str = "web") -> SignUpOutcome:
+            frequency: str = "daily", ip: str | None = None, method: str = "web",
+            topics_consent: bool = False) -> SignUpOutcome:
     """Record a sign-up request and queue its confirmation email (or nothing; see the
     module notes).  Raises ``SubscriberError`` for bad input only, never because of
     who the address belongs to."""
@@ -70,6 +72,10 @@ def sign_up(engine: Engine, settings, address: str, *, name: str | None = None, 
     name, topics, frequency = clean_name(name), clean_topics(settings, topics), clean_frequency(frequency)
     hash_ = email_hash(settings, key)
     wording, version = consent_wording(settings)
+    explicit = {}
+    if topics and topics_consent:  # the separate tick for topic choices (health data): recorded word for word
+        explicit = {"topics_consent": topics_consent_wording(settings)}
+        wording = f"{wording} {explicit['topics_consent']}"
     day = timedelta(days=1)
     rejoin = timedelta(days=int(settings.rejoin_confirm_days))
 
@@ -98,7 +104,7 @@ def sign_up(engine: Engine, settings, address: str, *, name: str | None = None, 
                 return SignUpOutcome("already", sub.id)
             consent = ConsentRecord(subscriber_id=sub.id, action="subscribe", method=method, ip=ip, wording=wording,
                                     wording_version=version, at=at,
-                                    detail=json.dumps({"frequency": frequency, "topics": list(topics), "name": name},
+                                    detail=json.dumps({"frequency": frequency, "topics": list(topics), "name": name, **explicit},
                                                       sort_keys=True))
             s.add(consent)
             s.flush()

@@ -109,17 +109,41 @@ class ImportOutcome:
 def normalise_email(address: str) -> tuple[str, str]:
     """(normalised address, email_key) or ``SubscriberError`` saying why not."""
     if not isinstance(address, str) or not address.strip():
-        raise SubscriberError("no email address given")
+        raise SubscriberError("Please enter your email address.")
     address = address.strip()
     if len(address) > 320:
-        raise SubscriberError("email address is longer than 320 characters")
+        raise SubscriberError("That email address is too long: an address has at most 320 characters.")
     try:
         # allow_smtputf8=False: a non-ASCII local part needs SMTPUTF8, which neither the
         # messages (email.headerregistry refuses it) nor the transport speak
         valid = validate_email(address, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
-        raise SubscriberError(f"invalid email address {address!r}: {exc}") from None
+        raise SubscriberError(_plain_address_problem(str(exc))) from None
     return valid.normalized, valid.normalized.lower()
+
+
+# What people read when an address is refused: our words, never the validator's text
+# (which quotes the input) nor a Python repr.  Matched on the validator's message.
+_ADDRESS_PROBLEMS = (
+    ("must have an @-sign", "That email address looks incomplete: it needs an @ between your name and the "
+                            "domain, as in jane@example.com."),
+    ("should have a period", "That email address looks incomplete: after the @ it needs a full domain name, "
+                             "such as example.com."),
+    ("something after the @-sign", "That email address looks incomplete: after the @ it needs a full domain "
+                                   "name, such as example.com."),
+    ("something before the @-sign", "That email address looks incomplete: it needs your name or account "
+                                    "before the @."),
+    ("Internationalized characters before the @-sign", "We cannot send to an address with accented or non-Latin "
+                                                        "letters before the @. Please use another address."),
+    ("SPACE", "That email address has a space in it. Please remove it and try again."),
+)
+
+
+def _plain_address_problem(validator_message: str) -> str:
+    for clue, words in _ADDRESS_PROBLEMS:
+        if clue in validator_message:
+            return words
+    return "That email address does not look right. Please check it for typing mistakes."
 
 
 def email_key(address: str) -> str:
@@ -158,6 +182,11 @@ def clean_frequency(frequency: str | None) -> str:
 def consent_wording(settings) -> tuple[str, str]:
     """The sign-up form's consent wording (publication name filled in) and its version."""
     return settings.consent_wording.replace("{publication_name}", settings.publication_name), settings.consent_version
+
+
+def topics_consent_wording(settings) -> str:
+    """The separate consent to keep topic choices (special-category data), as shown."""
+    return settings.topics_consent_wording.replace("{publication_name}", settings.publication_name)
 
 
 # -- helpers on open sessions ---------------------------------------------------------

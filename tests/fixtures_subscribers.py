@@ -14,7 +14,7 @@ import uvicorn
 from conftest import free_port, serve
 
 SECRET = "test-secret-not-for-production-0123456789"
-CONSENT = {"consent": "yes", "consent_version": "2026-03-01"}
+CONSENT = {"consent": "yes", "consent_version": "2026-03-01", "topics_consent": "yes"}
 
 
 def subscriber_settings(settings, tmp_path: Path, **changes):

@@ -194,10 +194,10 @@ def test_run_sends_once_at_the_send_time_serves_the_web_and_updates_the_feeds(se
     assert [i.findtext("title") for i in items] == ["What Is Microneedling?"]
     assert (tmp_path / "public" / "issues" / "2026-06-16" / "index.html").exists()
 
-    # the web service runs in the same process, and serves the fresh feed
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+    # the web service runs in the same process, under base_url's path, and serves the fresh feed
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/newsletter/healthz", timeout=5) as response:
         assert response.status == 200
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/feed.xml", timeout=5) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/newsletter/feed.xml", timeout=5) as response:
         assert b"What Is Microneedling?" in response.read()
     # each daemon plans in memory: no scheduler table is shared in the database
     with engine.connect() as conn:

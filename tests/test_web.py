@@ -193,8 +193,8 @@ def test_a_unicode_name_signs_up_and_the_confirmation_names_nobody(client, wsett
 
 
 @pytest.mark.parametrize("changes, error", [
-    ({"email": "not-an-address"}, "invalid email address"),
-    ({"email": ""}, "no email address"),
+    ({"email": "not-an-address"}, "that email address looks incomplete"),
+    ({"email": ""}, "enter your email address"),
     ({"consent": ""}, "tick the box"),
     ({"consent_version": "1999-01-01"}, "wording has changed"),
     ({"topics": ["cancer"]}, "unknown topic"),

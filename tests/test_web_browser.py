@@ -12,6 +12,7 @@ from pipeline.database import open_database
 from subscribers import store
 
 from fixtures_subscribers import free_port, serve_on, subscriber_settings
+from test_site_browser import axe_source  # noqa: F401  (a fixture: axe-core's source, or a skip)
 
 pytestmark = pytest.mark.browser
 
@@ -43,6 +44,7 @@ def test_a_person_signs_up_confirms_changes_preferences_and_leaves(browser, site
         page.get_by_label("Your name").fill("Reader")
         page.get_by_label("Hair loss").check()
         page.get_by_label("Once a week").check()
+        page.locator("input[name=topics_consent]").check()  # topic choices need their own tick
         page.locator("input[name=consent]").check()
         page.get_by_role("button", name="Subscribe").click()
         assert page.locator("h1").inner_text() == "Check your inbox"
@@ -99,3 +101,103 @@ def test_a_person_signs_up_confirms_changes_preferences_and_leaves(browser, site
         assert [u for u in failed if not u.endswith("/favicon.ico")] == []  # the browser asks; public/ has none
     finally:
         context.close()
+
+
+def test_the_whole_flow_stays_under_a_path_prefix(browser, settings, tmp_path, smtp_server):
+    """base_url https://host/newsletter, as shipped: every page, form and redirect stays under /newsletter."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/newsletter"
+    s = subscriber_settings(settings, tmp_path, base_url=base, transport="smtp", smtp_host=smtp_server.host,
+                            smtp_port=smtp_server.port, database_url=f"sqlite:///{tmp_path / 'prefix.db'}")
+    engine = open_database(s.database_url)
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    seen: list[tuple[int, str]] = []
+    page.on("response", lambda r: seen.append((r.status, r.url)))
+    try:
+        with serve_on(web.create_app(s, engine), port):
+            page.goto(f"{base}/subscribe")
+            page.get_by_label("Email address").fill("zoe@example.com")
+            page.get_by_label("Your name").fill("Zoë Ōsaka 🌿")
+            page.get_by_label("Hair loss").check()
+            page.locator("input[name=topics_consent]").check()
+            page.locator("input[name=consent]").check()
+            page.get_by_role("button", name="Subscribe").click()
+            assert page.locator("h1").inner_text() == "Check your inbox"
+            assert page.url.startswith(base + "/")
+
+            (mail,) = smtp_server.wait_for(1)
+            confirm = re.search(r"\S+/confirm/[A-Za-z0-9_-]+", mail.message.get_body(("plain",)).get_content())
+            assert confirm.group(0).startswith(base + "/confirm/")
+            page.goto(confirm.group(0))
+            # a confirm page may ask for a button press (link scanners only GET); press it if so
+            button = page.locator("main form button")
+            if button.count():
+                button.first.click()
+            assert page.url.startswith(base + "/")
+            assert store.get_by_email(engine, "zoe@example.com").status == "confirmed"
+
+            welcome = smtp_server.wait_for(2)[1].message
+            text = welcome.get_body(("plain",)).get_content()
+            preferences = re.search(r"\S+/preferences/[A-Za-z0-9_-]+", text).group(0)
+            assert preferences.startswith(base + "/preferences/")
+            page.goto(preferences)
+            assert page.locator("h1").inner_text() == "Your preferences"
+            assert page.locator("#status").inner_text() == "subscribed"
+            page.get_by_label("Once a week").check()
+            page.get_by_role("button", name="Save my preferences").click()
+            assert page.url.startswith(base + "/preferences/"), page.url  # not the main site's 404
+            assert "saved" in page.locator("main").inner_text()
+            assert store.get_by_email(engine, "zoe@example.com").frequency == "weekly"
+
+            page.get_by_role("link", name="Unsubscribe").click()
+            page.get_by_role("button", name="Unsubscribe").click()
+            assert page.url.startswith(base + "/")
+            assert page.locator("h1").inner_text() == "You are unsubscribed"
+            assert store.get_by_email(engine, "zoe@example.com").status == "unsubscribed"
+    finally:
+        context.close()
+    assert seen and all(url.startswith(base + "/") for _, url in seen if not url.endswith("/favicon.ico")), seen
+    assert [(status, url) for status, url in seen if status >= 400 and not url.endswith("/favicon.ico")] == []
+
+
+@pytest.mark.parametrize("width", (375, 1280))
+def test_web_pages_pass_axe_core(browser, axe_source, settings, tmp_path, width):  # noqa: F811
+    """The service's own pages (the form with an error, preferences, an error page), under a prefix."""
+    from subscribers import tokens
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/newsletter"
+    s = subscriber_settings(settings, tmp_path, base_url=base, database_url=f"sqlite:///{tmp_path / 'axe.db'}")
+    engine = open_database(s.database_url)
+    info = store.add(engine, s, "axe@example.com", name="Åsa", topics=["hair-loss"], confirmed=True, consent="y")
+    # bypass_csp: only so that axe-core can be injected; the pages' own CSP forbids inline scripts
+    context = browser.new_context(viewport={"width": width, "height": 900}, bypass_csp=True)
+    page = context.new_page()
+    try:
+        with serve_on(web.create_app(s, engine), port):
+            visits = []
+            page.goto(f"{base}/subscribe")
+            page.get_by_label("Email address").fill("jane@gmail")
+            page.get_by_label("Hair loss").check()
+            page.locator("input[name=consent]").check()
+            page.get_by_role("button", name="Subscribe").click()  # two problems; the form comes back with one
+            visits.append(("subscribe with an error", page.locator("#error").count() == 1))
+            _assert_accessible(page, axe_source, "subscribe with an error")
+            for name, url in [("preferences", tokens.preferences_url(s, info.id)),
+                              ("bad link", f"{base}/confirm/forged"), ("not found", f"{base}/nothing-here")]:
+                page.goto(url)
+                _assert_accessible(page, axe_source, name)
+            assert visits == [("subscribe with an error", True)]
+    finally:
+        context.close()
+
+
+def _assert_accessible(page, axe_source, name):
+    overflow = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert overflow[0] <= overflow[1], f"{name}: horizontal scroll {overflow}"
+    page.add_script_tag(content=axe_source)
+    results = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+    bad = [v for v in results["violations"] if v["impact"] in ("serious", "critical")]
+    assert not bad, name + ": " + "; ".join(f"{v['id']} ({v['impact']}): {v['help']}" for v in bad)
+    assert results["passes"], "axe ran no rule"

@@ -22,6 +22,11 @@ Routes (the token in a path is an opaque signed token, ``subscribers.tokens``):
   ``POST .../export`` and ``POST .../erase`` work once, within the hour.
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (the database answers).
 
+Every route answers under base_url's path (``/newsletter/subscribe`` for
+``https://my.klarity.health/newsletter``), or at ``/subscribe`` when started
+with that path as root_path (``--root-path``, for a proxy that strips it); every
+link, form action and redirect is built from base_url, never from the Host header.
+
 Behind a reverse proxy, run uvicorn with ``--forwarded-allow-ips`` set to the
 proxy so the client IP (rate limit, consent records) comes from
 ``X-Forwarded-For``; ``newsletter serve`` trusts only 127.0.0.1 by default.

@@ -10,11 +10,13 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import Mount, Route
-from starlette.types import ASGIApp
+from starlette.requests import ClientDisconnect, Request
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pipeline.errors import ContentError
 from pipeline.settings import Settings
-from pipeline.web.http import MAX_BODY, SecurityHeaders, TokenBucket
+from pipeline.web.http import MAX_BODY, Guard, SecurityHeaders, TokenBucket, UnderPrefix, client_gone
 from pipeline.web.service import TEMPLATES, WebService
 from subscribers import tokens
 
@@ -42,13 +44,21 @@ def create_app(settings: Settings, engine: Engine | None = None, *, send: Callab
                                              else rate_per_minute), env=env,
                          rate_per_minute=None if rate_per_minute is None else int(rate_per_minute),
                          mail_worker=mail_worker)
-    static = static_app or StaticSite(public_dir or settings.public_dir)
+    not_found = lambda: service.message("Not found", "There is no page at this address.", status=404)  # noqa: E731
+    static = static_app or StaticSite(public_dir or settings.public_dir, base_url=settings.base_url,
+                                      not_found=not_found)
+
+    async def subscribe(request: Request):
+        return await (service.post_subscribe if request.method == "POST" else service.get_subscribe)(request)
+
+    async def confirm(request: Request):
+        return await (service.confirm if request.method == "POST" else service.confirm_page)(request)
+
+    # One Route per path with every method it takes, so that a 405 says exactly those in Allow.
     routes = [
-        Route("/subscribe", service.get_subscribe, methods=["GET"]),
-        Route("/subscribe", service.post_subscribe, methods=["POST"]),
+        Route("/subscribe", subscribe, methods=["GET", "POST"]),
         Route("/subscribe/sent", service.subscribe_sent, methods=["GET"]),
-        Route("/confirm/{token}", service.confirm_page, methods=["GET"]),
-        Route("/confirm/{token}", service.confirm, methods=["POST"]),
+        Route("/confirm/{token}", confirm, methods=["GET", "POST"]),
         Route("/unsubscribe/{token}", service.unsubscribe, methods=["GET", "POST"]),
         Route("/preferences/{token}", service.preferences, methods=["GET", "POST"]),
         Route("/preferences/{token}/data-link", service.data_link, methods=["POST"]),
@@ -57,7 +67,6 @@ def create_app(settings: Settings, engine: Engine | None = None, *, send: Callab
         Route("/data/{token}/erase", service.erase, methods=["POST"]),
         Route("/healthz", service.healthz, methods=["GET"]),
         Route("/readyz", service.readyz, methods=["GET"]),
-        Mount("/", app=static),
     ]
     @asynccontextmanager
     async def lifespan(_app):
@@ -67,21 +76,55 @@ def create_app(settings: Settings, engine: Engine | None = None, *, send: Callab
         finally:
             service.stop_worker()
 
-    app = Starlette(routes=routes, max_body_size=MAX_BODY, lifespan=lifespan,
-                    exception_handlers={HTTPException: service.http_error, Exception: service.server_error})
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: service.http_error, ClientDisconnect: client_gone,
+                                        Exception: service.server_error})
+    # No "add or drop the trailing slash" redirects: Starlette builds them from the Host
+    # header.  The only redirects are StaticSite's folder ones, built from base_url.
+    app.router.redirect_slashes = False
+    app.router.default = StaticFallback(static)  # everything that is not a route: public/
     app.state.service = service
-    return SecurityHeaders(app)
+    too_large = lambda: service.message("Request too large", "What was sent is far larger than any of our "  # noqa: E731
+                                        "forms; nothing was saved.", status=413)
+    return SecurityHeaders(Guard(UnderPrefix(app, settings.base_path, not_found), MAX_BODY, too_large),
+                           https=settings.base_url.startswith("https://"))
+
+
+class StaticFallback:
+    """``public/`` behind the routes: read-only, so any other method is the app's 405 page."""
+
+    def __init__(self, static: ASGIApp):
+        self.static = static
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+            raise HTTPException(405, headers={"Allow": "GET, HEAD"})
+        await self.static(scope, receive, send)
+
+
+def root_path_for(settings: Settings, root_path: str | None) -> str:
+    """uvicorn's root_path: '' (the app answers under base_url's path itself) or base_url's
+    path, for a proxy that strips it; anything else would build links that lead nowhere."""
+    wanted = (settings.web_root_path if root_path is None else root_path).rstrip("/")
+    if wanted and wanted != settings.base_path:
+        raise ContentError(f"--root-path {wanted} does not match base_url's path "
+                              f"({settings.base_path or 'none'}); links are built from base_url")
+    return wanted
 
 
 @click.command("serve")
 @click.option("--host", help="Address to listen on (default: the web_host setting).")
 @click.option("--port", type=int, help="Port to listen on (default: the web_port setting).")
+@click.option("--root-path", default=None, metavar="PATH",
+              help="base_url's path, when a reverse proxy strips it before passing requests on "
+                   "(default: the web_root_path setting; empty: answer under base_url's path).")
 @click.pass_context
-def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+def serve(ctx: click.Context, host: str | None, port: int | None, root_path: str | None) -> None:
     """Serve sign-up, confirmation, preferences, one-click unsubscribe and public/."""
     import uvicorn
 
     settings = ctx.obj.settings()
+    root = root_path_for(settings, root_path)
     app = create_app(settings)
     uvicorn.run(app, host=host or settings.web_host, port=port or settings.web_port, proxy_headers=True,
-                server_header=False, log_level="info")
+                server_header=False, root_path=root, log_level="info")

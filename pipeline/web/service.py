@@ -77,13 +77,16 @@ class WebService:
 
     def message(self, title: str, text: str, status: int = 200, links: tuple = (), headers: dict | None = None,
                 **extra) -> HTMLResponse:
+        if not links:  # never a dead end: an error leads back to the form, every page to the archive
+            links = ((("Go to the sign-up form", self.settings.url("/subscribe")),) if status >= 400 else ()) + (
+                ("Read the newsletter", self.settings.url("/")),)
         return self.page("message.html", status, headers, title=title, text=text, links=links, **extra)
 
     def bad_link(self, why: str) -> HTMLResponse:
         return self.message("This link does not work", why, status=400, headers=NO_STORE)
 
     def url(self, path: str) -> str:
-        return f"{self.settings.base_url}{path}"
+        return self.settings.url(path)
 
     def see_other(self, url: str) -> Response:
         return RedirectResponse(url, status_code=303, headers=NO_STORE)
@@ -125,6 +128,7 @@ class WebService:
             cookie = pysecrets.token_hex(16)
         response = self.page("subscribe.html", status, {"referrer-policy": "same-origin"}, error=error, values=values,
                              wording=wording, version=version, topics=sorted(self.settings.topics.items()),
+                             topics_wording=store.topics_consent_wording(self.settings),
                              action=self.url("/subscribe"), csrf=tokens.form_token(self.settings, "subscribe:" + cookie))
         base = urlsplit(self.settings.base_url)
         response.set_cookie(FORM_COOKIE, cookie, max_age=FORM_MAX_AGE, path=base.path or "/",
@@ -169,17 +173,23 @@ class WebService:
             return self.message("Too many requests", "Please wait a minute and try again.", status=429,
                                 headers={"retry-after": "60"})
         values = {"email": field(form, "email"), "name": field(form, "name"), "topics": fields(form, "topics"),
-                  "frequency": field(form, "frequency") or "daily"}
+                  "frequency": field(form, "frequency") or "daily", "topics_consent": field(form, "topics_consent")}
         _, version = store.consent_wording(self.settings)
         if field(form, "consent") != "yes":
             return self.subscribe_form(request, 400, "Please tick the box to agree to receive the newsletter.", values)
         if field(form, "consent_version") != version:
             return self.subscribe_form(request, 400, "The consent wording has changed since this page was loaded; "
                                        "please read it again and resubmit.", values)
+        # Topic choices can reveal health conditions (special-category data): none is
+        # stored without its own explicit tick.
+        topics_consent = values["topics_consent"] == "yes"
+        if any(t.strip() for t in values["topics"]) and not topics_consent:
+            return self.subscribe_form(request, 400, "You ticked some topics. To let us keep them, please also tick "
+                                       "the box agreeing to that, or untick the topics.", values)
         try:
             outcome = await run_in_threadpool(partial(
                 signup.sign_up, self.engine, self.settings, values["email"], name=values["name"] or None,
-                topics=values["topics"], frequency=values["frequency"], ip=ip))
+                topics=values["topics"], frequency=values["frequency"], ip=ip, topics_consent=topics_consent))
         except SubscriberError as exc:
             return self.subscribe_form(request, 400, exc.message, values)
         if outcome.mailed != "none":
@@ -384,9 +394,11 @@ class WebService:
 
     async def http_error(self, request: Request, exc: HTTPException) -> Response:
         titles = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Request too large"}
+        texts = {404: "There is no page at this address.",
+                 405: "This address does not take that kind of request.",
+                 413: "What was sent is far larger than any of our forms; nothing was saved."}
         return self.message(titles.get(exc.status_code, "Error"),
-                            "The page you asked for does not exist." if exc.status_code == 404
-                            else "The request could not be handled.", status=exc.status_code,
+                            texts.get(exc.status_code, "The request could not be handled."), status=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
     async def server_error(self, request: Request, exc: Exception) -> Response:
