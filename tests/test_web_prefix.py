@@ -95,8 +95,10 @@ def generated_urls(response) -> list[str]:
 
 
 def sign_up(client, email="amy@example.com", **extra):
+    """As a browser does it: load the form (its CSRF token and cookie), then post it."""
+    form = soup(client.get("/newsletter/subscribe")).find("form", id="subscribe")
     data = {"email": email, "name": "Amy", "topics": ["hair-loss", "wellbeing"], "frequency": "weekly",
-            **CONSENT, **HEALTH}
+            **CONSENT, **HEALTH, **{i["name"]: i.get("value", "") for i in form.find_all("input", attrs={"type": "hidden"})}}
     data.update(extra)
     return client.post("/newsletter/subscribe", data=data)
 
@@ -126,14 +128,21 @@ def test_the_whole_flow_answers_under_the_prefix_and_every_url_comes_from_base_u
     assert urls and all(u.startswith(BASE + "/") or u == psettings.privacy_policy_url for u in urls), urls
     actions = {f.get("id"): f["action"] for f in soup(page).find_all("form")}
     assert actions["preferences"].startswith(BASE + "/preferences/")
-    assert actions["erase"].startswith(BASE + "/preferences/")
+    assert actions["data-link"].startswith(BASE + "/preferences/")
     saved = submit(client, page, {"id": "preferences"}, name="Amy B", topics="wellbeing", frequency="daily")
     assert saved.status_code == 200 and urlsplit(str(saved.url)).path.startswith("/newsletter/preferences/")
     assert "saved" in saved.text
     assert store.get(engine, info.id).name == "Amy B"
-    export = soup(page).find(id="export")["href"]
-    assert export.startswith(BASE + "/preferences/")
-    assert client.get(local(export)).json()["subscriber"]["name"] == "Amy B"
+    # export and erase: a one-time link, emailed, under the prefix too
+    asked = submit(client, client.get(local(prefs)), {"id": "data-link"})
+    assert asked.status_code == 200 and urlsplit(str(asked.url)).path.startswith("/newsletter/")
+    data_url = re.search(r"\S+/data/[A-Za-z0-9_-]+", text_part(outbox_messages(psettings)[-1])).group(0)
+    assert data_url.startswith(BASE + "/data/")
+    data_page = client.get(local(data_url))
+    forms = {f.get("id"): f["action"] for f in soup(data_page).find_all("form")}
+    assert forms["export"].startswith(BASE + "/data/") and forms["erase"].startswith(BASE + "/data/")
+    exported = submit(client, data_page, {"id": "export"})
+    assert exported.json()["subscriber"]["name"] == "Amy B"
 
 
 def test_pages_link_to_the_archive_and_form_under_the_prefix(client, psettings):
@@ -197,7 +206,7 @@ def test_no_redirect_or_page_ever_names_a_forged_host(client, psettings):
 @pytest.mark.parametrize("method, path, allowed", [
     ("PUT", "/newsletter/subscribe", {"GET", "HEAD", "POST"}),
     ("DELETE", "/newsletter/subscribe", {"GET", "HEAD", "POST"}),
-    ("GET", "/newsletter/preferences/abc/erase", {"POST"}),
+    ("GET", "/newsletter/data/abc/erase", {"POST"}),
     ("PUT", "/newsletter/unsubscribe/abc", {"GET", "HEAD", "POST"}),
     ("POST", "/newsletter/healthz", {"GET", "HEAD"}),
     ("POST", "/newsletter/feed.xml", {"GET", "HEAD"}),
