@@ -22,8 +22,8 @@ JSON schema (``status --json``; times are ISO 8601 with offset, days YYYY-MM-DD)
                   "late": bool, "counts": {"total", "queued", "sending", "sent", "deferred", "failed", "bounced",
                   "uncertain", "skipped"}, "note", "alert": bool, "acknowledged_at"}],
      "alerts":  [{"day", "kind", "state", "message"}],
-     "queue":   {"known": bool, "articles": [{"slug", "scheduled": day|null}]}}
-     "mail_queue": {"waiting": int, "given_up": int, "oldest_failure": {"at", "error"}|null}  (added by status_cli)
+     "queue":   {"known": bool, "articles": [{"slug", "scheduled": day|null}]},
+     "mail_queue": {"waiting": int, "given_up": int, "oldest_failure": {"at", "error"}|null}}  (added by status_cli)
 """
 from __future__ import annotations
 

@@ -231,22 +231,6 @@ def test_sign_up_is_rate_limited_per_ip(wsettings, engine):
     assert store.get_by_email(engine, "p9@example.com") is None
 
 
-def test_token_bucket_refills(monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(web.clock, "monotonic", lambda: now[0])
-    bucket = web.TokenBucket(per_minute=6, capacity=2)
-    assert [bucket.allow("a") for _ in range(3)] == [True, True, False]
-    assert bucket.allow("b")  # per key
-    now[0] += 10  # one token back (6 a minute)
-    assert [bucket.allow("a"), bucket.allow("a")] == [True, False]
-    small = web.TokenBucket(per_minute=60, max_keys=3)
-    for key in "wxyz":
-        small.allow(key)
-    now[0] += 60
-    small.allow("new")
-    assert len(small._buckets) <= 3  # idle full buckets are pruned
-
-
 def test_a_relay_failure_keeps_the_mail_queued_and_a_later_pass_sends_it(wsettings, engine):
     def broken(settings, message):
         raise DeliveryError("relay down")

@@ -34,6 +34,5 @@ proxy so the client IP (rate limit, consent records) comes from
 from __future__ import annotations
 
 from pipeline.web.app import create_app, serve
-from pipeline.web.http import TokenBucket, clock
 
-__all__ = ["create_app", "serve", "TokenBucket", "clock"]
+__all__ = ["create_app", "serve"]

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.errors import ContentError
 from pipeline.settings import Settings
-from pipeline.web.http import MAX_BODY, Guard, SecurityHeaders, TokenBucket, UnderPrefix, client_gone
+from pipeline.web.http import MAX_BODY, Guard, SecurityHeaders, UnderPrefix, client_gone
 from pipeline.web.service import TEMPLATES, WebService
 from subscribers import tokens
 
@@ -39,9 +39,7 @@ def create_app(settings: Settings, engine: Engine | None = None, *, send: Callab
     engine = engine if engine is not None else open_database(settings.database_url)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
                       undefined=StrictUndefined)
-    service = WebService(settings=settings, engine=engine, send=send or send_single,
-                         limiter=TokenBucket(settings.subscribe_rate_per_minute if rate_per_minute is None
-                                             else rate_per_minute), env=env,
+    service = WebService(settings=settings, engine=engine, send=send or send_single, env=env,
                          rate_per_minute=None if rate_per_minute is None else int(rate_per_minute),
                          mail_worker=mail_worker)
     not_found = lambda: service.message("Not found", "There is no page at this address.", status=404)  # noqa: E731

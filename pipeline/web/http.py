@@ -1,5 +1,5 @@
 """HTTP plumbing of the web service: security headers, the path prefix, the body
-limit and broken connections, the rate limiter, reading forms."""
+limit and broken connections, reading forms."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +13,6 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline import clock
 
 try:  # uvicorn's h11 server raises this when the app answers on a connection it already closed
     from h11 import LocalProtocolError as _ConnectionStateError
@@ -158,37 +157,6 @@ async def client_gone(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
 
-class TokenBucket:
-    """Per-key token bucket: ``capacity`` requests at once, refilled at ``per_minute``.
-
-    In memory, so per process; enough to stop one client hammering the form.
-    The table is pruned of full (idle) buckets when it grows past ``max_keys``.
-    """
-
-    def __init__(self, per_minute: float, capacity: float | None = None, max_keys: int = 10_000):
-        self.rate = per_minute / 60.0
-        self.capacity = capacity if capacity is not None else max(per_minute, 1.0)
-        self.max_keys = max_keys
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def allow(self, key: str) -> bool:
-        if self.rate <= 0:
-            return True
-        now = clock.monotonic()
-        tokens_left, last = self._buckets.get(key, (self.capacity, now))
-        tokens_left = min(self.capacity, tokens_left + (now - last) * self.rate)
-        allowed = tokens_left >= 1.0
-        self._buckets[key] = (tokens_left - 1.0 if allowed else tokens_left, now)
-        if len(self._buckets) > self.max_keys:
-            self._prune(now)
-        return allowed
-
-    def _prune(self, now: float) -> None:
-        for key, (left, last) in list(self._buckets.items()):
-            if left + (now - last) * self.rate >= self.capacity:
-                del self._buckets[key]
-
-
 def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
 
@@ -216,10 +184,3 @@ def field(form: FormData, name: str) -> str:
 
 def fields(form: FormData, name: str) -> list[str]:
     return [v for v in form.getlist(name) if isinstance(v, str)]
-
-
-async def is_one_click(request: Request) -> bool:
-    """True for the RFC 8058 body ``List-Unsubscribe=One-Click`` (url-encoded or multipart)."""
-    return field(await read_form(request), "List-Unsubscribe") == "One-Click"
-
-

@@ -30,7 +30,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from pipeline.database import transaction
 from pipeline.errors import SubscriberError
 from pipeline.settings import Settings
-from pipeline.web.http import NO_STORE, TokenBucket, client_ip, field, fields, is_one_click, read_form
+from pipeline.web.http import NO_STORE, client_ip, field, fields, read_form
 from subscribers import access, limits, mailqueue, signup, store, tokens
 from subscribers.conflicts import retrying
 
@@ -62,7 +62,6 @@ class WebService:
     settings: Settings
     engine: Engine
     send: Callable
-    limiter: TokenBucket  # kept for callers that pass one; the sign-up limits live in the database
     env: Environment
     rate_per_minute: int | None = None  # overrides subscribe_rate_per_minute (tests)
     mail_worker: bool = True
