@@ -433,11 +433,14 @@ def add(engine: Engine, settings, address: str, *, name: str | None = None, topi
 
 
 def update_preferences(engine: Engine, settings, subscriber_id: int, *, name: str | None, topics: Iterable[str],
-                       frequency: str, method: str = "web", ip: str | None = None) -> tuple[SubscriberInfo, bool]:
+                       frequency: str, method: str = "web", ip: str | None = None,
+                       topics_consent: bool = False) -> tuple[SubscriberInfo, bool]:
     """Change name, topics and frequency; returns (subscriber, changed).  Only a
     confirmed subscriber's change carries the consent wording: someone who left
     keeps their choices for a return, but saving them is not an opt-in and
-    changes no status.  Saving the same choices again records nothing."""
+    changes no status.  Saving the same choices again records nothing.  With
+    ``topics_consent`` (the web form's own tick for topic choices, which are health
+    data) its wording is recorded too."""
     from subscribers.conflicts import retrying
 
     name, topics, frequency = clean_name(name), clean_topics(settings, topics), clean_frequency(frequency)
@@ -457,8 +460,12 @@ def update_preferences(engine: Engine, settings, subscriber_id: int, *, name: st
             _set_topics(sub, topics)
             sub.updated_at = at
             opted_in = sub.status == "confirmed"
-            _record(s, sub.id, "preferences", method, at, ip=ip, wording=wording if opted_in else None,
-                    version=version if opted_in else None, detail={"frequency": frequency, "topics": list(topics)})
+            said, detail = wording, {"frequency": frequency, "topics": list(topics)}
+            if topics and topics_consent:
+                detail["topics_consent"] = topics_consent_wording(settings)
+                said = f"{wording} {detail['topics_consent']}"
+            _record(s, sub.id, "preferences", method, at, ip=ip, wording=said if opted_in else None,
+                    version=version if opted_in else None, detail=detail)
             s.flush()
             return _info(sub), True
 

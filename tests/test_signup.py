@@ -306,7 +306,8 @@ def test_preferences_after_unsubscribing_record_no_opt_in_and_do_not_resubscribe
     store.unsubscribe(engine, wsettings, info.id)
     prefs = path_of(tokens.preferences_url(wsettings, info.id))
     page = client.get(prefs)
-    client.post(prefs, data={**form_fields(page, "preferences"), "topics": ["wellbeing"], "frequency": "weekly"})
+    client.post(prefs, data={**form_fields(page, "preferences"), "topics": ["wellbeing"],
+                             "topics_consent": "yes", "frequency": "weekly"})
     assert store.get(engine, info.id).status == "unsubscribed"
     record = store.consent_records(engine, info.id)[-1]
     assert record["action"] == "preferences" and record["wording"] is None and record["wording_version"] is None
@@ -318,7 +319,7 @@ def test_preference_save_redirects_and_a_reload_adds_nothing(client, wsettings, 
     prefs = tokens.preferences_url(wsettings, info.id)
     page = client.get(path_of(prefs))
     answer = client.post(path_of(prefs), data={**form_fields(page, "preferences"), "topics": ["skin-care"],
-                                               "frequency": "daily"}, follow_redirects=False)
+                                               "topics_consent": "yes", "frequency": "daily"}, follow_redirects=False)
     assert answer.status_code == 303 and answer.headers["location"] == prefs + "?saved=1"
     before = len(store.consent_records(engine, info.id))
     reloaded = client.get(path_of(prefs) + "?saved=1")  # what a reload of the result does now

@@ -400,13 +400,25 @@ def test_preferences_change_with_csrf(client, wsettings, engine):
     assert form["action"] == BASE + path
     assert sorted(i["value"] for i in form.find_all("input", attrs={"name": "topics"}) if i.has_attr("checked")) == [
         "hair-loss", "wellbeing"]
+    # a newly chosen topic is health data: without its own tick nothing is saved
+    refused = client.post(path, data={"csrf": csrf_of(page), "name": "Amy B", "topics": ["skin-care"],
+                                      "frequency": "daily"})
+    assert refused.status_code == 400 and "new topic" in soup(refused).find(id="error").get_text()
+    assert store.get(engine, info.id).topics == ("hair-loss", "wellbeing")
+    assert soup(refused).find("input", id="topics_consent") is not None
     response = client.post(path, data={"csrf": csrf_of(page), "name": "Amy B", "topics": ["skin-care"],
-                                       "frequency": "daily"})
+                                       "topics_consent": "yes", "frequency": "daily"})
     assert response.status_code == 200 and soup(response).find(id="notice")
     now = store.get(engine, info.id)
     assert (now.name, now.topics, now.frequency) == ("Amy B", ("skin-care",), "daily")
     record = store.consent_records(engine, info.id)[-1]
-    assert (record["action"], record["detail"]) == ("preferences", {"frequency": "daily", "topics": ["skin-care"]})
+    wording = store.topics_consent_wording(wsettings)
+    assert (record["action"], record["detail"]) == ("preferences", {"frequency": "daily", "topics": ["skin-care"],
+                                                                    "topics_consent": wording})
+    assert record["wording"].endswith(wording)
+    # dropping a topic needs no new consent
+    dropped = client.post(path, data={"csrf": csrf_of(page), "name": "Amy B", "frequency": "daily"})
+    assert dropped.status_code == 200 and store.get(engine, info.id).topics == ()
 
 
 def test_preferences_refuse_missing_foreign_and_stale_csrf(client, wsettings, engine, frozen):

@@ -68,6 +68,7 @@ def test_a_person_signs_up_confirms_changes_preferences_and_leaves(browser, site
         page.get_by_label("Your name").fill("Reader Two")
         page.get_by_label("Hair loss").uncheck()
         page.get_by_label("Everyday wellbeing").check()
+        page.locator("input[name=topics_consent]").check()  # a newly chosen topic needs its own tick here too
         page.get_by_label("Every day").check()
         page.get_by_role("button", name="Save my preferences").click()
         assert page.locator("#notice").inner_text() == "Your preferences are saved."

@@ -138,7 +138,7 @@ def test_fifty_parallel_clients_get_no_server_error_and_one_of_everything(store_
         def save(i):
             def post():
                 with httpx.Client(timeout=30) as c:
-                    return c.post(prefs, data={**fields, "topics": ["skin-care", "hair-loss"][: 1 + i % 2],
+                    return c.post(prefs, data={**fields, "topics": ["skin-care", "hair-loss"][: 1 + i % 2], "topics_consent": "yes",
                                                "frequency": "weekly"}).status_code
             return post
         codes = in_parallel([save(i) for i in range(PARALLEL)])

@@ -276,6 +276,7 @@ class WebService:
         here = self.url(f"/preferences/{token}")
         return self.page("preferences.html", status, NO_STORE, info=info, error=error, notice=notice, here=here,
                          masked=mask_email(info.email), csrf=tokens.form_token(self.settings, token),
+                         topics_wording=store.topics_consent_wording(self.settings),
                          topics=sorted(self.settings.topics.items()),
                          unsubscribe_url=tokens.unsubscribe_url(self.settings, info.id))
 
@@ -304,10 +305,17 @@ class WebService:
         form = await read_form(request)
         if not tokens.check_form_token(self.settings, token, field(form, "csrf"), FORM_MAX_AGE):
             return self.preferences_form(request, info, 400, "This form has expired; please make your changes again.")
+        chosen = fields(form, "topics")
+        topics_consent = field(form, "topics_consent") == "yes"
+        if {t.strip() for t in chosen} & set(self.settings.topics) - set(info.topics) and not topics_consent:
+            # a topic newly chosen here is health data too: its own explicit tick, as at sign-up
+            return self.preferences_form(request, info, 400, "You ticked a new topic. To let us keep it, please also "
+                                         "tick the box agreeing to that, or untick it.")
         try:
             await run_in_threadpool(partial(
                 store.update_preferences, self.engine, self.settings, info.id, name=field(form, "name") or None,
-                topics=fields(form, "topics"), frequency=field(form, "frequency"), ip=client_ip(request)))
+                topics=chosen, frequency=field(form, "frequency"), ip=client_ip(request),
+                topics_consent=topics_consent))
         except SubscriberError as exc:
             return self.preferences_form(request, info, 400, exc.message)
         return self.see_other(self.url(f"/preferences/{token}?saved=1"))
