@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 TESTS = Path(__file__).parent
-# a path into the repository's content/ folder: ROOT / "content", Path("content"), "../content"
+# a path into the repository's live content folder, written the ways a test might write it
 LIVE = re.compile(r"""(ROOT|REPO|BASE)\w*\s*/\s*["']content["']|Path\(\s*["'](\.\./)?content["']""")
 
 
