@@ -13,8 +13,13 @@ either both exist or neither does, and returns.  A worker sends it:
   ``next_at`` pushed out exponentially (``mail_retry_seconds``, doubling, at most
   an hour); after ``mail_max_attempts`` tries it is ``failed`` and
   ``newsletter status`` shows it.  Nothing is dropped while the relay is down.
-- a worker that dies mid-send leaves its row ``sending``; after ``STALE`` the
-  row is claimed again (so a crash can, rarely, mean one duplicate, never a loss).
+- a worker that dies mid-send leaves its row ``sending``.  Workers are named like
+  the send leases' holders (``pipeline.holders``: host, pid, process start), so a
+  row whose worker on this host has died is claimed again at once; a row whose
+  worker runs on another host (which cannot be checked from here) is claimed again
+  after ``STALE``.  A row whose worker is alive on this host is never taken from
+  it, however long its send takes or however the clock jumps: that would mail the
+  person twice.  So a crash can, rarely, mean one duplicate, never a loss.
 
 Once sent, a row keeps only its kind, subscriber and times: the recipient and
 the message bytes are cleared.  Erasure deletes a person's rows outright.
@@ -22,10 +27,8 @@ the message bytes are cleared.  Erasure deletes a person's rows outright.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
-import uuid
 from datetime import datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -33,7 +36,7 @@ from typing import Callable
 
 from sqlalchemy import Engine, delete, func, or_, select, update
 
-from pipeline import clock
+from pipeline import clock, holders
 from pipeline.database import transaction
 from pipeline.errors import DeliveryError
 from subscribers import limits
@@ -41,7 +44,7 @@ from subscribers.models import QueuedMail
 
 log = logging.getLogger(__name__)
 
-STALE = timedelta(minutes=10)  # a row "sending" this long belongs to a worker that died
+STALE = timedelta(minutes=10)  # a row "sending" this long, by a worker on another host, is taken back
 MAX_DELAY = 3600.0
 KEEP_SENT = timedelta(days=7)  # sent rows (no address, no body) are kept this long for status
 
@@ -58,13 +61,25 @@ def _delay(settings, attempts: int) -> float:
     return min(float(settings.mail_retry_seconds) * 2 ** max(attempts - 1, 0), MAX_DELAY)
 
 
-def _claim(engine: Engine, worker: str, row_id: int, at: datetime) -> QueuedMail | None:
+def _abandoned(claimed_by: str | None, claimed_at: datetime | None, at: datetime) -> bool:
+    """Whether a row left ``sending`` by ``claimed_by`` may be claimed again now."""
+    if holders.is_dead(claimed_by):
+        return True  # its worker on this host has exited
+    host, pid, _ = holders.parse(claimed_by or "")
+    if host == socket.gethostname() and pid is not None:
+        return False  # alive here: still sending (its relay call has its own timeout)
+    return claimed_at is not None and claimed_at < at - STALE
+
+
+def _claim(engine: Engine, worker: str, row_id: int, at: datetime,
+           taken_from: str | None = None) -> QueuedMail | None:
+    """Claim a queued row, or (``taken_from``) a row that worker abandoned; compare-and-set."""
     table = QueuedMail.__table__
     with transaction(engine) as s:
-        won = s.execute(update(table).where(
-            table.c.id == row_id,
-            or_(table.c.state == "queued", (table.c.state == "sending") & (table.c.claimed_at < at - STALE)))
-            .values(state="sending", claimed_by=worker, claimed_at=at)).rowcount
+        was = (table.c.state == "queued") if taken_from is None else \
+            ((table.c.state == "sending") & (table.c.claimed_by == taken_from))
+        won = s.execute(update(table).where(table.c.id == row_id, was)
+                        .values(state="sending", claimed_by=worker, claimed_at=at)).rowcount
         if won != 1:
             return None
         row = s.get(QueuedMail, row_id)
@@ -95,17 +110,18 @@ def deliver_due(engine: Engine, settings, send: Callable | None = None, *, worke
     from pipeline.transport import send_single
 
     send = send or send_single
-    worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    worker = worker or holders.new_holder()
     at = clock.now()
     table = QueuedMail.__table__
     with engine.connect() as conn:
-        ids = conn.execute(select(table.c.id).where(or_(
-            (table.c.state == "queued") & (table.c.next_at <= at),
-            (table.c.state == "sending") & (table.c.claimed_at < at - STALE))).order_by(table.c.id).limit(limit)
-        ).scalars().all()
+        rows = conn.execute(select(table.c.id, table.c.state, table.c.claimed_by, table.c.claimed_at).where(or_(
+            (table.c.state == "queued") & (table.c.next_at <= at), table.c.state == "sending"))
+            .order_by(table.c.id).limit(limit)).all()
+    due = [(r.id, None if r.state == "queued" else r.claimed_by) for r in rows
+           if r.state == "queued" or _abandoned(r.claimed_by, r.claimed_at, at)]
     sent = failed = 0
-    for row_id in ids:
-        row = _claim(engine, worker, row_id, clock.now())
+    for row_id, taken_from in due:
+        row = _claim(engine, worker, row_id, clock.now(), taken_from)
         if row is None:
             continue  # another worker has it
         try:
@@ -195,7 +211,7 @@ class MailWorker:
 
     def __init__(self, engine: Engine, settings, send: Callable | None = None):
         self.engine, self.settings, self.send = engine, settings, send
-        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.name = holders.new_holder()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
