@@ -239,16 +239,11 @@ def build(engine: Engine, settings, library=None, *, next_count: int = 5, recent
         infos.append(RunInfo(run.day, run.kind, run.state, key if key in live else (run.issue_key or ""),
                              subjects.get(key), run.planned_at, run.started_at, run.finished_at, late, counts,
                              run.error or "", alert, run.acknowledged_at))
-    # a hand send (`newsletter send`) stopped and not resumed yet: it has no run of its own
-    alerting = {(a.day, a.state) for a in alerts}
-    for request in stops.open_requests(engine):
-        if request.honoured_at is None or request.issue_key is None or request.day is None:
-            continue
-        if (request.day, "stopped") in alerting or request.issue_key not in _unfinished(engine, [request.issue_key]):
-            continue
-        alerts.append(Alert(request.day, "daily", "stopped",
-                            f"issue {request.issue_key} {request.describe(tz)}; `newsletter send --date "
-                            f"{request.day.isoformat()} --resume` finishes it"))
+    # hand sends (`newsletter send`, topic issues too) have no run of their own until they finish:
+    # the ledger shows them, live, and an unfinished one alerts until it is resumed to the end
+    hand_infos, hand_alerts = _hand_sends(engine, {r.issue_key for r in runs if r.issue_key} | set(keys), tz)
+    infos = sorted(infos + hand_infos, key=lambda i: (i.day, i.started_at or now), reverse=True)
+    alerts += hand_alerts
 
     queue: list[tuple[str, date | None]] = []
     if library is not None:
@@ -260,8 +255,33 @@ def build(engine: Engine, settings, library=None, *, next_count: int = 5, recent
                   library is not None, tuple(queue))
 
 
-def _unfinished(engine: Engine, keys: list[str]) -> set[str]:
+def _hand_sends(engine: Engine, known: set[str], tz) -> tuple[list[RunInfo], list[Alert]]:
+    """Issues in the ledger with no run row (hand sends): live counts, and an alert for
+    one left unfinished (stopped, interrupted, relay failures) that nobody is sending."""
     from pipeline import ledger
+
+    now = clock.now()
     with engine.connect() as conn:
-        return set(conn.execute(select(ledger.ISSUES.c.key).where(ledger.ISSUES.c.key.in_(keys),
-                                                                  ledger.ISSUES.c.state != "sent")).scalars())
+        records = conn.execute(select(ledger.ISSUES).where(ledger.ISSUES.c.state != "composed")
+                               .order_by(ledger.ISSUES.c.date.desc(), ledger.ISSUES.c.id.desc()).limit(30)).all()
+    records = [r for r in records if r.key not in known]
+    live = ledger_states(engine, [r.key for r in records])
+    stopped = {q.issue_key: q for q in stops.open_requests(engine) if q.honoured_at is not None and q.issue_key}
+    infos, alerts = [], []
+    for r in records:
+        counts = live.get(r.key, {"total": 0})
+        held = bool(r.lease_owner and r.lease_expires_at and r.lease_expires_at > now
+                    and not holders.is_dead(r.lease_owner))
+        finished = r.state == "sent" and not any(counts.get(s, 0) for s in ("queued", "sending", "deferred"))
+        state = "sent" if finished else "sending" if held else "stopped" if r.key in stopped else "unfinished"
+        again = f"newsletter send --date {r.date.isoformat()}" + (f" --topic {r.audience_topic}"
+                                                                  if r.audience_topic else "") + " --resume"
+        note = "" if state in ("sent", "sending") else (
+            f"hand send {stopped[r.key].describe(tz) if r.key in stopped else 'interrupted'}: "
+            f"{counts.get('sent', 0)} of {counts.get('total', 0)} sent; `{again}` finishes it")
+        alert = state in ("stopped", "unfinished")
+        infos.append(RunInfo(r.date, r.kind, state, r.key, r.subject, None, r.created_at, r.finished_at, False,
+                             counts, note, alert, None))
+        if alert:
+            alerts.append(Alert(r.date, r.kind, state, f"{r.kind} issue {r.key} {note}"))
+    return infos, alerts

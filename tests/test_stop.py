@@ -60,6 +60,11 @@ def test_newsletter_stop_and_a_signal_stop_a_hand_send_cleanly_and_resume_finish
     procs = processes(datetime(2026, 6, 16, 9, 0, tzinfo=UTC))
     send = procs.start("send", "send", "--date", DAY.isoformat(), "--no-progress")
     relay.wait_for(100)
+    # a hand send has no run row of its own yet: status shows it from the ledger, live
+    code, report = status_json(procs)
+    (live,) = [r for r in report["runs"] if r["issue_key"] == DAY.isoformat()]
+    assert live["state"] == "sending" and 0 < live["counts"]["sent"] <= relay.count(), live
+    assert live["counts"]["total"] == N and report["alerts"] == [], report
     stopped = procs.run("stop", "--by", "Ana Lúcia")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert send.wait(timeout=20) == 3, procs.log("send")
@@ -74,6 +79,13 @@ def test_newsletter_stop_and_a_signal_stop_a_hand_send_cleanly_and_resume_finish
 
     code, report = status_json(procs)
     assert code == 2 and any("stopped by Ana Lúcia" in a["message"] for a in report["alerts"]), report
+    (row,) = [r for r in report["runs"] if r["issue_key"] == DAY.isoformat()]
+    assert row["state"] == "stopped" and row["counts"]["sent"] == relay.count() and row["alert"], row
+    # `resume` lifts the stop but sends nothing by itself here (no daemon): the alert stays, with the one action
+    assert procs.run("resume").returncode == 0
+    code, report = status_json(procs)
+    assert code == 2 and [a["message"] for a in report["alerts"]
+                          if "--resume` finishes it" in a["message"]], report
 
     # resume, and stop again with a signal this time
     again = procs.start("again", "send", "--date", DAY.isoformat(), "--resume", "--no-progress")
