@@ -165,9 +165,16 @@ def move(obj, slug: str, to: str, at: str | None) -> None:
 @click.argument("slug")
 @click.pass_obj
 def cancel(obj, slug: str) -> None:
-    """Take an article off the calendar (it returns to the queue)."""
+    """Take an article off the calendar (it returns to the queue).
+
+    An article whose send has started is not cancelled: its issue is finished with
+    `newsletter send --resume --date D` instead."""
+    from pipeline.plan import refuse_if_reached
+
     settings = obj.settings()
-    entry = calendar.cancel_entry(_engine(settings), slug)
+    engine = _engine(settings)
+    refuse_if_reached(engine, slug)
+    entry = calendar.cancel_entry(engine, slug)
     click.echo(f"cancelled {entry.slug} (was on {entry.day.isoformat()})")
 
 

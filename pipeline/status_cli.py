@@ -73,8 +73,8 @@ def _print(report, settings, engine) -> None:
     console = _console()
     tz = schedule.zone(settings)
     if not any(d.alive for d in report.daemons):
-        console.print(f"daemon: not running (no heartbeat in the last "
-                      f"{int(model_window(settings).total_seconds())} s)")
+        # the lines below say what became of any daemon seen lately (dead, silent)
+        console.print("daemon: none running")
     for d in report.daemons:
         if d.state == "running":
             console.print(f"daemon: running (pid {d.pid} on {d.host}, last seen {_ago(d.last_seen)})")
@@ -162,8 +162,7 @@ def sending_days(engine) -> dict:
 def stop(obj, day: str | None, by: str | None, wait: float | None) -> None:
     """Stop a send under way at its next batch boundary, nothing left uncertain.
 
-    The rest stays queued: `newsletter send --date D --resume`, or `newsletter resume`
-    (the daemon then finishes it), sends it."""
+    The rest stays queued; `newsletter send --date D --resume` finishes it."""
     settings = obj.settings()
     engine = _engine(settings)
     tz = schedule.zone(settings)
@@ -184,7 +183,7 @@ def stop(obj, day: str | None, by: str | None, wait: float | None) -> None:
             done = _honoured(engine, request.id)
             if done is not None:
                 click.echo(f"{d.isoformat()}: issue {done.issue_key} {done.describe(tz)}; "
-                           f"`newsletter send --date {d.isoformat()} --resume` or `newsletter resume` finishes it")
+                           f"`newsletter send --date {d.isoformat()} --resume` finishes it")
                 del pending[d]
             elif d not in sending_days(engine):
                 # it ended on its own before the next batch: nothing to stop, nothing to keep

@@ -74,6 +74,7 @@ def test_a_partly_sent_day_is_finished_never_sent_again_as_a_new_issue(days, fin
         listing = days.cli("schedule", "list").output
         # an editor follows what `schedule list` says (the old hint was a move to another day)
         moved = days.cli("schedule", "move", "microneedling", "--to", "2026-03-05")
+        cancelled = days.cli("schedule", "cancel", "microneedling")  # "back to the queue" would resend it later
 
         server.script.temp_fail.clear()  # the relay takes everyone again
         if finish == "daemon retry":
@@ -97,6 +98,7 @@ def test_a_partly_sent_day_is_finished_never_sent_again_as_a_new_issue(days, fin
     assert "schedule move microneedling" not in listing
     refused = one_line_error(moved)
     assert "14 of 20 sent" in refused and "newsletter send --resume --date 2026-03-03" in refused
+    assert one_line_error(cancelled) == refused
     assert "newsletter send --resume --date 2026-03-03" in run.error
     again = one_line_error(days.cli("schedule", "add", "microneedling", "--on", "2026-03-09"))
     assert "already sent on 2026-03-03" in again
