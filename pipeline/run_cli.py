@@ -42,7 +42,7 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
-from pipeline import calendar, clock, schedule, stops
+from pipeline import calendar, clock, leases, schedule, stops
 from pipeline.calendar import Run
 from pipeline.errors import ContentError, ScheduleError
 from pipeline.sender import Heartbeat, Sender
@@ -69,7 +69,7 @@ class Daemon:
         self.engine = engine
         self.settings = settings
         self.content_dir = Path(content_dir)
-        self.holder = holder or calendar.new_holder()
+        self.holder = holder or leases.new_holder()
         self.started_at = clock.now()
         self._reconciling = threading.Lock()
         self._stopping = threading.Event()
@@ -147,7 +147,7 @@ class Daemon:
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
         stops.SIGNALLED.clear()
-        calendar.beat(self.engine, self.holder, self.started_at)
+        leases.beat(self.engine, self.holder, self.started_at)
         self.heartbeat.start()
         self.sender.start()
         scheduler = BackgroundScheduler(jobstores={"default": MemoryJobStore()},
@@ -177,7 +177,7 @@ class Daemon:
         self.sender.stop()
         self.heartbeat.stop()
         try:
-            calendar.forget(self.engine, self.holder)
+            leases.forget(self.engine, self.holder)
         except Exception:
             log.exception("could not remove the heartbeat")
         stops.SIGNALLED.clear()
@@ -241,7 +241,7 @@ def _wait_for_signal(received: list[str]) -> None:
 def run_once(engine: Engine, settings: Settings, content_dir: Path, day: date) -> list[Run]:
     """The day's work now, whatever the time: the daily issue, and on the weekly day
     the weekly digest.  A day already sent is not sent again."""
-    holder = calendar.new_holder()
+    holder = leases.new_holder()
     runs = [schedule.run_day(engine, settings, content_dir, day, "daily", force=True, holder=holder)]
     if schedule.is_weekly_day(day, settings):
         runs.append(schedule.run_day(engine, settings, content_dir, day, "weekly", force=True, holder=holder))
@@ -260,7 +260,7 @@ def rehearse(engine: Engine, settings: Settings, content_dir: Path, at: str) -> 
     instant = schedule.send_instant(local.date(), local.time(), schedule.zone(settings))
     click.echo(f"clock set to {instant.astimezone(schedule.zone(settings)):%Y-%m-%d %H:%M %Z} ({instant:%H:%M}Z)")
     with clock.frozen_clock(instant):
-        runs = schedule.wake(engine, settings, content_dir, calendar.new_holder())
+        runs = schedule.wake(engine, settings, content_dir, leases.new_holder())
         for one in runs:
             click.echo(describe_run(one))
         if not runs:

@@ -49,7 +49,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Engine
 
-from pipeline import calendar, clock
+from pipeline import calendar, clock, leases
 from pipeline.calendar import Entry, Run
 from pipeline.errors import ContentError, LeaseLost, NewsletterError, ScheduleError
 from pipeline.settings import Settings, load_settings
@@ -269,7 +269,7 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
     runs = calendar.runs_between(engine, days[0], today_)
     custom = custom_times(engine, days[0], today_)
     pause = calendar.get_pause(engine)
-    lease = calendar.lease_holder(engine, calendar.SEND_LEASE)
+    lease = leases.lease_holder(engine, leases.SEND_LEASE)
     done: list[Run] = []
     for day in days:
         for slot in slots_for(day, settings, custom.get(day, [])):
@@ -343,9 +343,9 @@ def run_day(engine: Engine, settings: Settings, content_dir: Path | str, day: da
     """
     if kind not in calendar.KINDS:
         raise ScheduleError(f"kind must be daily or weekly, got {kind!r}")
-    holder = holder or calendar.new_holder()
+    holder = holder or leases.new_holder()
     slot = slot or planned_slot(engine, settings, day, kind)
-    with _work, calendar.held(engine, calendar.SEND_LEASE, holder, float(settings.lease_seconds)) as mine:
+    with _work, leases.held(engine, leases.SEND_LEASE, holder, float(settings.lease_seconds)) as mine:
         if not mine:
             return calendar.get_run(engine, day, kind) or Run(day, kind, "pending",
                                                               error="another process holds the send lease")

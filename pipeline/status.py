@@ -32,7 +32,7 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 
-from pipeline import calendar, clock, exits, holders, schedule, stops
+from pipeline import calendar, clock, exits, holders, leases, schedule, stops
 
 LATE = timedelta(minutes=1)  # a send that began later than this after its planned time is marked late
 
@@ -137,7 +137,7 @@ def alive_window(settings) -> timedelta:
 def _daemons(engine: Engine, settings) -> tuple[DaemonInfo, ...]:
     found = []
     window = alive_window(settings)
-    for d in calendar.daemons(engine, alive_within=calendar.HEARTBEAT_KEPT):
+    for d in leases.daemons(engine, alive_within=leases.HEARTBEAT_KEPT):
         if holders.is_dead(d.holder):
             state = "dead"
         elif clock.now() - d.last_seen > window:
@@ -157,7 +157,7 @@ def _leases(engine: Engine) -> tuple[LeaseInfo, ...]:
     now = clock.now()
     found = []
     with engine.connect() as conn:
-        for row in conn.execute(select(calendar.Lease.__table__)).all():
+        for row in conn.execute(select(leases.Lease.__table__)).all():
             found.append(LeaseInfo(row.name, row.holder, row.expires_at,
                                    row.expires_at > now and not holders.is_dead(row.holder)))
         for row in conn.execute(select(ledger.ISSUES.c.key, ledger.ISSUES.c.lease_owner,

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import calendar, clock, schedule, stops
+from pipeline import calendar, clock, leases, schedule, stops
 from pipeline.errors import ScheduleError
 
 
@@ -146,7 +146,7 @@ def sending_days(engine) -> dict:
                                        ledger.ISSUES.c.lease_expires_at > now)).all():
             if not holders.is_dead(row.lease_owner):
                 days.setdefault(row.date, []).append(row.key)
-    if calendar.lease_holder(engine, calendar.SEND_LEASE) is not None:
+    if leases.lease_holder(engine, leases.SEND_LEASE) is not None:
         for run in calendar.recent_runs(engine, 10):
             if run.state == "running":
                 days.setdefault(run.day, [])

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
-from pipeline import calendar, schedule
+from pipeline import calendar, leases, schedule
 from pipeline.calendar import Pause, Run
 from pipeline.cli import cli
 from pipeline.errors import ScheduleError
@@ -144,19 +144,19 @@ def both(store_url):
 
 
 def test_lease_is_exclusive_until_it_expires(both, frozen):
-    assert calendar.acquire(both, "send", "a", 60)
-    assert not calendar.acquire(both, "send", "b", 60)
-    assert calendar.acquire(both, "send", "a", 60)  # renewing our own
+    assert leases.acquire(both, "send", "a", 60)
+    assert not leases.acquire(both, "send", "b", 60)
+    assert leases.acquire(both, "send", "a", 60)  # renewing our own
     frozen.advance(seconds=59)
-    assert not calendar.acquire(both, "send", "b", 60)
-    assert calendar.renew(both, "send", "a", 60)
+    assert not leases.acquire(both, "send", "b", 60)
+    assert leases.renew(both, "send", "a", 60)
     frozen.advance(seconds=61)  # a stopped renewing (crashed): the lease frees itself
-    assert calendar.acquire(both, "send", "b", 60)
-    assert not calendar.renew(both, "send", "a", 60)
-    calendar.release(both, "send", "a")  # not a's any more: no effect
-    assert calendar.lease_holder(both, "send")[0] == "b"
-    calendar.release(both, "send", "b")
-    assert calendar.lease_holder(both, "send") is None
+    assert leases.acquire(both, "send", "b", 60)
+    assert not leases.renew(both, "send", "a", 60)
+    leases.release(both, "send", "a")  # not a's any more: no effect
+    assert leases.lease_holder(both, "send")[0] == "b"
+    leases.release(both, "send", "b")
+    assert leases.lease_holder(both, "send") is None
 
 
 def test_lease_race_between_threads_has_one_winner(both, frozen):
@@ -165,7 +165,7 @@ def test_lease_race_between_threads_has_one_winner(both, frozen):
 
     def take(name):
         barrier.wait()
-        if calendar.acquire(both, "race", name, 60):
+        if leases.acquire(both, "race", name, 60):
             winners.append(name)
 
     threads = [threading.Thread(target=take, args=(f"h{i}",)) for i in range(8)]
