@@ -4,9 +4,8 @@
 - ``Run``: one row per (day, kind) send attempt; its unique key is what makes a
   day's issue go out once, whichever daemon gets there first.
 - ``PauseRecord``: one row saying whether sending is paused, and until when.
-- ``Lease``: a named lock with an expiry, shared by every daemon on the database.
-  A crashed holder stops renewing it, so it frees itself after ``lease_seconds``.
-- ``Heartbeat``: one row per running daemon, for ``newsletter status``.
+
+The send lease and the daemons' heartbeats are in ``pipeline/leases.py``.
 
 The schema is created by migration 0003.  Every function here takes an engine
 and commits its own short transaction, so the CLI (another process) and the
@@ -14,25 +13,17 @@ daemon see each other's changes at once.
 """
 from __future__ import annotations
 
-import logging
-import os
-import socket
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from typing import Iterator, Sequence
+from datetime import date, datetime
+from typing import Sequence
 
-from sqlalchemy import (Boolean, Date, Engine, Index, Integer, String, Text, UniqueConstraint, delete, insert,
-                        or_, select, text, update)
+from sqlalchemy import Boolean, Date, Engine, Index, Integer, String, Text, UniqueConstraint, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from pipeline import clock, holders
+from pipeline import clock
 from pipeline.database import AwareDateTime, Base, transaction
 from pipeline.errors import LeaseLost, ScheduleError
-
-log = logging.getLogger("newsletter.schedule")
 
 ENTRY_STATES = ("scheduled", "sent", "cancelled", "missed", "failed")
 # an entry in one of these states may be moved back onto the calendar
@@ -102,24 +93,6 @@ class PauseRecord(Base):
     changed_at: Mapped[datetime] = mapped_column(AwareDateTime())
 
 
-class Lease(Base):
-    __tablename__ = "leases"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    holder: Mapped[str] = mapped_column(String(200))
-    expires_at: Mapped[datetime] = mapped_column(AwareDateTime())
-
-
-class Heartbeat(Base):
-    __tablename__ = "heartbeats"
-
-    holder: Mapped[str] = mapped_column(String(200), primary_key=True)
-    pid: Mapped[int] = mapped_column(Integer)
-    host: Mapped[str] = mapped_column(String(200))
-    started_at: Mapped[datetime] = mapped_column(AwareDateTime())
-    last_seen: Mapped[datetime] = mapped_column(AwareDateTime())
-
-
 # -- values handed out (frozen snapshots, never live ORM rows) -----------------------
 
 @dataclass(frozen=True)
@@ -166,15 +139,6 @@ class Pause:
         return self.paused and (self.until is None or day < self.until)
 
 
-@dataclass(frozen=True)
-class Daemon:
-    holder: str
-    pid: int
-    host: str
-    started_at: datetime
-    last_seen: datetime
-
-
 def _entry(row: CalendarEntry) -> Entry:
     return Entry(row.id, row.slug, row.day, row.at, row.state, row.issue_key)
 
@@ -183,11 +147,6 @@ def _run(row: RunRecord) -> Run:
     return Run(row.day, row.kind, row.state, row.issue_key, row.planned_at, row.started_at, row.finished_at,
                row.holder, row.attempts, row.sent, row.deferred, row.failed, row.bounced, row.error,
                row.acknowledged_at)
-
-
-def new_holder() -> str:
-    """A name for this process in leases and heartbeats (see pipeline/holders.py)."""
-    return holders.new_holder()
 
 
 # -- the calendar ----------------------------------------------------------------------
@@ -457,119 +416,3 @@ def set_pause(engine: Engine, paused: bool, until: date | None = None) -> Pause:
             session.add(row)
         row.paused, row.until, row.changed_at = paused, (until if paused else None), clock.now()
         return Pause(row.paused, row.until, row.changed_at)
-
-
-# -- the lease ------------------------------------------------------------------------------
-
-SEND_LEASE = "send"
-
-
-def acquire(engine: Engine, name: str, holder: str, seconds: float) -> bool:
-    """Take or renew the lease ``name`` for ``seconds``; False when someone else holds it.
-
-    One compare-and-set UPDATE (free when expired, or already ours), else an INSERT
-    that loses cleanly on the primary key if another process inserted first.  Both
-    are single statements, so this is atomic on SQLite and PostgreSQL alike.
-    """
-    now = clock.now()
-    expires = now + timedelta(seconds=seconds)
-    with engine.begin() as conn:
-        result = conn.execute(update(Lease).where(Lease.name == name, or_(Lease.expires_at < now, Lease.holder == holder))
-                              .values(holder=holder, expires_at=expires))
-        if result.rowcount == 1:
-            return True
-        current = conn.execute(select(Lease.holder).where(Lease.name == name)).scalar()
-        if current is not None and holders.is_dead(current):
-            # its holder was on this host and is gone (kill -9): no need to wait for the expiry.
-            # Compare-and-set on that dead holder, so of two daemons only one takes it.
-            log.info("lease %s: holder %s is dead; taking it over at once", name, current)
-            return conn.execute(update(Lease).where(Lease.name == name, Lease.holder == current)
-                                .values(holder=holder, expires_at=expires)).rowcount == 1
-    if current is not None:
-        return False
-    try:
-        with engine.begin() as conn:
-            conn.execute(insert(Lease).values(name=name, holder=holder, expires_at=expires))
-        return True
-    except IntegrityError:
-        return False
-
-
-def renew(engine: Engine, name: str, holder: str, seconds: float) -> bool:
-    """Extend our own lease; False if it is no longer ours (we were too slow and lost it)."""
-    expires = clock.now() + timedelta(seconds=seconds)
-    with engine.begin() as conn:
-        result = conn.execute(update(Lease).where(Lease.name == name, Lease.holder == holder)
-                              .values(expires_at=expires))
-        return result.rowcount == 1
-
-
-def release(engine: Engine, name: str, holder: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(delete(Lease).where(Lease.name == name, Lease.holder == holder))
-
-
-def lease_holder(engine: Engine, name: str) -> tuple[str, datetime] | None:
-    with engine.begin() as conn:
-        row = conn.execute(select(Lease.holder, Lease.expires_at).where(Lease.name == name)).first()
-    if row is None or row.expires_at < clock.now() or holders.is_dead(row.holder):
-        return None
-    return row.holder, row.expires_at
-
-
-@contextmanager
-def held(engine: Engine, name: str, holder: str, seconds: float) -> Iterator[bool]:
-    """Hold the lease for the duration of the block, renewing it from a thread every
-    third of its life.  Yields False (and holds nothing) if another process has it."""
-    if not acquire(engine, name, holder, seconds):
-        yield False
-        return
-    stop = threading.Event()
-
-    def keep() -> None:
-        while not stop.wait(max(seconds / 3, 0.05)):
-            try:
-                if not renew(engine, name, holder, seconds):
-                    log.warning("lease %s was taken over while %s held it", name, holder)
-                    return
-            except Exception:  # a database hiccup: try again at the next beat
-                log.exception("could not renew lease %s", name)
-
-    keeper = threading.Thread(target=keep, name=f"lease-{name}", daemon=True)
-    keeper.start()
-    try:
-        yield True
-    finally:
-        stop.set()
-        keeper.join()
-        release(engine, name, holder)
-
-
-# -- heartbeats ------------------------------------------------------------------------------
-
-HEARTBEAT_KEPT = timedelta(days=1)
-
-
-def beat(engine: Engine, holder: str, started_at: datetime) -> None:
-    """Say this daemon is alive; forget daemons silent for a day (they crashed)."""
-    now = clock.now()
-    with engine.begin() as conn:
-        conn.execute(delete(Heartbeat).where(Heartbeat.last_seen < now - HEARTBEAT_KEPT))
-        result = conn.execute(update(Heartbeat).where(Heartbeat.holder == holder).values(last_seen=now))
-        if result.rowcount == 0:
-            conn.execute(insert(Heartbeat).values(holder=holder, pid=os.getpid(), host=socket.gethostname(),
-                                                  started_at=started_at, last_seen=now))
-
-
-def forget(engine: Engine, holder: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(delete(Heartbeat).where(Heartbeat.holder == holder))
-
-
-def daemons(engine: Engine, *, alive_within: timedelta) -> list[Daemon]:
-    """Daemons seen within ``alive_within``; older rows (crashed daemons) are ignored."""
-    since = clock.now() - alive_within
-    with engine.begin() as conn:
-        rows = conn.execute(select(Heartbeat).where(Heartbeat.last_seen >= since)
-                            .order_by(Heartbeat.started_at)).all()
-    return [Daemon(r.holder, r.pid, r.host, r.started_at, r.last_seen) for r in rows]

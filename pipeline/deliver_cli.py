@@ -133,7 +133,7 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
 def send_test(obj, to: str, day, kind: str) -> None:
     """Mail one copy of the issue the day will send, subject prefixed "[TEST]"; the ledger is not touched."""
     from pipeline.database import open_database
-    from pipeline.deliver import send_test as deliver_test
+    from pipeline.send_test_copy import send_test as deliver_test
 
     library = obj.library()
     settings = library.settings

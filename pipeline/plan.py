@@ -35,7 +35,7 @@ from typing import Collection
 
 from sqlalchemy import Engine, select
 
-from pipeline import calendar, clock, ledger, schedule
+from pipeline import calendar, clock, issue_history, ledger, schedule, slots
 from pipeline.calendar import Entry, Run
 from pipeline.compose import compose_issue, weekly_issue
 from pipeline.database import transaction
@@ -89,7 +89,7 @@ def plan_day(engine: Engine, settings: Settings, library, day: date, kind: str =
     """
     if kind not in calendar.KINDS:
         raise ScheduleError(f"kind must be daily or weekly, got {kind!r}")
-    if kind == "weekly" and not schedule.is_weekly_day(day, settings):
+    if kind == "weekly" and not slots.is_weekly_day(day, settings):
         raise ScheduleError(f"{day.isoformat()} is not a {settings.weekly_day}: no weekly digest goes out that day")
     label = None
     if topic is not None:
@@ -101,7 +101,7 @@ def plan_day(engine: Engine, settings: Settings, library, day: date, kind: str =
         issue = compose_issue(library, day, number=known.number, scheduled=list(known.articles),
                               audience_topic=known.audience_topic, kind=known.kind)
         return DayPlan(day, kind, issue, "recorded", entries)
-    number = schedule.issue_number(engine, day, kind)
+    number = issue_history.issue_number(engine, day, kind)
     if kind == "weekly":
         issue = weekly_issue(library, day, number, sent_on=weekly_sent_on(engine, day), audience_topic=topic,
                              start=day - timedelta(days=7))
@@ -122,7 +122,7 @@ def plan_day(engine: Engine, settings: Settings, library, day: date, kind: str =
         return DayPlan(day, kind, None, "none", reason=(
             f"nothing is scheduled (send_when_nothing_due is off); put an article on the calendar first: "
             f"`newsletter schedule add SLUG --on {day.isoformat()}`"))
-    gone = schedule.sent_slugs(engine) | planned_slugs(engine) | set(taken)
+    gone = issue_history.sent_slugs(engine) | planned_slugs(engine) | set(taken)
     issue = compose_issue(library, day, number=number, sent=gone, audience_topic=topic)
     if issue is None:
         return DayPlan(day, kind, None, "none",
@@ -232,9 +232,9 @@ def close_past_days(engine: Engine, settings: Settings) -> list[Entry]:
     a day no run recorded (an outage longer than the daemon's look-back), a
     ``missed`` run whose note names the next step; a content-error day keeps its
     state and gains the note.  Returns the entries closed."""
-    tz = schedule.zone(settings)
+    tz = slots.zone(settings)
     now = clock.now()
-    today = schedule.local_day(now, tz)
+    today = slots.local_day(now, tz)
     stranded = calendar.entries(engine, end=today - timedelta(days=1), states=("scheduled",))
     by_day: dict[date, list[Entry]] = {}
     for entry in stranded:
@@ -242,7 +242,7 @@ def close_past_days(engine: Engine, settings: Settings) -> list[Entry]:
     closed: list[Entry] = []
     for day, day_entries in sorted(by_day.items()):
         slot = schedule.planned_slot(engine, settings, day, "daily")
-        if now <= slot.instant + schedule.grace(settings):
+        if now <= slot.instant + slots.grace(settings):
             continue  # still inside its window: the daemon may send it late
         run = calendar.get_run(engine, day, "daily")
         if run is not None and run.state in ("running", "pending", "failed"):
@@ -278,7 +278,7 @@ def record_hand_send(engine: Engine, plan: DayPlan, summary) -> Run | None:
     for slug in plan.slugs:
         if slug not in known:
             calendar.add_sent_entry(engine, slug, day, key)
-    counts = schedule.ledger_counts(engine, [key]).get(key, {})
+    counts = issue_history.ledger_counts(engine, [key]).get(key, {})
     note = "sent by hand with `newsletter send`"
     run = calendar.get_run(engine, day, "daily")
     if run is None:
@@ -298,7 +298,7 @@ def record_hand_send(engine: Engine, plan: DayPlan, summary) -> Run | None:
 class Row:
     """One coming slot for ``schedule list``: its entries, run, pause and plan."""
 
-    slot: schedule.Slot
+    slot: slots.Slot
     entries: tuple[Entry, ...]
     run: Run | None
     paused: bool
@@ -326,4 +326,4 @@ def upcoming(engine: Engine, settings: Settings, days: int = 14, library=None) -
 
 
 def local_time(instant: datetime | None, settings: Settings) -> str:
-    return instant.astimezone(schedule.zone(settings)).strftime("%H:%M %Z") if instant else "-"
+    return instant.astimezone(slots.zone(settings)).strftime("%H:%M %Z") if instant else "-"

@@ -134,5 +134,5 @@ def preview(obj, day: datetime | None, kind: str, slug: str | None, number: int,
 
 
 def _weekly_day(on: date, settings) -> bool:
-    from pipeline.schedule import is_weekly_day
+    from pipeline.slots import is_weekly_day
     return is_weekly_day(on, settings)

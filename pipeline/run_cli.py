@@ -42,7 +42,7 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
-from pipeline import calendar, clock, schedule, stops
+from pipeline import calendar, clock, leases, schedule, slots, stops
 from pipeline.calendar import Run
 from pipeline.errors import ContentError, ScheduleError
 from pipeline.sender import Heartbeat, Sender
@@ -69,7 +69,7 @@ class Daemon:
         self.engine = engine
         self.settings = settings
         self.content_dir = Path(content_dir)
-        self.holder = holder or calendar.new_holder()
+        self.holder = holder or leases.new_holder()
         self.started_at = clock.now()
         self._reconciling = threading.Lock()
         self._stopping = threading.Event()
@@ -83,7 +83,7 @@ class Daemon:
         A broken file keeps the previous settings; the day's run will report it."""
         try:
             fresh = load_settings(self.content_dir)
-            schedule.zone(fresh), schedule.parse_hhmm(fresh.send_time, "send_time"), schedule.weekly_weekday(fresh)
+            slots.zone(fresh), slots.parse_hhmm(fresh.send_time, "send_time"), slots.weekly_weekday(fresh)
         except (ContentError, ScheduleError) as exc:
             log.error("site settings do not load, keeping the previous ones: %s", exc)
             return
@@ -122,9 +122,9 @@ class Daemon:
     def next_instant(self) -> datetime | None:
         settings = self.settings
         now = clock.now()
-        start = schedule.local_day(now, schedule.zone(settings))
+        start = slots.local_day(now, slots.zone(settings))
         custom = schedule.custom_times(self.engine, start, start + timedelta(days=9))
-        return schedule.next_instant(now, settings, custom, calendar.get_pause(self.engine))
+        return slots.next_instant(now, settings, custom, calendar.get_pause(self.engine))
 
     def plan(self) -> None:
         """(Re)plan ``next-send`` from the calendar, the pause and the settings."""
@@ -138,16 +138,16 @@ class Daemon:
         at = real_time(instant)
         if job is not None and job.next_run_time is not None and abs((job.next_run_time - at).total_seconds()) < 1:
             return
-        grace_seconds = int(schedule.grace(self.settings).total_seconds())
+        grace_seconds = int(slots.grace(self.settings).total_seconds())
         self.scheduler.add_job(self.send_time, "date", run_date=at, id=SEND_JOB, jobstore="default",
                                replace_existing=True, misfire_grace_time=max(grace_seconds, 1), coalesce=True,
                                max_instances=1)
-        log.info("next send planned at %s", instant.astimezone(schedule.zone(self.settings)).isoformat())
+        log.info("next send planned at %s", instant.astimezone(slots.zone(self.settings)).isoformat())
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
         stops.SIGNALLED.clear()
-        calendar.beat(self.engine, self.holder, self.started_at)
+        leases.beat(self.engine, self.holder, self.started_at)
         self.heartbeat.start()
         self.sender.start()
         scheduler = BackgroundScheduler(jobstores={"default": MemoryJobStore()},
@@ -177,7 +177,7 @@ class Daemon:
         self.sender.stop()
         self.heartbeat.stop()
         try:
-            calendar.forget(self.engine, self.holder)
+            leases.forget(self.engine, self.holder)
         except Exception:
             log.exception("could not remove the heartbeat")
         stops.SIGNALLED.clear()
@@ -241,9 +241,9 @@ def _wait_for_signal(received: list[str]) -> None:
 def run_once(engine: Engine, settings: Settings, content_dir: Path, day: date) -> list[Run]:
     """The day's work now, whatever the time: the daily issue, and on the weekly day
     the weekly digest.  A day already sent is not sent again."""
-    holder = calendar.new_holder()
+    holder = leases.new_holder()
     runs = [schedule.run_day(engine, settings, content_dir, day, "daily", force=True, holder=holder)]
-    if schedule.is_weekly_day(day, settings):
+    if slots.is_weekly_day(day, settings):
         runs.append(schedule.run_day(engine, settings, content_dir, day, "weekly", force=True, holder=holder))
     return [run if run.holder == holder else replace(run, error=run.error or "done earlier; not sent again")
             for run in runs]
@@ -257,18 +257,18 @@ def rehearse(engine: Engine, settings: Settings, content_dir: Path, at: str) -> 
         local = datetime.strptime(at.strip(), "%Y-%m-%d %H:%M")
     except ValueError:
         raise ScheduleError(f"--at must be 'YYYY-MM-DD HH:MM' (local time in {settings.timezone}), got {at!r}") from None
-    instant = schedule.send_instant(local.date(), local.time(), schedule.zone(settings))
-    click.echo(f"clock set to {instant.astimezone(schedule.zone(settings)):%Y-%m-%d %H:%M %Z} ({instant:%H:%M}Z)")
+    instant = slots.send_instant(local.date(), local.time(), slots.zone(settings))
+    click.echo(f"clock set to {instant.astimezone(slots.zone(settings)):%Y-%m-%d %H:%M %Z} ({instant:%H:%M}Z)")
     with clock.frozen_clock(instant):
-        runs = schedule.wake(engine, settings, content_dir, calendar.new_holder())
+        runs = schedule.wake(engine, settings, content_dir, leases.new_holder())
         for one in runs:
             click.echo(describe_run(one))
         if not runs:
             click.echo("nothing was due at that moment")
-        upcoming = schedule.next_instant(instant, settings, schedule.custom_times(
+        upcoming = slots.next_instant(instant, settings, schedule.custom_times(
             engine, local.date(), local.date() + timedelta(days=9)), calendar.get_pause(engine))
     if upcoming is not None:
-        click.echo(f"next send: {upcoming.astimezone(schedule.zone(settings)):%Y-%m-%d %H:%M %Z}")
+        click.echo(f"next send: {upcoming.astimezone(slots.zone(settings)):%Y-%m-%d %H:%M %Z}")
     if any(one.state in calendar.ALERT for one in runs):
         raise SystemExit(1)
 
@@ -344,7 +344,7 @@ def run(obj, once: bool, day: str | None, at: str | None, no_web: bool, host: st
         rehearse(engine, settings, obj.content_dir, at)
         return
     if once:
-        target = schedule.parse_day(day, "--date") if day else schedule.today(settings)
+        target = slots.parse_day(day, "--date") if day else slots.today(settings)
         runs = run_once(engine, settings, obj.content_dir, target)
         for one in runs:
             click.echo(describe_run(one))

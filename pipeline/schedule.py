@@ -18,46 +18,29 @@ Exactly once per (day, kind): the send lease lets one process at a time work, th
 and the send ledger underneath never mails a subscriber twice even when a run is
 resumed after a crash.
 
-Time rules (documented in the README, tested across 2026-03-29 and 2026-10-25):
-
-- A day's send instant is its send time as a wall-clock time in
-  ``settings.timezone``: 07:00 Europe/London is 07:00Z in winter, 06:00Z in summer.
-- A wall time that does not exist (the spring-forward hour, e.g. 01:30 on the
-  last Sunday of March) is taken with the offset in force before the change,
-  which puts it one hour later on the new clock (02:30 BST): the send happens
-  once, as soon after the chosen time as the clock allows.
-- A wall time that happens twice (the fall-back hour, 01:30 on the last Sunday
-  of October) means its first occurrence (01:30 BST = 00:30Z), and only that one.
-- A day's daily send time is the earliest ``--at`` of the articles scheduled on
-  it, else ``send_time``.  The weekly digest goes at ``send_time`` on
-  ``weekly_day``, after that day's daily issue when both are due together.
-- Within ``grace_minutes`` after the instant a send still happens (late); after
-  that the day is recorded ``missed`` and never sent by the daemon.
-- ``pause --until D`` pauses every day before D; D sends again.  A day whose
-  instant passes while paused is recorded ``paused`` (its articles ``missed``)
-  and is not sent after a resume.
+The time rules (send instants, daylight-saving changes, grace, pause) are in
+``pipeline/slots.py``; what the ledger says about past issues is read through
+``pipeline/issue_history.py``.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Sequence
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 
-from pipeline import calendar, clock
+from pipeline import calendar, clock, leases
 from pipeline.calendar import Entry, Run
 from pipeline.errors import ContentError, LeaseLost, NewsletterError, ScheduleError
+from pipeline.issue_history import ledger_counts, settle_from_ledger
 from pipeline.settings import Settings, load_settings
+from pipeline.slots import Slot, grace, local_day, slots_for, today, zone
 
 log = logging.getLogger("newsletter.schedule")
 
-UTC = clock.UTC
-WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 # how far back a waking daemon looks for days it should have sent (and records them missed)
 LOOKBACK_DAYS = 3
 # a failed run is retried, inside the grace window, no sooner than this after it failed
@@ -66,91 +49,7 @@ RETRY_AFTER = timedelta(minutes=5)
 _work = threading.Lock()  # one run at a time per process (the lease is per holder, not per thread)
 
 
-# -- pure time rules ---------------------------------------------------------------------
-
-def parse_hhmm(value: str, what: str = "time") -> time:
-    """``HH:MM`` (24-hour) as a time; a ``ScheduleError`` naming the bad value otherwise."""
-    text = str(value).strip()
-    parts = text.split(":")
-    if len(parts) == 2 and all(p.isdigit() and len(p) == 2 for p in parts):
-        hour, minute = int(parts[0]), int(parts[1])
-        if hour < 24 and minute < 60:
-            return time(hour, minute)
-    raise ScheduleError(f"{what} must be HH:MM (24-hour), got {text!r}")
-
-
-def parse_day(value: str, what: str = "date") -> date:
-    try:
-        return date.fromisoformat(str(value).strip())
-    except ValueError:
-        raise ScheduleError(f"{what} must be a date as YYYY-MM-DD, got {value!r}") from None
-
-
-def zone(settings: Settings) -> ZoneInfo:
-    try:
-        return ZoneInfo(settings.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError(f"timezone {settings.timezone!r} is not an IANA time zone (e.g. Europe/London)") from None
-
-
-def grace(settings: Settings) -> timedelta:
-    return timedelta(minutes=int(settings.grace_minutes))
-
-
-def weekly_weekday(settings: Settings) -> int:
-    name = str(settings.weekly_day).strip().lower()
-    if name not in WEEKDAYS:
-        raise ScheduleError(f"weekly_day must be a weekday name (monday ... sunday), got {settings.weekly_day!r}")
-    return WEEKDAYS.index(name)
-
-
-def is_weekly_day(day: date, settings: Settings) -> bool:
-    return day.weekday() == weekly_weekday(settings)
-
-
-def send_instant(day: date, at: time, tz: ZoneInfo) -> datetime:
-    """The UTC instant of wall time ``at`` on ``day`` in ``tz`` (see the module rules).
-
-    ``fold=0`` gives exactly the documented rule: for a wall time in the spring
-    gap, the offset before the change (so one hour later on the new clock); for
-    a wall time that happens twice, the first occurrence.
-    """
-    return datetime.combine(day, at, tzinfo=tz).replace(fold=0).astimezone(UTC)
-
-
-def local_day(instant: datetime, tz: ZoneInfo) -> date:
-    return clock.require_aware(instant).astimezone(tz).date()
-
-
-def today(settings: Settings) -> date:
-    return local_day(clock.now(), zone(settings))
-
-
-@dataclass(frozen=True)
-class Slot:
-    """One planned send: a day, a kind, its local wall time and its UTC instant."""
-
-    day: date
-    kind: str
-    at: time
-    instant: datetime
-
-
-def daily_time(settings: Settings, custom: Sequence[str | None] = ()) -> time:
-    """The day's send time: the earliest ``--at`` among its articles, else ``send_time``."""
-    times = [parse_hhmm(t, "--at") for t in custom if t]
-    return min(times) if times else parse_hhmm(settings.send_time, "send_time")
-
-
-def slots_for(day: date, settings: Settings, custom: Sequence[str | None] = ()) -> list[Slot]:
-    tz = zone(settings)
-    at = daily_time(settings, custom)
-    slots = [Slot(day, "daily", at, send_instant(day, at, tz))]
-    if is_weekly_day(day, settings):
-        weekly_at = parse_hhmm(settings.send_time, "send_time")
-        slots.append(Slot(day, "weekly", weekly_at, send_instant(day, weekly_at, tz)))
-    return slots
-
+# -- the daemon's decisions ----------------------------------------------------------------
 
 def decide(slot: Slot, now: datetime, window: timedelta, run: Run | None, paused: bool) -> str:
     """What a waking daemon does about ``slot``:
@@ -199,20 +98,6 @@ def candidate_days(today_: date, first_run_day: date | None) -> list[date]:
         return [today_ - timedelta(days=1), today_]
     start = max(today_ - timedelta(days=LOOKBACK_DAYS), min(first_run_day, today_))
     return [start + timedelta(days=n) for n in range((today_ - start).days + 1)]
-
-
-def next_instant(now: datetime, settings: Settings, custom_by_day: dict[date, list[str | None]],
-                 pause: calendar.Pause) -> datetime | None:
-    """The next send instant after ``now`` over the coming eight days (covering a
-    weekly digest), skipping paused days."""
-    start = local_day(now, zone(settings))
-    future = []
-    for n in range(0, 9):
-        day = start + timedelta(days=n)
-        if pause.covers(day):
-            continue
-        future += [s.instant for s in slots_for(day, settings, custom_by_day.get(day, ())) if s.instant > now]
-    return min(future) if future else None
 
 
 # -- reading the plan from the database ---------------------------------------------------
@@ -269,7 +154,7 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
     runs = calendar.runs_between(engine, days[0], today_)
     custom = custom_times(engine, days[0], today_)
     pause = calendar.get_pause(engine)
-    lease = calendar.lease_holder(engine, calendar.SEND_LEASE)
+    lease = leases.lease_holder(engine, leases.SEND_LEASE)
     done: list[Run] = []
     for day in days:
         for slot in slots_for(day, settings, custom.get(day, [])):
@@ -343,9 +228,9 @@ def run_day(engine: Engine, settings: Settings, content_dir: Path | str, day: da
     """
     if kind not in calendar.KINDS:
         raise ScheduleError(f"kind must be daily or weekly, got {kind!r}")
-    holder = holder or calendar.new_holder()
+    holder = holder or leases.new_holder()
     slot = slot or planned_slot(engine, settings, day, kind)
-    with _work, calendar.held(engine, calendar.SEND_LEASE, holder, float(settings.lease_seconds)) as mine:
+    with _work, leases.held(engine, leases.SEND_LEASE, holder, float(settings.lease_seconds)) as mine:
         if not mine:
             return calendar.get_run(engine, day, kind) or Run(day, kind, "pending",
                                                               error="another process holds the send lease")
@@ -423,116 +308,6 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
         calendar.mark_entries(engine, [e.id for e in entries], "failed")
         message = str(exc) if isinstance(exc, NewsletterError) else f"{type(exc).__name__}: {exc}"
         return calendar.finish_run(engine, day, kind, holder, "failed", error=message)
-
-
-# -- the send ledger underneath --------------------------------------------------------------
-
-def issue_key(day: date, kind: str) -> str:
-    """The key the ledger and the archive use for the day's general issue of ``kind``."""
-    from pipeline.issue import issue_key as key_of
-    return key_of(day, kind)
-
-
-def issue_number(engine: Engine, day: date, kind: str) -> int:
-    """Issues are numbered per kind in date order, as the ledger has them: a day the
-    ledger already knows (a retry) keeps its number, a new one follows the issues
-    of earlier days (whether the daemon or `newsletter send` sent them)."""
-    from sqlalchemy import func, select
-
-    from pipeline.database import transaction
-    from pipeline.ledger import IssueRecord
-
-    with transaction(engine) as session:
-        known = session.scalar(select(IssueRecord.number).where(IssueRecord.key == issue_key(day, kind)))
-        if known is not None:
-            return int(known)
-        before = session.scalar(select(func.max(IssueRecord.number)).where(
-            IssueRecord.kind == kind, IssueRecord.date < day, IssueRecord.audience_topic.is_(None)))
-    return int(before or 0) + 1
-
-
-def sent_slugs(engine: Engine) -> set[str]:
-    """Articles already sent in a daily issue: on the calendar as sent, or in the
-    ledger (an issue sent by hand with `newsletter send` counts too)."""
-    import json
-
-    from sqlalchemy import select
-
-    from pipeline.database import transaction
-    from pipeline.ledger import IssueRecord
-
-    slugs = calendar.sent_slugs(engine)
-    with transaction(engine) as session:
-        # an issue for one topic's audience does not take its article from everyone else
-        for articles in session.scalars(select(IssueRecord.articles).where(
-                IssueRecord.kind == "daily", IssueRecord.state != "composed", IssueRecord.audience_topic.is_(None))):
-            slugs.update(json.loads(articles or "[]"))
-    return slugs
-
-
-def ledger_counts(engine: Engine, keys: Sequence[str]) -> dict[str, dict[str, int]]:
-    """Per issue key, the ledger's rows by outcome now: bounces arrive after the run
-    ended, so `status` reads them here rather than from the run."""
-    from sqlalchemy import func, select
-
-    from pipeline import ledger
-    from pipeline.database import transaction
-
-    found: dict[str, dict[str, int]] = {}
-    if not keys:
-        return found
-    with transaction(engine) as session:
-        rows = session.execute(
-            select(ledger.IssueRecord.key, ledger.Delivery.state, func.count())
-            .join(ledger.Delivery, ledger.Delivery.issue_id == ledger.IssueRecord.id)
-            .where(ledger.IssueRecord.key.in_(list(keys)))
-            .group_by(ledger.IssueRecord.key, ledger.Delivery.state)).all()
-    for key, state, count in rows:
-        counts = found.setdefault(key, {"sent": 0, "deferred": 0, "failed": 0, "bounced": 0})
-        if state == ledger.SENT:
-            counts["sent"] += count
-        elif state in (ledger.DEFERRED, ledger.QUEUED, ledger.SENDING, ledger.UNCERTAIN):
-            counts["deferred"] += count
-        elif state == ledger.FAILED:
-            counts["failed"] += count
-        elif state == ledger.BOUNCED:
-            counts["bounced"] += count
-    return found
-
-
-def settle_from_ledger(engine: Engine) -> list[Run]:
-    """Runs that ended in a content error, a failure or a stop, whose issue an editor has since
-    sent by hand (`newsletter send`) to the end: record them sent, with the ledger's
-    counts, and mark the day's articles sent, so `status` stops alerting."""
-    import json
-
-    from sqlalchemy import select
-
-    from pipeline.database import transaction
-    from pipeline.ledger import IssueRecord
-
-    settled = []
-    for run in calendar.recent_runs(engine, 30):
-        if run.state not in calendar.ALERT + ("stopped",):
-            continue
-        key = issue_key(run.day, run.kind)
-        with transaction(engine) as session:
-            record = session.execute(select(IssueRecord.state, IssueRecord.articles)
-                                     .where(IssueRecord.key == key)).first()
-        if record is None or record.state != "sent":
-            continue
-        counts = ledger_counts(engine, [key]).get(key, {})
-        note = f"sent by hand after {run.state}: {run.error or ''}".strip()
-        done = calendar.settle_run(engine, run, "sent", issue_key=key, counts=counts, error=note)
-        if done is None:
-            continue
-        if run.kind == "daily":
-            slugs = set(json.loads(record.articles or "[]"))
-            calendar.mark_entries(engine, [e.id for e in calendar.scheduled_on(engine, run.day) if e.slug in slugs],
-                                  "sent", key)
-        log.info("%s issue of %s was sent by hand; recorded as sent", run.kind, run.day.isoformat())
-        settled.append(done)
-    return settled
 
 
 def _publish_and_send(engine: Engine, settings: Settings, library, issue, entries: list[Entry], holder: str,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from pipeline import schedule
+from pipeline import slots
 from pipeline.errors import ScheduleError
 from pipeline.settings import Settings
 
@@ -28,9 +28,9 @@ def settings_problems(settings: Settings) -> list[tuple[str, str, str]]:
     """(setting, level, message) for each schedule setting that is wrong ("error") or
     odd ("warning": a send time the clocks skip or repeat on some day)."""
     found: list[tuple[str, str, str]] = []
-    checks = (("send_time", lambda s: schedule.parse_hhmm(s.send_time, "send_time")),
-              ("timezone", schedule.zone),
-              ("weekly_day", schedule.weekly_weekday))
+    checks = (("send_time", lambda s: slots.parse_hhmm(s.send_time, "send_time")),
+              ("timezone", slots.zone),
+              ("weekly_day", slots.weekly_weekday))
     for name, check in checks:
         try:
             check(settings)
@@ -46,9 +46,9 @@ def settings_problems(settings: Settings) -> list[tuple[str, str, str]]:
         found.append(("send_when_nothing_due", "error",
                       f"send_when_nothing_due must be true or false, got {settings.send_when_nothing_due!r}"))
     if not any(name in ("send_time", "timezone") for name, _, _ in found):
-        at = schedule.parse_hhmm(settings.send_time, "send_time")
-        tz = schedule.zone(settings)
-        for note in odd_days(at, tz, schedule.today(settings)):
+        at = slots.parse_hhmm(settings.send_time, "send_time")
+        tz = slots.zone(settings)
+        for note in odd_days(at, tz, slots.today(settings)):
             found.append(("send_time", "warning", note))
     return found
 
@@ -69,7 +69,7 @@ def wall_time_note(day: date, at: time, tz: ZoneInfo) -> str | None:
     name = getattr(tz, "key", str(tz))
     if first.utcoffset() == second.utcoffset():
         return None
-    instant = schedule.send_instant(day, at, tz)
+    instant = slots.send_instant(day, at, tz)
     shown = instant.astimezone(tz)
     if shown.time().replace(second=0) != at:  # the spring gap
         return (f"{at:%H:%M} does not exist on {day.isoformat()} in {name} (the clocks go forward); "

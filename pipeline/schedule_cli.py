@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import calendar, clock, schedule
+from pipeline import calendar, clock, schedule, slots
 from pipeline import schedule_view as view
 from pipeline.errors import ScheduleError
 
@@ -84,7 +84,7 @@ def _check_slug(content_dir: Path, slug: str, day: date) -> None:
 
 def _check_day(engine, settings, day: date, at: str | None, slug: str | None = None) -> None:
     """A day can take an article if its daily send is still ahead."""
-    today = schedule.today(settings)
+    today = slots.today(settings)
     if day < today:
         raise ScheduleError(f"{day.isoformat()} is in the past (today is {today.isoformat()} in {settings.timezone})")
     run = calendar.get_run(engine, day, "daily")
@@ -93,8 +93,8 @@ def _check_day(engine, settings, day: date, at: str | None, slug: str | None = N
     if run is not None and run.state not in ("pending",) + calendar.REOPEN:
         raise ScheduleError(f"the issue of {day.isoformat()} is already done ({run.state}); choose a later date")
     others = [e.at for e in calendar.scheduled_on(engine, day) if e.slug != slug]
-    slot_at = schedule.daily_time(settings, others + [at])
-    instant = schedule.send_instant(day, slot_at, schedule.zone(settings))
+    slot_at = slots.daily_time(settings, others + [at])
+    instant = slots.send_instant(day, slot_at, slots.zone(settings))
     if instant <= clock.now():
         raise ScheduleError(f"the send time {slot_at:%H:%M} on {day.isoformat()} has passed; "
                             "use a later --at or another date")
@@ -102,7 +102,7 @@ def _check_day(engine, settings, day: date, at: str | None, slug: str | None = N
 
 def _at_text(at: str | None) -> str | None:
     """``--at`` as the calendar stores it (HH:MM), or None when not given."""
-    return f"{schedule.parse_hhmm(at, '--at'):%H:%M}" if at else None
+    return f"{slots.parse_hhmm(at, '--at'):%H:%M}" if at else None
 
 
 @click.group("schedule")
@@ -120,7 +120,7 @@ def add(obj, slug: str, on: str, at: str | None) -> None:
     from pipeline.plan import refuse_if_reached
 
     settings = obj.settings()
-    day = schedule.parse_day(on, "--on")
+    day = slots.parse_day(on, "--on")
     at_text = _at_text(at)
     _check_slug(obj.content_dir, slug, day)
     engine = _engine(settings)
@@ -146,7 +146,7 @@ def move(obj, slug: str, to: str, at: str | None) -> None:
     from pipeline.plan import refuse_if_reached
 
     settings = obj.settings()
-    day = schedule.parse_day(to, "--to")
+    day = slots.parse_day(to, "--to")
     at_text = _at_text(at)
     _check_slug(obj.content_dir, slug, day)
     engine = _engine(settings)
@@ -190,7 +190,7 @@ def list_(obj, weeks: int, history: int) -> None:
     settings = obj.settings()
     engine = _engine(settings)
     close_past_days(engine, settings)  # a day that is over ends in a recorded state, daemon or not
-    tz = schedule.zone(settings)
+    tz = slots.zone(settings)
     console = _console()
     if history:
         console.print(view.history_table(engine, settings, history))
@@ -202,7 +202,7 @@ def list_(obj, weeks: int, history: int) -> None:
         table.add_row(f"{row.slot.day.isoformat()} {row.slot.day:%a}", f"{local:%H:%M %Z}", row.slot.kind,
                       view.articles_text(row), view.state_text(row))
     console.print(table)
-    today = schedule.today(settings)
+    today = slots.today(settings)
     stranded = calendar.entries(engine, end=today, states=("missed", "failed"))
     stranded = [e for e in stranded if not calendar.entries(engine, slug=e.slug, states=("scheduled", "sent"))]
     seen: set[str] = set()
@@ -222,8 +222,8 @@ def list_(obj, weeks: int, history: int) -> None:
 def pause(obj, until: str | None) -> None:
     """Stop sending (until a date, or until `newsletter resume`), listing the sends it skips."""
     settings = obj.settings()
-    day = schedule.parse_day(until, "--until") if until else None
-    if day is not None and day <= schedule.today(settings):
+    day = slots.parse_day(until, "--until") if until else None
+    if day is not None and day <= slots.today(settings):
         raise ScheduleError(f"--until {day.isoformat()} is not in the future")
     engine = _engine(settings)
     calendar.set_pause(engine, True, day)
@@ -274,8 +274,8 @@ def resume(obj) -> None:
                    + ", ".join(f"{r.day.isoformat()} ({r.kind})" for r in stopped) + " within reconcile_seconds")
     if not was.paused:
         return
-    since = schedule.local_day(was.changed_at, schedule.zone(settings)) if was.changed_at else schedule.today(settings)
-    skipped = [r for r in calendar.runs_between(engine, since, schedule.today(settings)).values() if r.state == "paused"]
+    since = slots.local_day(was.changed_at, slots.zone(settings)) if was.changed_at else slots.today(settings)
+    skipped = [r for r in calendar.runs_between(engine, since, slots.today(settings)).values() if r.state == "paused"]
     if not skipped:
         click.echo("nothing was skipped while paused")
         return

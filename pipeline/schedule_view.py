@@ -9,7 +9,7 @@ from datetime import date, time, timedelta
 import click
 from rich.table import Table
 
-from pipeline import calendar, clock, schedule
+from pipeline import calendar, clock, schedule, slots
 
 
 def say_what_changes(engine, settings, slug: str, day: date, at: str | None, before: time | None) -> None:
@@ -26,7 +26,7 @@ def say_what_changes(engine, settings, slug: str, day: date, at: str | None, bef
         if before is not None and before != slot.at:
             click.echo(f"note: the send time of {day.isoformat()} moves from {before:%H:%M} to {slot.at:%H:%M} "
                        f"(the earliest --at of its articles), for {', '.join(e.slug for e in others)} too")
-    note = wall_time_note(day, slot.at, schedule.zone(settings))
+    note = wall_time_note(day, slot.at, slots.zone(settings))
     if note:
         click.echo(f"warning: {note}", err=True)
 
@@ -41,7 +41,7 @@ def day_time(engine, settings, day: date) -> time | None:
 def wall(slot, settings) -> str:
     """A slot's send time as the clock on the wall shows it (a time in the spring gap
     goes out an hour later)."""
-    return f"{slot.instant.astimezone(schedule.zone(settings)):%H:%M %Z} ({settings.timezone})"
+    return f"{slot.instant.astimezone(slots.zone(settings)):%H:%M %Z} ({settings.timezone})"
 
 
 def entries_text(entries) -> str:
@@ -83,8 +83,8 @@ def state_text(row) -> str:
 
 def history_table(engine, settings, days: int) -> Table:
     """The past ``days`` days that recorded a run: when they went (the real time) and how they ended."""
-    tz = schedule.zone(settings)
-    today = schedule.today(settings)
+    tz = slots.zone(settings)
+    today = slots.today(settings)
     start = today - timedelta(days=days)
     runs = calendar.runs_between(engine, start, today - timedelta(days=1))
     by_day: dict[date, list] = {}
@@ -108,7 +108,7 @@ def coming_skips(engine, settings, library, until: date | None) -> list[str]:
     from pipeline.plan import upcoming
 
     now = clock.now()
-    tz = schedule.zone(settings)
+    tz = slots.zone(settings)
     lines = []
     for row in upcoming(engine, settings, days=14, library=library):
         if row.run is not None and row.run.final or row.slot.instant <= now:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from pipeline import calendar
+from pipeline import leases
 
 log = logging.getLogger("newsletter.run")
 
@@ -75,7 +75,7 @@ class Heartbeat:
         d = self.daemon
         while not self._done.wait(max(float(d.settings.reconcile_seconds), 0.05)):
             try:
-                calendar.beat(d.engine, d.holder, d.started_at)
+                leases.beat(d.engine, d.holder, d.started_at)
             except Exception as exc:  # a database hiccup: the next beat tries again
                 log.warning("could not write the heartbeat: %s", exc)
 

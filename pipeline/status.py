@@ -32,7 +32,7 @@ from datetime import date, datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 
-from pipeline import calendar, clock, exits, holders, schedule, stops
+from pipeline import calendar, clock, exits, holders, issue_history, leases, schedule, slots, stops
 
 LATE = timedelta(minutes=1)  # a send that began later than this after its planned time is marked late
 
@@ -137,7 +137,7 @@ def alive_window(settings) -> timedelta:
 def _daemons(engine: Engine, settings) -> tuple[DaemonInfo, ...]:
     found = []
     window = alive_window(settings)
-    for d in calendar.daemons(engine, alive_within=calendar.HEARTBEAT_KEPT):
+    for d in leases.daemons(engine, alive_within=leases.HEARTBEAT_KEPT):
         if holders.is_dead(d.holder):
             state = "dead"
         elif clock.now() - d.last_seen > window:
@@ -157,7 +157,7 @@ def _leases(engine: Engine) -> tuple[LeaseInfo, ...]:
     now = clock.now()
     found = []
     with engine.connect() as conn:
-        for row in conn.execute(select(calendar.Lease.__table__)).all():
+        for row in conn.execute(select(leases.Lease.__table__)).all():
             found.append(LeaseInfo(row.name, row.holder, row.expires_at,
                                    row.expires_at > now and not holders.is_dead(row.holder)))
         for row in conn.execute(select(ledger.ISSUES.c.key, ledger.ISSUES.c.lease_owner,
@@ -210,8 +210,8 @@ def run_alert(run: calendar.Run, stranded: set[date]) -> bool:
 
 
 def build(engine: Engine, settings, library=None, *, next_count: int = 5, recent: int = 10) -> Status:
-    tz = schedule.zone(settings)
-    schedule.settle_from_ledger(engine)
+    tz = slots.zone(settings)
+    issue_history.settle_from_ledger(engine)
     pause = calendar.get_pause(engine)
     now = clock.now()
 
@@ -221,7 +221,7 @@ def build(engine: Engine, settings, library=None, *, next_count: int = 5, recent
                            tuple(e.slug for e in es if e.state in ("scheduled", "failed"))) for slot, es in upcoming)
 
     runs = calendar.recent_runs(engine, 60)
-    keys = [r.issue_key or schedule.issue_key(r.day, r.kind) for r in runs]
+    keys = [r.issue_key or issue_history.issue_key(r.day, r.kind) for r in runs]
     live = ledger_states(engine, keys)
     subjects = _subjects(engine, keys)
     stranded = _stranded_days(engine)
@@ -247,10 +247,10 @@ def build(engine: Engine, settings, library=None, *, next_count: int = 5, recent
 
     queue: list[tuple[str, date | None]] = []
     if library is not None:
-        sent = schedule.sent_slugs(engine)
+        sent = issue_history.sent_slugs(engine)
         planned = {e.slug: e.day for e in calendar.entries(engine, states=("scheduled",))}
         queue = [(a.slug, planned.get(a.slug)) for a in library.articles if a.slug not in sent]
-    return Status(now, settings.timezone, pause.covers(schedule.today(settings)), pause.until,
+    return Status(now, settings.timezone, pause.covers(slots.today(settings)), pause.until,
                   _daemons(engine, settings), _leases(engine), nexts, tuple(infos), tuple(alerts),
                   library is not None, tuple(queue))
 

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import calendar, clock, schedule, stops
+from pipeline import calendar, clock, leases, slots, stops
 from pipeline.errors import ScheduleError
 
 
@@ -49,7 +49,7 @@ def status(obj, next_count: int, as_json: bool, ack: str | None) -> None:
     settings = obj.settings()
     engine = _engine(settings)
     if ack:
-        day = schedule.parse_day(ack, "--ack")
+        day = slots.parse_day(ack, "--ack")
         done = calendar.acknowledge(engine, day)
         if not done:
             raise ScheduleError(f"nothing alerts for {day.isoformat()}: nothing to acknowledge")
@@ -71,7 +71,7 @@ def status(obj, next_count: int, as_json: bool, ack: str | None) -> None:
 
 def _print(report, settings, engine) -> None:
     console = _console()
-    tz = schedule.zone(settings)
+    tz = slots.zone(settings)
     if not any(d.alive for d in report.daemons):
         # the lines below say what became of any daemon seen lately (dead, silent)
         console.print("daemon: none running")
@@ -146,7 +146,7 @@ def sending_days(engine) -> dict:
                                        ledger.ISSUES.c.lease_expires_at > now)).all():
             if not holders.is_dead(row.lease_owner):
                 days.setdefault(row.date, []).append(row.key)
-    if calendar.lease_holder(engine, calendar.SEND_LEASE) is not None:
+    if leases.lease_holder(engine, leases.SEND_LEASE) is not None:
         for run in calendar.recent_runs(engine, 10):
             if run.state == "running":
                 days.setdefault(run.day, [])
@@ -165,9 +165,9 @@ def stop(obj, day: str | None, by: str | None, wait: float | None) -> None:
     The rest stays queued; `newsletter send --date D --resume` finishes it."""
     settings = obj.settings()
     engine = _engine(settings)
-    tz = schedule.zone(settings)
+    tz = slots.zone(settings)
     running = sending_days(engine)
-    target = schedule.parse_day(day, "--date") if day else None
+    target = slots.parse_day(day, "--date") if day else None
     days = [target] if target is not None else sorted(running)
     if not days or (target is not None and target not in running):
         click.echo(f"nothing is being sent{' for ' + target.isoformat() if target else ''}; nothing to stop")

@@ -353,7 +353,7 @@ def test_send_command_reports_a_refusing_relay_as_one_line_and_loses_nobody(cont
 
 
 def test_send_test_over_smtp_mails_one_marked_copy_and_no_ledger(engine, settings, smtp_server):
-    from pipeline.deliver import send_test
+    from pipeline.send_test_copy import send_test
 
     s = smtp_settings(settings, smtp_server.port)
     receipt = send_test(s, small_rendered(), "editor@example.com")

@@ -76,7 +76,7 @@ def header_lines(head: bytes, field: bytes) -> list[bytes]:
 
 
 def both_builders(rendered, settings, email, name):
-    from pipeline.deliver import greeting
+    from pipeline.send_loop import greeting
     from pipeline.message import MessageTemplate, build_message, recipient
 
     to = recipient(email, name)
@@ -276,7 +276,7 @@ def test_transactional_messages_are_checked_before_they_leave(settings, monkeypa
 
 
 def test_send_test_copy_is_checked_and_encoded(settings, tmp_path):
-    from pipeline.deliver import send_test
+    from pipeline.send_test_copy import send_test
     from pipeline.transport import Outbox
 
     s = settings.replace(transport="outbox", outbox_dir=str(tmp_path / "outbox"))

@@ -9,7 +9,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 import sqlalchemy
 
-from pipeline import calendar, clock
+from pipeline import calendar, clock, leases
 from pipeline.clock import frozen_clock
 
 UTC = timezone.utc
@@ -60,7 +60,7 @@ def close(a: datetime | None, b: datetime) -> bool:
 
 def test_reconcile_replans_from_calendar_and_pause(daemon):
     engine = daemon.engine
-    eventually(lambda: calendar.daemons(engine, alive_within=timedelta(minutes=1)))
+    eventually(lambda: leases.daemons(engine, alive_within=timedelta(minutes=1)))
     seven = datetime(2026, 3, 3, 7, 0, tzinfo=UTC)
     assert eventually(lambda: close(planned(daemon), seven))
     # in this daemon's own memory: no job store is shared between daemons
@@ -82,9 +82,9 @@ def test_reconcile_replans_from_calendar_and_pause(daemon):
 
 def test_stopping_removes_the_heartbeat(daemon):
     engine = daemon.engine
-    eventually(lambda: calendar.daemons(engine, alive_within=timedelta(minutes=1)))
+    eventually(lambda: leases.daemons(engine, alive_within=timedelta(minutes=1)))
     daemon.stop()
-    assert calendar.daemons(engine, alive_within=timedelta(days=1)) == []
+    assert leases.daemons(engine, alive_within=timedelta(days=1)) == []
 
 
 def test_each_daemon_plans_in_its_own_memory_from_the_database(store_url, content_dir, tmp_path):

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
-from pipeline import calendar, schedule
+from pipeline import calendar, leases, schedule, slots
 from pipeline.calendar import Pause, Run
 from pipeline.cli import cli
 from pipeline.errors import ScheduleError
@@ -33,49 +33,49 @@ def utc(*args) -> datetime:
     (date(2026, 10, 26), utc(2026, 10, 26, 7, 0)),
 ])
 def test_seven_oclock_london_across_both_changes(day, expected):
-    assert schedule.send_instant(day, time(7, 0), LONDON) == expected
-    assert schedule.send_instant(day, time(7, 0), LONDON).astimezone(LONDON).hour == 7
+    assert slots.send_instant(day, time(7, 0), LONDON) == expected
+    assert slots.send_instant(day, time(7, 0), LONDON).astimezone(LONDON).hour == 7
 
 
 def test_a_time_in_the_spring_gap_goes_out_one_hour_later_on_the_new_clock():
-    instant = schedule.send_instant(date(2026, 3, 29), time(1, 30), LONDON)
+    instant = slots.send_instant(date(2026, 3, 29), time(1, 30), LONDON)
     assert instant == utc(2026, 3, 29, 1, 30)
     assert instant.astimezone(LONDON).strftime("%H:%M %Z") == "02:30 BST"
 
 
 def test_a_time_that_happens_twice_in_autumn_means_the_first_one():
-    instant = schedule.send_instant(date(2026, 10, 25), time(1, 30), LONDON)
+    instant = slots.send_instant(date(2026, 10, 25), time(1, 30), LONDON)
     assert instant == utc(2026, 10, 25, 0, 30)
     assert instant.astimezone(LONDON).strftime("%H:%M %Z") == "01:30 BST"
 
 
 def test_daily_time_is_the_earliest_custom_time_else_the_setting(settings):
-    assert schedule.daily_time(settings) == time(7, 0)
-    assert schedule.daily_time(settings, [None, "09:15", "08:05"]) == time(8, 5)
+    assert slots.daily_time(settings) == time(7, 0)
+    assert slots.daily_time(settings, [None, "09:15", "08:05"]) == time(8, 5)
 
 
 def test_weekly_slot_only_on_the_weekly_day(settings):
     monday, tuesday = date(2026, 3, 9), date(2026, 3, 10)
-    assert [s.kind for s in schedule.slots_for(monday, settings)] == ["daily", "weekly"]
-    assert [s.kind for s in schedule.slots_for(tuesday, settings)] == ["daily"]
+    assert [s.kind for s in slots.slots_for(monday, settings)] == ["daily", "weekly"]
+    assert [s.kind for s in slots.slots_for(tuesday, settings)] == ["daily"]
     with pytest.raises(ScheduleError, match="weekly_day"):
-        schedule.weekly_weekday(settings.replace(weekly_day="someday"))
+        slots.weekly_weekday(settings.replace(weekly_day="someday"))
 
 
 @pytest.mark.parametrize("raw", ["7:00", "24:00", "07:60", "0700", "seven", ""])
 def test_bad_times_are_one_clear_error(raw):
     with pytest.raises(ScheduleError, match="HH:MM"):
-        schedule.parse_hhmm(raw, "--at")
+        slots.parse_hhmm(raw, "--at")
 
 
 def test_unknown_time_zone_is_a_clear_error(settings):
     with pytest.raises(ScheduleError, match="IANA"):
-        schedule.zone(settings.replace(timezone="Europe/Narnia"))
+        slots.zone(settings.replace(timezone="Europe/Narnia"))
 
 
 # -- decisions -----------------------------------------------------------------------------
 
-SLOT = schedule.Slot(date(2026, 3, 2), "daily", time(7, 0), utc(2026, 3, 2, 7, 0))
+SLOT = slots.Slot(date(2026, 3, 2), "daily", time(7, 0), utc(2026, 3, 2, 7, 0))
 GRACE = timedelta(minutes=120)
 
 
@@ -103,7 +103,7 @@ def test_decide(now, run, paused, expected):
 
 
 def test_a_later_send_reopens_a_day_that_ended_without_email():
-    later = schedule.Slot(SLOT.day, "daily", time(11, 0), utc(2026, 3, 2, 11, 0))
+    later = slots.Slot(SLOT.day, "daily", time(11, 0), utc(2026, 3, 2, 11, 0))
     empty = run_in("nothing-to-send")
     assert schedule.decide(later, utc(2026, 3, 2, 10, 0), GRACE, empty, False) == "wait"
     assert schedule.decide(later, utc(2026, 3, 2, 11, 0), GRACE, empty, False) == "run"
@@ -121,10 +121,10 @@ def test_pause_until_is_the_first_day_that_sends_again():
 
 def test_next_instant_skips_paused_days_and_crosses_dst(settings):
     now = utc(2026, 3, 28, 8, 0)  # Saturday after the send
-    assert schedule.next_instant(now, settings, {}, Pause()) == utc(2026, 3, 29, 6, 0)
-    assert schedule.next_instant(now, settings, {}, Pause(True, date(2026, 3, 31))) == utc(2026, 3, 31, 6, 0)
+    assert slots.next_instant(now, settings, {}, Pause()) == utc(2026, 3, 29, 6, 0)
+    assert slots.next_instant(now, settings, {}, Pause(True, date(2026, 3, 31))) == utc(2026, 3, 31, 6, 0)
     custom = {date(2026, 3, 28): ["09:30"]}
-    assert schedule.next_instant(now, settings, custom, Pause()) == utc(2026, 3, 28, 9, 30)
+    assert slots.next_instant(now, settings, custom, Pause()) == utc(2026, 3, 28, 9, 30)
 
 
 # -- the database: lease, runs, calendar ------------------------------------------------------
@@ -144,19 +144,19 @@ def both(store_url):
 
 
 def test_lease_is_exclusive_until_it_expires(both, frozen):
-    assert calendar.acquire(both, "send", "a", 60)
-    assert not calendar.acquire(both, "send", "b", 60)
-    assert calendar.acquire(both, "send", "a", 60)  # renewing our own
+    assert leases.acquire(both, "send", "a", 60)
+    assert not leases.acquire(both, "send", "b", 60)
+    assert leases.acquire(both, "send", "a", 60)  # renewing our own
     frozen.advance(seconds=59)
-    assert not calendar.acquire(both, "send", "b", 60)
-    assert calendar.renew(both, "send", "a", 60)
+    assert not leases.acquire(both, "send", "b", 60)
+    assert leases.renew(both, "send", "a", 60)
     frozen.advance(seconds=61)  # a stopped renewing (crashed): the lease frees itself
-    assert calendar.acquire(both, "send", "b", 60)
-    assert not calendar.renew(both, "send", "a", 60)
-    calendar.release(both, "send", "a")  # not a's any more: no effect
-    assert calendar.lease_holder(both, "send")[0] == "b"
-    calendar.release(both, "send", "b")
-    assert calendar.lease_holder(both, "send") is None
+    assert leases.acquire(both, "send", "b", 60)
+    assert not leases.renew(both, "send", "a", 60)
+    leases.release(both, "send", "a")  # not a's any more: no effect
+    assert leases.lease_holder(both, "send")[0] == "b"
+    leases.release(both, "send", "b")
+    assert leases.lease_holder(both, "send") is None
 
 
 def test_lease_race_between_threads_has_one_winner(both, frozen):
@@ -165,7 +165,7 @@ def test_lease_race_between_threads_has_one_winner(both, frozen):
 
     def take(name):
         barrier.wait()
-        if calendar.acquire(both, "race", name, 60):
+        if leases.acquire(both, "race", name, 60):
             winners.append(name)
 
     threads = [threading.Thread(target=take, args=(f"h{i}",)) for i in range(8)]

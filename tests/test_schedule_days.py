@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline import calendar, schedule
+from pipeline import calendar, leases, schedule
 from pipeline.cli import cli
 from pipeline.clock import frozen_clock
 
@@ -314,7 +314,7 @@ def test_a_crashed_holder_is_taken_over_after_its_lease_expires(days):
     days.schedule("microneedling", date(2026, 3, 3))
     days.clock.set(utc(2026, 3, 3, 7, 0))
     # another daemon took the lease and the day, then died without a word
-    assert calendar.acquire(days.engine, calendar.SEND_LEASE, "dead-daemon", days.settings.lease_seconds)
+    assert leases.acquire(days.engine, leases.SEND_LEASE, "dead-daemon", days.settings.lease_seconds)
     assert calendar.claim_run(days.engine, date(2026, 3, 3), "daily", "dead-daemon", planned_at=utc(2026, 3, 3, 7))
     days.wake_at(utc(2026, 3, 3, 7, 1))
     assert days.mails() == []  # its lease is still live: hands off
@@ -329,7 +329,7 @@ def test_status_shows_next_sends_last_sends_queue_and_daemon(days):
     slugs = add_articles(days.content_dir, 2)
     days.schedule(slugs[0], date(2026, 3, 3), "08:15")
     days.wake_at(utc(2026, 3, 3, 8, 15))
-    calendar.beat(days.engine, "host:1:abc", utc(2026, 3, 3, 8, 0))
+    leases.beat(days.engine, "host:1:abc", utc(2026, 3, 3, 8, 0))
     days.schedule(slugs[1], date(2026, 3, 5))
     out = days.cli("status")
     assert out.exit_code == 0, out.output

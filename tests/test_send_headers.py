@@ -96,7 +96,7 @@ def test_newsletter_send_of_a_typographic_title_reaches_a_real_smtp_server(env, 
 
 def test_message_ids_are_opaque_unique_and_stable_per_row(settings, db_url):
     from fixtures_delivery import small_rendered
-    from pipeline.deliver import message_id_for
+    from pipeline.send_loop import message_id_for
 
     s = settings.replace(secret_key=SECRET)
     rendered = small_rendered()
@@ -151,12 +151,12 @@ def test_a_failure_building_the_message_is_one_line_recorded_and_shown_by_status
 
 
 def test_a_failure_building_the_test_copy_is_one_line(env, capsys, monkeypatch):
-    import pipeline.deliver
+    import pipeline.send_test_copy
 
     def broken(*args, **kwargs):
         raise ValueError("boom in the reference builder")
 
-    monkeypatch.setattr(pipeline.deliver, "build_message", broken)
+    monkeypatch.setattr(pipeline.send_test_copy, "build_message", broken)
     code, out, err = run(capsys, "send-test", "--to", "editor@example.com", "--date", "2026-03-02")
     assert code == 1
     assert err == ("error: cannot build the test message of issue 2026-03-02: "

@@ -10,7 +10,7 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import update
 
-from pipeline import calendar, clock, holders, ledger
+from pipeline import calendar, clock, holders, leases, ledger
 from pipeline.errors import LeaseLost
 from test_schedule_days import HOLDER, add_articles, days, utc  # noqa: F401  (days is a fixture)
 
@@ -63,8 +63,8 @@ def test_a_daemon_whose_process_died_is_shown_dead_at_once_and_json_has_the_sche
     gone.wait()
     import socket
     dead = f"{socket.gethostname()}:{gone.pid}:1:deadbeef"
-    calendar.beat(days.engine, dead, clock.now())
-    calendar.beat(days.engine, holders.new_holder(), clock.now())  # this process: alive
+    leases.beat(days.engine, dead, clock.now())
+    leases.beat(days.engine, holders.new_holder(), clock.now())  # this process: alive
     out = days.cli("status")
     assert f"daemon: dead (pid {gone.pid}" in out.output and "daemon: running" in out.output, out.output
     report = json.loads(days.cli("status", "--json").output)

@@ -12,6 +12,7 @@ from pipeline.database import Base, engine_for
 import subscribers.models  # noqa: F401
 import pipeline.ledger  # noqa: F401
 import pipeline.calendar  # noqa: F401
+import pipeline.leases  # noqa: F401
 
 target_metadata = Base.metadata
 connection = context.config.attributes.get("connection")
