@@ -76,8 +76,8 @@ class Month:
     # -- the actions --------------------------------------------------------------------------
 
     def today(self) -> date:
-        from pipeline import schedule
-        return schedule.today(self.settings)
+        from pipeline import slots
+        return slots.today(self.settings)
 
     def day(self, offset: int | None) -> str:
         """Today plus ``offset`` days; None: the next day something is scheduled (else today)."""
@@ -150,8 +150,8 @@ class Month:
 
     def next_seven(self) -> datetime:
         """The next 07:00 in the newsletter's time zone after now."""
-        from pipeline import schedule
-        tz = schedule.zone(self.settings)
+        from pipeline import slots
+        tz = slots.zone(self.settings)
         local = self.clock.now().astimezone(tz)
         candidate = local.replace(hour=7, minute=0, second=0, microsecond=0)
         if candidate <= local:
@@ -232,7 +232,7 @@ class Month:
     def rows(self) -> list[tuple]:
         """(issue, row id, subscriber id, email, state, uncertain, Message-ID) of every ledger row."""
         from pipeline import ledger
-        from pipeline.deliver import message_id_for
+        from pipeline.send_loop import message_id_for
 
         found = []
         with self.engine.connect() as conn:
