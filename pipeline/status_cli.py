@@ -74,7 +74,7 @@ def _print(report, settings, engine) -> None:
     tz = slots.zone(settings)
     if not any(d.alive for d in report.daemons):
         # the lines below say what became of any daemon seen lately (dead, silent)
-        console.print("daemon: none running")
+        console.print("daemon: not running")
     for d in report.daemons:
         if d.state == "running":
             console.print(f"daemon: running (pid {d.pid} on {d.host}, last seen {_ago(d.last_seen)})")
