@@ -76,8 +76,8 @@ def floor_stat(files: list[Path]) -> float:
 
 
 def feed_time(content: Path, as_of) -> float:
-    from pipeline.content import load_library
-    from pipeline.feeds import render_feeds
+    from pipeline.content.library import load_library
+    from pipeline.site.feeds import render_feeds
     library = load_library(content)
     render_feeds(library, as_of)  # the first call also compiles the templates
     start = time.perf_counter()

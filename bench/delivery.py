@@ -6,7 +6,7 @@
 
 It creates N synthetic confirmed subscribers in a fresh SQLite file, renders the
 microneedling issue, starts ``smtp-sink`` on 127.0.0.1, and runs
-``pipeline.deliver.send_issue`` (transport smtp) in a child process so its peak
+``pipeline.delivery.deliver.send_issue`` (transport smtp) in a child process so its peak
 RSS can be read from ``wait4``.  Then ``smtp-source`` sends the same number of
 messages of the same size over the same number of connections to the same sink.
 It prints both rates, their ratio and our peak RSS.  See bench/README.md.
@@ -94,11 +94,11 @@ def make_subscribers(engine, settings, n: int) -> None:
 def child(args) -> None:
     """Runs in its own process: the send, so that its peak RSS is ours alone."""
     sys.path.insert(0, str(ROOT))
-    from pipeline.content import load_library
-    from pipeline.compose import compose_issue
+    from pipeline.content.library import load_library
+    from pipeline.rendering.compose import compose_issue
     from pipeline.database import open_database
-    from pipeline.deliver import send_issue
-    from pipeline.render import render_issue
+    from pipeline.delivery.deliver import send_issue
+    from pipeline.rendering.render import render_issue
 
     settings = json.loads(args.child)
     library = load_library(ROOT / "content")
@@ -136,11 +136,11 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     ensure_postfix_tools()
-    from pipeline.content import load_library
-    from pipeline.compose import compose_issue
+    from pipeline.content.library import load_library
+    from pipeline.rendering.compose import compose_issue
     from pipeline.database import open_database
-    from pipeline.message import MessageTemplate
-    from pipeline.render import render_issue
+    from pipeline.delivery.message import MessageTemplate
+    from pipeline.rendering.render import render_issue
 
     work = Path(tempfile.mkdtemp(prefix="bench-delivery-"))
     db_url = f"sqlite:///{work / 'bench.db'}"

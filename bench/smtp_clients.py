@@ -1,4 +1,4 @@
-"""Why pipeline.transport has its own small SMTP client: the same pre-built message
+"""Why pipeline.mail.transport has its own small SMTP client: the same pre-built message
 sent to smtp-sink by three clients, in one run.
 
     .venv/bin/python bench/smtp_clients.py [--n 20000] [--connections 8]
@@ -27,11 +27,11 @@ from bench.delivery import SINK, ensure_postfix_tools, wait_for_port  # noqa: E4
 
 
 def message(settings) -> bytes:
-    from pipeline.compose import compose_issue
-    from pipeline.content import load_library
-    from pipeline.issue import Personal
-    from pipeline.message import MessageTemplate
-    from pipeline.render import render_issue
+    from pipeline.rendering.compose import compose_issue
+    from pipeline.content.library import load_library
+    from pipeline.rendering.issue import Personal
+    from pipeline.delivery.message import MessageTemplate
+    from pipeline.rendering.render import render_issue
 
     library = load_library(ROOT / "content")
     rendered = render_issue(compose_issue(library, date(2026, 3, 2), number=1), settings)
@@ -41,7 +41,7 @@ def message(settings) -> bytes:
 
 
 async def ours(settings, data: bytes, n: int, connections: int) -> int:
-    from pipeline.transport import SMTPConnection
+    from pipeline.mail.transport import SMTPConnection
 
     async def one(count: int) -> int:
         conn = await SMTPConnection.open(settings)
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=2525)
     args = parser.parse_args()
     ensure_postfix_tools()
-    from pipeline.content import load_library
+    from pipeline.content.library import load_library
 
     settings = load_library(ROOT / "content").settings.replace(
         transport="smtp", smtp_host="127.0.0.1", smtp_port=args.port, smtp_timeout=60.0, secret_key="bench")

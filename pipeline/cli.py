@@ -17,21 +17,21 @@ from pipeline.errors import NewsletterError
 # name -> "module:attribute" of a click command; loaded only when used, so
 # `newsletter --help` stays fast and one stage's import error cannot break the rest.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "check": ("pipeline.content_cli:check", "Validate the whole library (articles, authors, site settings)."),
-    "import": ("pipeline.content_cli:import_page", "Convert a library page (text or HTML) into an article."),
-    "settings": ("pipeline.content_cli:settings_cmd", "List every setting with its value, default and help."),
-    "run": ("pipeline.run_cli:run", "The main job: send each day's issue at the send time, serve the web (--once: now)."),
-    "schedule": ("pipeline.schedule_cli:schedule_group", "The editorial calendar: add, list, move, cancel."),
-    "pause": ("pipeline.schedule_cli:pause", "Stop sending (until a date, or until `newsletter resume`)."),
-    "resume": ("pipeline.schedule_cli:resume", "Start sending again after a pause."),
-    "status": ("pipeline.status_cli:status", "Daemons, next sends, last sends with live counts, alerts, the queue (exit 2 on alert; --json)."),
-    "stop": ("pipeline.status_cli:stop", "Stop a send under way at the next batch boundary (resume finishes it)."),
+    "check": ("pipeline.content.cli:check", "Validate the whole library (articles, authors, site settings)."),
+    "import": ("pipeline.content.cli:import_page", "Convert a library page (text or HTML) into an article."),
+    "settings": ("pipeline.content.cli:settings_cmd", "List every setting with its value, default and help."),
+    "run": ("pipeline.scheduling.run_cli:run", "The main job: send each day's issue at the send time, serve the web (--once: now)."),
+    "schedule": ("pipeline.scheduling.cli:schedule_group", "The editorial calendar: add, list, move, cancel."),
+    "pause": ("pipeline.scheduling.cli:pause", "Stop sending (until a date, or until `newsletter resume`)."),
+    "resume": ("pipeline.scheduling.cli:resume", "Start sending again after a pause."),
+    "status": ("pipeline.ops.cli:status", "Daemons, next sends, last sends with live counts, alerts, the queue (exit 2 on alert; --json)."),
+    "stop": ("pipeline.ops.cli:stop", "Stop a send under way at the next batch boundary (resume finishes it)."),
     "subscribers": ("subscribers.cli:subscribers", "Add, import, export, list, show, unsubscribe and erase subscribers."),
     "serve": ("pipeline.web.app:serve", "Serve sign-up, confirmation, preferences, one-click unsubscribe and public/."),
-    "build": ("pipeline.build_cli:build", "Write the feeds, article pages and archive to public/ (--date: that day's issue page)."),
-    "preview": ("pipeline.render_cli:preview", "Render an issue to issue.html/.txt/.eml (and --screenshots) for editors."),
-    "send": ("pipeline.deliver_cli:send", "Send the day's issue to the daily subscribers, exactly once (--resume, --dry-run)."),
-    "send-test": ("pipeline.deliver_cli:send_test", "Mail one [TEST] copy of the day's issue to --to; the ledger is untouched."),
+    "build": ("pipeline.site.cli:build", "Write the feeds, article pages and archive to public/ (--date: that day's issue page)."),
+    "preview": ("pipeline.rendering.cli:preview", "Render an issue to issue.html/.txt/.eml (and --screenshots) for editors."),
+    "send": ("pipeline.delivery.cli:send", "Send the day's issue to the daily subscribers, exactly once (--resume, --dry-run)."),
+    "send-test": ("pipeline.delivery.cli:send_test", "Mail one [TEST] copy of the day's issue to --to; the ledger is untouched."),
 }
 
 
@@ -64,7 +64,7 @@ class Context:
         return load_settings(self.content_dir)
 
     def library(self):
-        from pipeline.content import load_library
+        from pipeline.content.library import load_library
         return load_library(self.content_dir)
 
 

@@ -13,6 +13,7 @@ import click
 
 from pipeline.errors import SubscriberError
 from subscribers.models import FREQUENCIES, STATUSES
+from pipeline.privacy import rights
 
 
 def _open(ctx: click.Context):
@@ -128,7 +129,7 @@ def show_cmd(ctx, email: str) -> None:
     if info is None:
         reason = store.suppression_reason(engine, settings, email)
         raise SubscriberError(f"no subscriber {email}" + (f" (the address is suppressed: {reason})" if reason else ""))
-    click.echo(json.dumps(store.export_data(engine, settings, info.id), indent=2, ensure_ascii=False))
+    click.echo(json.dumps(rights.export_data(engine, settings, info.id), indent=2, ensure_ascii=False))
 
 
 @subscribers.command("unsubscribe")
@@ -159,5 +160,5 @@ def erase_cmd(ctx, email: str, yes: bool) -> None:
         raise SubscriberError(f"no subscriber {email}")
     if not yes:
         click.confirm(f"Erase {info.email} and all their data? This cannot be undone", abort=True)
-    store.erase(engine, settings, info.id, method="cli")
+    rights.erase(engine, settings, info.id, method="cli")
     click.echo(f"erased {info.email}; only a keyed hash is kept on the suppression list")

@@ -36,7 +36,8 @@ from typing import Callable
 
 from sqlalchemy import Engine, delete, func, or_, select, update
 
-from pipeline import clock, holders
+from pipeline import clock
+from pipeline import holders
 from pipeline.database import transaction
 from pipeline.errors import DeliveryError
 from subscribers import limits
@@ -107,7 +108,7 @@ def deliver_due(engine: Engine, settings, send: Callable | None = None, *, worke
                 limit: int = 50) -> tuple[int, int]:
     """Send what is due, oldest first; returns (sent, failed).  Stops at the first
     failure: the relay is probably down, and the next row would only wait as long."""
-    from pipeline.transport import send_single
+    from pipeline.mail.transport import send_single
 
     send = send or send_single
     worker = worker or holders.new_holder()

@@ -5,7 +5,7 @@ Each is multipart text + HTML built with ``EmailMessage``.  Nothing about the
 person's topics appears in the subject, the headers or any URL (topics are
 health data); the tokens in the links are opaque.  Every header value is
 built from settings or from cleaned fields, and CR/LF are stripped again
-here.  Names are written by ``pipeline.headers`` (a stored name that breaks the
+here.  Names are written by ``pipeline.mail.headers`` (a stored name that breaks the
 name rule is left out), and every finished message is parsed back and must have
 exactly the headers we set and the parts we built (``headers.check_finished``),
 so a name typed into the form cannot add a header or a body.
@@ -26,7 +26,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from pipeline import clock
-from pipeline.headers import check_finished, display_name, mailbox, unstructured
+from pipeline.mail.headers import check_finished, display_name, mailbox, unstructured
 from subscribers import tokens
 from subscribers.store import SubscriberInfo, consent_wording
 
@@ -51,7 +51,7 @@ def _message(settings, to: SubscriberInfo, subject: str, template: str, values: 
               "company": settings.publisher.get("company_name", ""), **values}
     # policy.SMTP: CRLF line ends, which an SMTP relay requires (send_single passes the bytes through as they are)
     msg = EmailMessage(policy=policy.SMTP)
-    # Subject, From and To are written by pipeline.headers (folded, RFC 2047) and kept as they are
+    # Subject, From and To are written by pipeline.mail.headers (folded, RFC 2047) and kept as they are
     msg.set_raw("Subject", unstructured("Subject", _safe(subject))[len("Subject: "):-2])
     msg.set_raw("From", _sender(settings)[0])
     msg.set_raw("To", mailbox(name, to.email)[0])
@@ -101,7 +101,7 @@ def confirmation_message(settings, subscriber: SubscriberInfo, *, request=None, 
 
 
 def data_link_message(settings, subscriber: SubscriberInfo, link_id: int, minutes: int) -> EmailMessage:
-    """The one-time link to download or delete one's data (``subscribers.access``)."""
+    """The one-time link to download or delete one's data (``pipeline.privacy.access``)."""
     subject = f"Your data at {settings.publication_name}: your link"
     msg = _message(settings, subscriber, subject, "data_link",
                    {"data_url": tokens.data_url(settings, link_id), "minutes": minutes}, with_name=False)

@@ -39,7 +39,7 @@ from sqlalchemy import Engine, bindparam, delete, func, select, text, update
 from pipeline import clock
 from pipeline.database import transaction
 from pipeline.errors import SubscriberError
-from pipeline.headers import name_problem  # one rule for names, for every edge
+from pipeline.mail.headers import name_problem  # one rule for names, for every edge
 from subscribers.models import (FREQUENCIES, STATUSES, AccessLink, ConsentRecord, QueuedMail, SignupRequest, Subscriber,
                                SubscriberTopic, Suppression)
 from subscribers.tokens import email_hash
@@ -154,7 +154,7 @@ def clean_name(name: str | None) -> str | None:
     """A name is display text (it ends up in the To header and a greeting): spaces
     collapsed, and refused, in plain words, when it has encoded-word syntax
     (``=?...?=``), a control character or line separator, or is too long
-    (``pipeline.headers.name_problem`` decides, for every edge where a name enters)."""
+    (``pipeline.mail.headers.name_problem`` decides, for every edge where a name enters)."""
     if name is None:
         return None
     problem = name_problem(name)
@@ -270,42 +270,27 @@ def _consent_dict(r: ConsentRecord) -> dict:
             "wording_version": r.wording_version, "detail": json.loads(r.detail) if r.detail else None}
 
 
-def export_data(engine: Engine, settings, subscriber_id: int) -> dict | None:
-    """Everything held about one subscriber (UK GDPR right of access), JSON-ready."""
-    with transaction(engine) as s:
-        sub = s.get(Subscriber, subscriber_id)
-        if sub is None:
-            return None
-        info = _info(sub)
-        records = s.scalars(select(ConsentRecord).where(ConsentRecord.subscriber_id == subscriber_id)
-                            .order_by(ConsentRecord.id)).all()
-        suppressed = s.scalar(select(Suppression.reason).where(Suppression.email_hash == sub.email_hash))
-        deliveries = _deliveries_of(s, subscriber_id)
-        return {
-            "subscriber": {
-                "email": info.email, "name": info.name, "status": info.status, "frequency": info.frequency,
-                **{k: (getattr(info, k).isoformat() if getattr(info, k) else None)
-                   for k in ("created_at", "updated_at", "pending_at", "confirmed_at", "unsubscribed_at",
-                             "bounced_at", "complained_at")},
-            },
-            "topics": [{"id": t, "name": (settings.topics.get(t) or {}).get("name", t)} for t in info.topics],
-            "consent_records": [_consent_dict(r) for r in records],
-            "suppressed": suppressed,
-            "emails_sent": deliveries,
-            "exported_at": clock.now().isoformat(),
-        }
-
-
-def _deliveries_of(session, subscriber_id: int) -> list[dict]:
-    """The send ledger's rows about this person: which issue, when, what happened."""
-    from pipeline.ledger import Delivery, IssueRecord
-
-    rows = session.execute(
-        select(IssueRecord.key, IssueRecord.subject, Delivery.state, Delivery.message_id, Delivery.updated_at)
-        .join(IssueRecord, IssueRecord.id == Delivery.issue_id)
-        .where(Delivery.subscriber_id == subscriber_id).order_by(Delivery.id)).all()
-    return [{"issue": r.key, "subject": r.subject, "state": r.state, "message_id": r.message_id,
-             "at": r.updated_at.isoformat() if r.updated_at else None} for r in rows]
+def export_record(session, settings, subscriber_id: int) -> dict | None:
+    """What the store holds about one subscriber, JSON-ready; the send ledger's part and the
+    whole export are ``pipeline.privacy.rights.export_data``."""
+    sub = session.get(Subscriber, subscriber_id)
+    if sub is None:
+        return None
+    info = _info(sub)
+    records = session.scalars(select(ConsentRecord).where(ConsentRecord.subscriber_id == subscriber_id)
+                              .order_by(ConsentRecord.id)).all()
+    suppressed = session.scalar(select(Suppression.reason).where(Suppression.email_hash == sub.email_hash))
+    return {
+        "subscriber": {
+            "email": info.email, "name": info.name, "status": info.status, "frequency": info.frequency,
+            **{k: (getattr(info, k).isoformat() if getattr(info, k) else None)
+               for k in ("created_at", "updated_at", "pending_at", "confirmed_at", "unsubscribed_at",
+                         "bounced_at", "complained_at")},
+        },
+        "topics": [{"id": t, "name": (settings.topics.get(t) or {}).get("name", t)} for t in info.topics],
+        "consent_records": [_consent_dict(r) for r in records],
+        "suppressed": suppressed,
+    }
 
 
 def _topics_by_id(session, ids: Sequence[int]) -> dict[int, list[str]]:
@@ -507,31 +492,27 @@ def complain(engine: Engine, settings, subscriber: int | str, *, method: str = "
     return _leave(engine, settings, subscriber, "complained", method)
 
 
-def erase(engine: Engine, settings, subscriber: int | str, *, method: str = "web") -> bool:
-    """Delete the person; keep only the suppression hash and an anonymous erase event.
-    Returns False when nobody matches."""
+def find(session, subscriber: int | str) -> Subscriber | None:
+    """The subscriber by id or address, in ``session``; None when nobody matches."""
+    return _find(session, subscriber)
+
+
+def erase_in(session, sub: Subscriber, *, method: str) -> None:
+    """Delete the person from the store, in ``session``; keep only the suppression hash and an
+    anonymous erase event. The whole erasure (the send ledger too) is ``pipeline.privacy.rights.erase``."""
     at = clock.now()
-    with transaction(engine) as s:
-        sub = _find(s, subscriber)
-        if sub is None:
-            return False
-        sid, hash_ = sub.id, sub.email_hash
-        s.execute(update(ConsentRecord).where(ConsentRecord.subscriber_id == sid)
-                  .values(subscriber_id=None, ip=None, detail=None))
-        s.execute(delete(SubscriberTopic).where(SubscriberTopic.subscriber_id == sid))
-        # queued mail (address and message), sign-up requests and one-time links go too
-        s.execute(delete(QueuedMail).where(QueuedMail.subscriber_id == sid))
-        s.execute(delete(SignupRequest).where(SignupRequest.subscriber_id == sid))
-        s.execute(delete(AccessLink).where(AccessLink.subscriber_id == sid))
-        # The send ledger keeps a snapshot of the address (and the relay's reply may
-        # echo it); erasure clears both, keeping only the anonymous delivery counts.
-        from pipeline.ledger import Delivery
-        s.execute(update(Delivery).where(Delivery.subscriber_id == sid).values(email=None, last_reply=None))
-        s.expunge(sub)
-        s.execute(delete(Subscriber).where(Subscriber.id == sid))
-        _suppress(s, hash_, "erased", at)
-        _record(s, None, "erase", method, at)
-        return True
+    sid, hash_ = sub.id, sub.email_hash
+    session.execute(update(ConsentRecord).where(ConsentRecord.subscriber_id == sid)
+                    .values(subscriber_id=None, ip=None, detail=None))
+    session.execute(delete(SubscriberTopic).where(SubscriberTopic.subscriber_id == sid))
+    # queued mail (address and message), sign-up requests and one-time links go too
+    session.execute(delete(QueuedMail).where(QueuedMail.subscriber_id == sid))
+    session.execute(delete(SignupRequest).where(SignupRequest.subscriber_id == sid))
+    session.execute(delete(AccessLink).where(AccessLink.subscriber_id == sid))
+    session.expunge(sub)
+    session.execute(delete(Subscriber).where(Subscriber.id == sid))
+    _suppress(session, hash_, "erased", at)
+    _record(session, None, "erase", method, at)
 
 
 def rehash(engine: Engine, settings) -> int:

@@ -18,11 +18,8 @@ cached and copied per call, because the delivery stage calls
 ``unsubscribe_url`` once per recipient (about 5 µs a call; see
 ``bench/subscribers_import.py``).
 
-The secret comes from the environment.  For the embedded demo only (transport
-``outbox`` and no ``NEWSLETTER_SECRET``), a random key is generated once into
-``<var_dir>/secret_key`` with mode 0600; ``var/`` is ignored by git.  With the
-``smtp`` transport a missing secret is an error, because real mail must not
-carry links signed with a key nobody chose.
+The secret comes from ``pipeline.keys.secret`` (``NEWSLETTER_SECRET``, or the
+embedded demo's generated key).
 """
 from __future__ import annotations
 
@@ -30,14 +27,12 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
-import secrets
 import struct
 from functools import lru_cache
-from pathlib import Path
 
 from pipeline import clock
 from pipeline.errors import SubscriberError
+from pipeline.keys import secret
 
 VERSION = 1
 _PLAIN = struct.Struct(">QI")  # subscriber id (8 bytes), issued at (seconds since the epoch, 4 bytes)
@@ -49,9 +44,8 @@ _TOKEN_BYTES = 1 + _PLAIN.size + _TAG_BYTES
 CONFIRM = "confirm-request"
 UNSUBSCRIBE = "unsubscribe"
 PREFERENCES = "preferences"
-DATA = "data"  # names a one-time access link (subscribers.access)
+DATA = "data"  # names a one-time access link (pipeline.privacy.access)
 
-DEV_SECRET_FILE = "secret_key"
 
 
 class _Keys:
@@ -133,37 +127,6 @@ def read_token(secret: str, purpose: str, token: str, max_age: int | None = None
     if max_age is not None and clock.now().timestamp() - issued > max_age:
         raise SubscriberError("this link has expired")
     return subscriber_id
-
-
-# -- the secret ----------------------------------------------------------------
-
-@lru_cache(maxsize=8)
-def _dev_secret(var_dir: str) -> str:
-    path = Path(var_dir) / DEV_SECRET_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # O_EXCL: two processes starting together agree on one key
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        value = path.read_text(encoding="ascii").strip()
-        if not value:
-            raise SubscriberError(f"{path} is empty: delete it or set NEWSLETTER_SECRET") from None
-        return value
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        value = secrets.token_urlsafe(32)
-        f.write(value + "\n")
-    return value
-
-
-def secret(settings) -> str:
-    """The signing secret: ``NEWSLETTER_SECRET``, or the generated demo key when
-    the transport is ``outbox`` (mail never leaves the machine)."""
-    if settings.secret_key:
-        return settings.secret_key
-    if settings.transport == "outbox":
-        return _dev_secret(str(settings.var_dir))
-    raise SubscriberError("NEWSLETTER_SECRET is not set: subscriber links cannot be signed "
-                          "(set it in the environment; the generated demo key is used only with transport=outbox)")
 
 
 def audience_label(settings, topic: str) -> str:

@@ -41,7 +41,7 @@ def settings(content_dir: Path):
 
 @pytest.fixture
 def library(content_dir: Path):
-    from pipeline.content import load_library
+    from pipeline.content.library import load_library
     return load_library(content_dir)
 
 

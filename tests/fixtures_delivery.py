@@ -12,7 +12,7 @@ from email import message_from_bytes, policy
 from typing import Callable
 
 from pipeline import clock
-from pipeline.issue import PLACEHOLDERS, Issue, RenderedIssue
+from pipeline.rendering.issue import PLACEHOLDERS, Issue, RenderedIssue
 
 P = PLACEHOLDERS
 

@@ -76,13 +76,13 @@ class Month:
     # -- the actions --------------------------------------------------------------------------
 
     def today(self) -> date:
-        from pipeline import slots
+        from pipeline.scheduling import slots
         return slots.today(self.settings)
 
     def day(self, offset: int | None) -> str:
         """Today plus ``offset`` days; None: the next day something is scheduled (else today)."""
         if offset is None:
-            from pipeline import calendar
+            from pipeline.scheduling import calendar
             coming = [e.day for e in calendar.entries(self.engine, start=self.today(), states=("scheduled",))]
             return min(coming, default=self.today()).isoformat()
         return (self.today() + timedelta(days=offset)).isoformat()
@@ -99,7 +99,7 @@ class Month:
         return result
 
     def wake(self) -> None:
-        from pipeline import schedule
+        from pipeline.scheduling import schedule
         runs = schedule.wake(self.engine, self.settings, self.content_dir, HOLDER)
         self.log.append("  wake -> " + ", ".join(f"{r.day} {r.kind} {r.state} ({r.sent} sent; {r.error or ''})"
                                                  for r in runs if r is not None))
@@ -140,9 +140,9 @@ class Month:
 
     def sends(self, day: str) -> bool:
         """Would ``send --date DAY`` send anything (the one decider, asked in process)?"""
-        from pipeline.content import load_library
+        from pipeline.content.library import load_library
         from pipeline.errors import NewsletterError
-        from pipeline.plan import plan_day
+        from pipeline.scheduling.plan import plan_day
         try:
             return plan_day(self.engine, self.settings, load_library(self.content_dir), date.fromisoformat(day)).sends
         except NewsletterError:
@@ -150,7 +150,7 @@ class Month:
 
     def next_seven(self) -> datetime:
         """The next 07:00 in the newsletter's time zone after now."""
-        from pipeline import slots
+        from pipeline.scheduling import slots
         tz = slots.zone(self.settings)
         local = self.clock.now().astimezone(tz)
         candidate = local.replace(hour=7, minute=0, second=0, microsecond=0)
@@ -203,10 +203,11 @@ class Month:
 
     def finish(self) -> None:
         """A healthy relay, sending released, then what the alerts say to do."""
-        from pipeline import status
+        from pipeline.ops import status
 
         self.log.append(f"{self.clock.now().isoformat()} finish")
-        from pipeline import calendar, ledger
+        from pipeline.scheduling import calendar
+        from pipeline.delivery import ledger
 
         self.relay.switch("accept")
         self.cli("resume")
@@ -231,8 +232,8 @@ class Month:
 
     def rows(self) -> list[tuple]:
         """(issue, row id, subscriber id, email, state, uncertain, Message-ID) of every ledger row."""
-        from pipeline import ledger
-        from pipeline.send_loop import message_id_for
+        from pipeline.delivery import ledger
+        from pipeline.delivery.send_loop import message_id_for
 
         found = []
         with self.engine.connect() as conn:
@@ -250,7 +251,7 @@ class Month:
         return "\n".join(self.log[-60:])
 
     def check(self, final: bool = False) -> None:
-        from pipeline import status
+        from pipeline.ops import status
 
         rows = self.rows()
         got = self.relay.received()
@@ -296,7 +297,7 @@ class Month:
             self.check_nobody_missed(rows, got, report)
 
     def check_nobody_missed(self, rows, got, report) -> None:
-        from pipeline import ledger
+        from pipeline.delivery import ledger
 
         alerting = {a["day"] for a in report["alerts"]}
         by_issue: dict[str, list] = defaultdict(list)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from pipeline.content import Library
-from pipeline.issue import PLACEHOLDERS, Issue, RenderedIssue
+from pipeline.content.library import Library
+from pipeline.rendering.issue import PLACEHOLDERS, Issue, RenderedIssue
 
 from conftest import free_port, serve  # noqa: F401  (serve is re-exported for the site tests)
 

@@ -14,10 +14,11 @@ import lxml.etree
 import lxml.html
 import pytest
 
-from pipeline import feeds, markup
-from pipeline.content import check_library, load_library
-from pipeline.feeds import render_feeds
-from pipeline.site import build_site
+from pipeline.site import feeds
+from pipeline.content import markup
+from pipeline.content.library import check_library, load_library
+from pipeline.site.feeds import render_feeds
+from pipeline.site.pages import build_site
 
 from conftest import ROOT
 from fixtures_site import write_article
@@ -101,7 +102,7 @@ def test_a_template_change_rebuilds_everything(big, tmp_path, monkeypatch):
     base.write_text(base.read_text(encoding="utf-8").replace("<body>", "<body data-build=\"2\">"),
                     encoding="utf-8")
     monkeypatch.setattr(feeds, "TEMPLATES", templates / "web")
-    monkeypatch.setattr("pipeline.site.TEMPLATES", templates / "web")
+    monkeypatch.setattr("pipeline.site.pages.TEMPLATES", templates / "web")
     feeds.web_templates.cache_clear()
     try:
         second, _ = build(big, out)

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.content import LibraryError, check_library, load_library
+from pipeline.content.library import LibraryError, check_library, load_library
 
 ROOT = Path(__file__).resolve().parent.parent
 

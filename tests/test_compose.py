@@ -6,9 +6,9 @@ from datetime import date
 
 import pytest
 
-from pipeline.article import Article
-from pipeline.compose import compose_issue, next_in_queue, weekly_issue
-from pipeline.content import Library
+from pipeline.content.article import Article
+from pipeline.rendering.compose import compose_issue, next_in_queue, weekly_issue
+from pipeline.content.library import Library
 from pipeline.errors import ContentError
 
 

@@ -11,6 +11,7 @@ from pipeline.database import open_database
 from subscribers import csvio, store
 
 from fixtures_subscribers import SECRET, outbox_messages, subscriber_settings, text_part
+from pipeline.privacy import rights
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ def test_import_reports_each_bad_row_and_imports_the_good_ones(env, capsys, tmp_
 def test_import_skips_suppressed_and_updates_existing(env, capsys, tmp_path):
     engine = open_database(env.database_url)
     gone = store.add(engine, env, "gone@example.com", confirmed=True, consent="y")
-    store.erase(engine, env, gone.id)
+    rights.erase(engine, env, gone.id)
     left = store.add(engine, env, "left@example.com", confirmed=True, consent="y")
     store.unsubscribe(engine, env, left.id)
     store.add(engine, env, "stay@example.com", name="Stay", confirmed=True, consent="y")

@@ -15,10 +15,10 @@ from sqlalchemy import select, update
 
 from conftest import free_port
 from fixtures_delivery import Script, add_subscribers, small_rendered, start_scripted_server
-from pipeline import ledger
+from pipeline.delivery import ledger
 from pipeline.database import open_database
-from pipeline.deliver import send_issue
-from pipeline.transport import Outbox
+from pipeline.delivery.deliver import send_issue
+from pipeline.mail.transport import Outbox
 from subscribers.tokens import UNSUBSCRIBE, read_token
 
 SECRET = "deliver-test-secret"
@@ -104,8 +104,8 @@ def test_send_issue_works_when_the_caller_runs_an_event_loop(engine, outbox_sett
 
 
 def test_a_real_issue_reaches_its_topics_subscribers_and_those_who_chose_none(engine, outbox_settings, library):
-    from pipeline.compose import compose_issue
-    from pipeline.render import render_issue
+    from pipeline.rendering.compose import compose_issue
+    from pipeline.rendering.render import render_issue
 
     skin = add_subscribers(engine, outbox_settings, 2, start=0, topics=("skin-care",))
     add_subscribers(engine, outbox_settings, 2, start=10, topics=("hair-loss",))
@@ -274,7 +274,7 @@ def test_send_command_sends_once_and_send_test_leaves_the_ledger_alone(content_d
 def test_send_command_sends_what_the_calendar_has_for_the_day(content_dir, tmp_path, db_url, settings):
     """A manual send (after a content error, say) sends the editors' choice for the
     day, not the head of the queue, and numbers it like the daemon would."""
-    from pipeline import calendar
+    from pipeline.scheduling import calendar
     from pipeline.cli import cli
 
     source = (content_dir / "articles" / "microneedling.md").read_text(encoding="utf-8")
@@ -296,7 +296,7 @@ def test_send_command_sends_what_the_calendar_has_for_the_day(content_dir, tmp_p
 
 
 def test_send_to_one_topics_audience_is_its_own_issue_and_names_no_topic(content_dir, tmp_path, db_url, settings):
-    from pipeline import calendar
+    from pipeline.scheduling import calendar
     from pipeline.cli import cli
 
     engine = open_database(db_url)
@@ -353,7 +353,7 @@ def test_send_command_reports_a_refusing_relay_as_one_line_and_loses_nobody(cont
 
 
 def test_send_test_over_smtp_mails_one_marked_copy_and_no_ledger(engine, settings, smtp_server):
-    from pipeline.send_test_copy import send_test
+    from pipeline.delivery.send_test_copy import send_test
 
     s = smtp_settings(settings, smtp_server.port)
     receipt = send_test(s, small_rendered(), "editor@example.com")

@@ -9,10 +9,10 @@ import pytest
 
 from conftest import free_port
 from fixtures_delivery import Script, add_subscribers, small_rendered, start_scripted_server
-from pipeline import ledger
+from pipeline.delivery import ledger
 from pipeline.database import open_database
-from pipeline.deliver import send_issue
-from pipeline.transport import SMTPConnection
+from pipeline.delivery.deliver import send_issue
+from pipeline.mail.transport import SMTPConnection
 
 SECRET = "faults-test-secret"
 

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from conftest import free_port
 from fixtures_delivery import Script, add_subscribers, start_scripted_server
-from pipeline import ledger
+from pipeline.delivery import ledger
 from pipeline.database import open_database
 
 ROOT = Path(__file__).resolve().parent.parent

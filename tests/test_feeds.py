@@ -19,11 +19,11 @@ from lxml import etree
 
 from click.testing import CliRunner
 
-from pipeline import markup
+from pipeline.content import markup
 from pipeline.cli import cli
-from pipeline.content import load_library
+from pipeline.content.library import load_library
 from pipeline.errors import ContentError
-from pipeline.feeds import (ATOM_FILE, JSON_FILE, RSS_FILE, atom_feed, json_feed, render_feeds,
+from pipeline.site.feeds import (ATOM_FILE, JSON_FILE, RSS_FILE, atom_feed, json_feed, render_feeds,
                             rss_feed)
 
 from conftest import GOLDEN

@@ -18,13 +18,13 @@ from bs4 import BeautifulSoup
 from click.testing import CliRunner
 from lxml import etree
 
-from pipeline import markup
+from pipeline.content import markup
 from pipeline.cli import cli
-from pipeline.content import load_library
-from pipeline.feeds import atom_feed, json_feed, rss_feed
-from pipeline.issue import Issue
-from pipeline.render import render_issue
-from pipeline.site import build_site
+from pipeline.content.library import load_library
+from pipeline.site.feeds import atom_feed, json_feed, rss_feed
+from pipeline.rendering.issue import Issue
+from pipeline.rendering.render import render_issue
+from pipeline.site.pages import build_site
 
 from fixtures_site import write_article
 
@@ -165,7 +165,7 @@ def test_citation_marker_is_grouped_with_its_word():
     assert [g.get_text() for g in groups] == ["types[2,\u00a04]", "sweating).[3]"]
     assert all(g.select_one("sup.cite") for g in groups)
     # the plain-text part is unchanged by the grouping
-    from pipeline.plaintext import Footnotes, body_text
+    from pipeline.content.plaintext import Footnotes, body_text
     assert body_text("Evidence for types[^2,4] here.\n", Footnotes(first=5)) == "Evidence for types[2,4] here."
 
 
@@ -293,8 +293,8 @@ def test_images_reach_the_email_with_size_alt_and_caption(content_dir, pictured,
     # the text part names the picture by its alt text
     assert "A dermaroller on a clean tray – 微针" in rendered.text
     # and the MIME message carries the same HTML
-    from pipeline.issue import Personal
-    from pipeline.message import build_message
+    from pipeline.rendering.issue import Personal
+    from pipeline.delivery.message import build_message
     personal = Personal(f"{BASE}/unsubscribe/T", f"{BASE}/preferences/T", "Hello Zoë,")
     message = message_from_bytes(build_message(rendered, library.settings, to="Zoë Dubois <zoe@example.org>",
                                                personal=personal), policy=policy.default)

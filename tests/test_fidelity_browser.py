@@ -9,10 +9,10 @@ from datetime import date
 
 import pytest
 
-from pipeline.content import load_library
-from pipeline.issue import Issue
-from pipeline.render import render_issue
-from pipeline.site import build_site
+from pipeline.content.library import load_library
+from pipeline.rendering.issue import Issue
+from pipeline.rendering.render import render_issue
+from pipeline.site.pages import build_site
 
 from fixtures_site import write_article
 

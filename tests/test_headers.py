@@ -13,7 +13,7 @@ import pytest
 
 from fixtures_delivery import small_rendered
 from pipeline.errors import DeliveryError, SubscriberError
-from pipeline.issue import Personal
+from pipeline.rendering.issue import Personal
 
 UNSUB = "https://my.klarity.health/newsletter/unsubscribe/AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 PREFS = "https://my.klarity.health/newsletter/preferences/AQBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"
@@ -76,8 +76,8 @@ def header_lines(head: bytes, field: bytes) -> list[bytes]:
 
 
 def both_builders(rendered, settings, email, name):
-    from pipeline.send_loop import greeting
-    from pipeline.message import MessageTemplate, build_message, recipient
+    from pipeline.delivery.send_loop import greeting
+    from pipeline.delivery.message import MessageTemplate, build_message, recipient
 
     to = recipient(email, name)
     reference = build_message(rendered, settings, to=to, personal=personal(greeting(name)), message_id=MID)
@@ -127,10 +127,10 @@ def test_unicode_sender_and_publication_names_are_encoded_in_from_and_list_id(se
 
 def test_the_typographic_title_renders_and_builds_with_the_real_render_stage(content_dir):
     """The reproduction of section 1: the real microneedling article retitled."""
-    from pipeline.compose import compose_issue
-    from pipeline.content import load_library
-    from pipeline.message import MessageTemplate
-    from pipeline.render import render_issue
+    from pipeline.rendering.compose import compose_issue
+    from pipeline.content.library import load_library
+    from pipeline.delivery.message import MessageTemplate
+    from pipeline.rendering.render import render_issue
 
     article = content_dir / "articles" / "microneedling.md"
     article.write_text(article.read_text(encoding="utf-8").replace(
@@ -220,8 +220,8 @@ def test_confirmation_email_carries_no_name_and_welcome_carries_a_unicode_one(se
 # -- the finished-bytes check -----------------------------------------------------------------
 
 def test_check_finished_refuses_anything_we_did_not_build(settings):
-    from pipeline.headers import check_finished
-    from pipeline.message import build_message, expected_headers, static_headers
+    from pipeline.mail.headers import check_finished
+    from pipeline.delivery.message import build_message, expected_headers, static_headers
 
     rendered = small_rendered()
     good = build_message(rendered, settings, to="eve@example.com", personal=personal(), message_id=MID)
@@ -248,7 +248,7 @@ def test_check_finished_refuses_anything_we_did_not_build(settings):
 def test_builders_refuse_a_to_line_that_reads_back_as_something_else(settings, monkeypatch):
     """Whatever writes the To value (an interpreter's folder, a future change), the bytes
     are checked: a To value that carries a header is refused by both builders."""
-    import pipeline.message as message
+    import pipeline.delivery.message as message
 
     template = message.MessageTemplate(small_rendered(), settings)
     monkeypatch.setattr(message, "mailbox", lambda name, addr, header="To": (
@@ -276,8 +276,8 @@ def test_transactional_messages_are_checked_before_they_leave(settings, monkeypa
 
 
 def test_send_test_copy_is_checked_and_encoded(settings, tmp_path):
-    from pipeline.send_test_copy import send_test
-    from pipeline.transport import Outbox
+    from pipeline.delivery.send_test_copy import send_test
+    from pipeline.mail.transport import Outbox
 
     s = settings.replace(transport="outbox", outbox_dir=str(tmp_path / "outbox"))
     send_test(s, small_rendered(subject="What’s Microneedling? – the facts"), "editor@example.com")

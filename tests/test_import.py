@@ -20,11 +20,11 @@ import yaml
 from click.testing import CliRunner
 from hypothesis import given, settings as hsettings, strategies as st
 
-from pipeline import markup
+from pipeline.content import markup
 from pipeline.cli import cli
-from pipeline.content import load_library, split_front_matter
+from pipeline.content.library import load_library, split_front_matter
 from pipeline.errors import ImportError_
-from pipeline.importer import (Cite, Paragraph, find_citations, inline_markdown, read_page, render_body,
+from pipeline.content.importer import (Cite, Paragraph, find_citations, inline_markdown, read_page, render_body,
                                slug_from_title)
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,8 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from fixtures_delivery import add_subscribers, small_rendered
-from pipeline import clock, ledger
+from pipeline import clock
+from pipeline.delivery import ledger
 from pipeline.database import open_database
 from pipeline.errors import DeliveryError
 

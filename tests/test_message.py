@@ -13,8 +13,8 @@ import pytest
 
 from fixtures_delivery import small_rendered
 from pipeline.errors import DeliveryError
-from pipeline.issue import PLACEHOLDERS, Personal
-from pipeline.message import MessageTemplate, build_message, dkim_signer, recipient
+from pipeline.rendering.issue import PLACEHOLDERS, Personal
+from pipeline.delivery.message import MessageTemplate, build_message, dkim_signer, recipient
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTENT = Path(__file__).parent / "fixtures" / "library"  # the tests' own library
@@ -26,9 +26,9 @@ SINGLE = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version")
 @pytest.fixture(scope="module")
 def real():
     """The microneedling issue, rendered by the real render stage, and its settings."""
-    from pipeline.compose import compose_issue
-    from pipeline.content import load_library
-    from pipeline.render import render_issue
+    from pipeline.rendering.compose import compose_issue
+    from pipeline.content.library import load_library
+    from pipeline.rendering.render import render_issue
 
     library = load_library(CONTENT)
     issue = compose_issue(library, date(2026, 3, 2), number=1)
@@ -190,9 +190,9 @@ def test_per_recipient_values_with_line_breaks_are_refused(settings, field):
 # -- 24: nothing about a sensitive audience in the headers ---------------------------------------
 
 def test_headers_of_a_sensitive_topic_issue_do_not_name_the_topic(content_dir):
-    from pipeline.compose import compose_issue
-    from pipeline.content import load_library
-    from pipeline.render import render_issue
+    from pipeline.rendering.compose import compose_issue
+    from pipeline.content.library import load_library
+    from pipeline.rendering.render import render_issue
 
     article = content_dir / "articles" / "microneedling.md"
     article.write_text(article.read_text().replace("  - skin-care\n", "  - skin-care\n  - skin-conditions\n"))

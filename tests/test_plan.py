@@ -1,4 +1,4 @@
-"""One decider for what a day sends (``pipeline.plan.plan_day``), and the calendar's
+"""One decider for what a day sends (``pipeline.scheduling.plan.plan_day``), and the calendar's
 double sends and silent misses it closes.  Whole days on a frozen clock through the
 real stages, the CLI in process, and a counting aiosmtpd server where a relay matters."""
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 
 from conftest import free_port
 from fixtures_delivery import Script, add_subscribers, start_scripted_server
-from pipeline import calendar, ledger
+from pipeline.scheduling import calendar
+from pipeline.delivery import ledger
 from test_schedule_days import HOLDER, Day, add_articles, utc
 
 TUE, THU, MON = date(2026, 3, 3), date(2026, 3, 5), date(2026, 3, 9)

@@ -122,7 +122,7 @@ def test_no_pair_is_ever_delivered_twice_over_random_months(kind, request, tmp_p
     "refused for it. `resume` and `schedule list` do name it."))
 def test_a_partly_sent_paused_day_alert_names_its_resume(content_dir, tmp_path, db_url, frozen):
     from fixtures_delivery import Script, start_scripted_server
-    from pipeline import status
+    from pipeline.ops import status
     from test_plan import smtp
     from test_schedule_days import Day, utc
 

@@ -18,12 +18,12 @@ import cssutils
 import lxml.html
 import pytest
 
-from pipeline.article import Article, Author, Reference
-from pipeline.compose import compose_issue, weekly_issue
-from pipeline.content import Library, load_library
+from pipeline.content.article import Article, Author, Reference
+from pipeline.rendering.compose import compose_issue, weekly_issue
+from pipeline.content.library import Library, load_library
 from pipeline.errors import RenderError
-from pipeline.issue import PLACEHOLDERS, Issue, Personal, personalise
-from pipeline.render import CLIP_BYTES, DOCTYPE, compile_mjml, inline_css, render_issue, render_mjml, subject_and_preheader
+from pipeline.rendering.issue import PLACEHOLDERS, Issue, Personal, personalise
+from pipeline.rendering.render import CLIP_BYTES, DOCTYPE, compile_mjml, inline_css, render_issue, render_mjml, subject_and_preheader
 from pipeline.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -409,7 +409,7 @@ def test_21_text_lines_wrap_at_78_without_breaking_urls(rendered, article):
 # -- sensitive topics: checklist 24 -------------------------------------------------------------
 
 def test_24_sensitive_audience_gets_neutral_subject_and_nothing_names_the_topic(lib):
-    from pipeline.message import build_message
+    from pipeline.delivery.message import build_message
 
     s = lib.settings
     topic = "hair-loss"
@@ -509,7 +509,7 @@ def hostile(lib):
 
 
 def test_hostile_article_reaches_no_output(hostile, lib):
-    from pipeline.message import build_message
+    from pipeline.delivery.message import build_message
 
     doc = lxml.html.document_fromstring(hostile.html)
     for tag in ("script", "iframe", "form", "input", "img", "style[not(ancestor::head)]"):
@@ -573,7 +573,7 @@ def test_oversized_issue_is_refused(lib):
 # -- the Markdown-to-text walker ------------------------------------------------------------------
 
 def test_body_text_walker_structure_and_footnotes():
-    from pipeline.plaintext import Footnotes, body_text
+    from pipeline.content.plaintext import Footnotes, body_text
 
     markdown = (
         "Read [the NHS page](https://www.nhs.uk/conditions/) and [again](https://www.nhs.uk/conditions/),\n"

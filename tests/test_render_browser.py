@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.compose import compose_issue
-from pipeline.content import load_library
-from pipeline.issue import Personal, personalise
-from pipeline.render import render_issue
+from pipeline.rendering.compose import compose_issue
+from pipeline.content.library import load_library
+from pipeline.rendering.issue import Personal, personalise
+from pipeline.rendering.render import render_issue
 from pipeline.settings import load_settings
 
 pytestmark = pytest.mark.browser

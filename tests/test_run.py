@@ -19,7 +19,7 @@ import sqlalchemy
 from lxml import etree
 
 from conftest import free_port
-from pipeline import calendar
+from pipeline.scheduling import calendar
 
 UTC = timezone.utc
 SECRET = "test-secret-not-for-production-0123456789"

@@ -9,7 +9,9 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 import sqlalchemy
 
-from pipeline import calendar, clock, leases
+from pipeline.scheduling import calendar
+from pipeline.delivery import leases
+from pipeline import clock
 from pipeline.clock import frozen_clock
 
 UTC = timezone.utc
@@ -29,7 +31,7 @@ def eventually(check, timeout: float = 10.0):
 @pytest.fixture
 def daemon(store_url, content_dir, tmp_path):
     from pipeline.database import open_database
-    from pipeline.run_cli import Daemon
+    from pipeline.scheduling.run_cli import Daemon
     from pipeline.settings import load_settings
 
     engine = open_database(store_url)
@@ -91,7 +93,7 @@ def test_each_daemon_plans_in_its_own_memory_from_the_database(store_url, conten
     """Two daemons on one database: each has its own job store, both plan the same
     send from the calendar, and removing one's job does not touch the other's."""
     from pipeline.database import open_database
-    from pipeline.run_cli import Daemon
+    from pipeline.scheduling.run_cli import Daemon
     from pipeline.settings import load_settings
 
     engine = open_database(store_url)
@@ -116,7 +118,7 @@ def test_each_daemon_plans_in_its_own_memory_from_the_database(store_url, conten
 
 def test_a_broken_site_file_keeps_the_previous_settings(content_dir, db_url, caplog):
     from pipeline.database import open_database
-    from pipeline.run_cli import Daemon
+    from pipeline.scheduling.run_cli import Daemon
     from pipeline.settings import load_settings
 
     settings = load_settings(content_dir, env={}).replace(database_url=db_url)

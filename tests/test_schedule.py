@@ -9,8 +9,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
-from pipeline import calendar, leases, schedule, slots
-from pipeline.calendar import Pause, Run
+from pipeline.scheduling import calendar, schedule
+from pipeline.delivery import leases
+from pipeline.scheduling import slots
+from pipeline.scheduling.calendar import Pause, Run
 from pipeline.cli import cli
 from pipeline.errors import ScheduleError
 
@@ -215,7 +217,7 @@ def test_only_one_scheduled_entry_per_article_even_racing(both, frozen):
     """The partial unique index holds even when the application check is bypassed."""
     from sqlalchemy.exc import IntegrityError
 
-    from pipeline.calendar import CalendarEntry
+    from pipeline.scheduling.calendar import CalendarEntry
     from pipeline.database import transaction
 
     calendar.add_entry(both, "microneedling", date(2026, 3, 5), None)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline import calendar, leases, schedule
+from pipeline.scheduling import calendar, schedule
+from pipeline.delivery import leases
 from pipeline.cli import cli
 from pipeline.clock import frozen_clock
 

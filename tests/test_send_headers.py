@@ -16,10 +16,11 @@ import pytest
 from sqlalchemy import select
 
 from fixtures_delivery import add_subscribers
-from pipeline import calendar, ledger
+from pipeline.scheduling import calendar
+from pipeline.delivery import ledger
 from pipeline.cli import main
 from pipeline.database import open_database
-from pipeline.transport import Outbox
+from pipeline.mail.transport import Outbox
 from subscribers import store
 
 SECRET = "send-headers-test-secret"
@@ -96,7 +97,7 @@ def test_newsletter_send_of_a_typographic_title_reaches_a_real_smtp_server(env, 
 
 def test_message_ids_are_opaque_unique_and_stable_per_row(settings, db_url):
     from fixtures_delivery import small_rendered
-    from pipeline.send_loop import message_id_for
+    from pipeline.delivery.send_loop import message_id_for
 
     s = settings.replace(secret_key=SECRET)
     rendered = small_rendered()
@@ -125,7 +126,7 @@ def test_run_once_sends_the_typographic_title(env, capsys, settings):
 
 def test_a_failure_building_the_message_is_one_line_recorded_and_shown_by_status(env, capsys, settings,
                                                                                  monkeypatch, caplog):
-    import pipeline.message
+    import pipeline.delivery.message
 
     store.add(open_database(env["DATABASE_URL"]), settings.replace(secret_key=SECRET), "amy@example.com",
               confirmed=True, consent="yes")
@@ -133,7 +134,7 @@ def test_a_failure_building_the_message_is_one_line_recorded_and_shown_by_status
     def broken(self, *args, **kwargs):
         raise RuntimeError("boom in the template")
 
-    monkeypatch.setattr(pipeline.message.MessageTemplate, "__init__", broken)
+    monkeypatch.setattr(pipeline.delivery.message.MessageTemplate, "__init__", broken)
     code, out, err = run(capsys, "send", "--date", "2026-03-02")
     assert code == 1
     assert err == "error: cannot build the message of issue 2026-03-02: RuntimeError: boom in the template\n"
@@ -151,12 +152,12 @@ def test_a_failure_building_the_message_is_one_line_recorded_and_shown_by_status
 
 
 def test_a_failure_building_the_test_copy_is_one_line(env, capsys, monkeypatch):
-    import pipeline.send_test_copy
+    import pipeline.delivery.send_test_copy
 
     def broken(*args, **kwargs):
         raise ValueError("boom in the reference builder")
 
-    monkeypatch.setattr(pipeline.send_test_copy, "build_message", broken)
+    monkeypatch.setattr(pipeline.delivery.send_test_copy, "build_message", broken)
     code, out, err = run(capsys, "send-test", "--to", "editor@example.com", "--date", "2026-03-02")
     assert code == 1
     assert err == ("error: cannot build the test message of issue 2026-03-02: "

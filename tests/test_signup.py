@@ -19,6 +19,7 @@ from pipeline.database import open_database
 from subscribers import store, tokens
 
 from fixtures_subscribers import CONSENT, SECRET, html_part, link, outbox_messages, subscriber_settings, text_part
+from pipeline.privacy import rights
 
 BASE = "http://testserver"
 
@@ -139,7 +140,7 @@ def test_bounced_and_complained_addresses_get_the_same_page_and_no_mail(client, 
 
 def test_erased_and_unsubscribed_addresses_get_one_confirmation_in_30_days(client, wsettings, engine, frozen):
     gone = store.add(engine, wsettings, "gone@example.com", confirmed=True, consent="y")
-    store.erase(engine, wsettings, gone.id)
+    rights.erase(engine, wsettings, gone.id)
     left = store.add(engine, wsettings, "left@example.com", confirmed=True, consent="y")
     store.unsubscribe(engine, wsettings, left.id)
     for day in range(3):
@@ -280,7 +281,7 @@ def test_erasure_deletes_queued_mail(client, wsettings, engine):
         sign_up(c, "queued@example.com")
         info = store.get_by_email(engine, "queued@example.com")
         assert mailqueue.counts(engine).get("queued") == 1
-        store.erase(engine, wsettings, info.id)
+        rights.erase(engine, wsettings, info.id)
         assert mailqueue.counts(engine).get("queued") is None
 
 

@@ -18,11 +18,11 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.content import load_library
+from pipeline.content.library import load_library
 from pipeline.errors import ContentError, RenderError
-from pipeline.issue import PLACEHOLDERS
-from pipeline.site import SiteWriter, build_site, publish_issue, published_issues
-from pipeline.static_files import StaticSite
+from pipeline.rendering.issue import PLACEHOLDERS
+from pipeline.site.pages import SiteWriter, build_site, publish_issue, published_issues
+from pipeline.site.static_files import StaticSite
 
 from conftest import ROOT
 from fixtures_site import sample_issue, serve, write_article

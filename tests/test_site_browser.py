@@ -13,9 +13,9 @@ from urllib.parse import urldefrag
 import httpx
 import pytest
 
-from pipeline.content import load_library
-from pipeline.site import build_site, publish_issue
-from pipeline.static_files import StaticSite
+from pipeline.content.library import load_library
+from pipeline.site.pages import build_site, publish_issue
+from pipeline.site.static_files import StaticSite
 
 from conftest import ROOT, missing
 from fixtures_site import sample_issue, serve, write_article

@@ -10,7 +10,11 @@ from datetime import date, timedelta
 import pytest
 from sqlalchemy import update
 
-from pipeline import calendar, clock, holders, leases, ledger
+from pipeline.scheduling import calendar
+from pipeline import holders
+from pipeline.delivery import leases
+from pipeline import clock
+from pipeline.delivery import ledger
 from pipeline.errors import LeaseLost
 from test_schedule_days import HOLDER, add_articles, days, utc  # noqa: F401  (days is a fixture)
 
@@ -78,8 +82,8 @@ def test_a_daemon_whose_process_died_is_shown_dead_at_once_and_json_has_the_sche
 
 def test_a_lost_lease_fences_every_ledger_and_run_write(days):
     """The stalled holder's writes change nothing once another process took over."""
-    from pipeline.compose import compose_issue
-    from pipeline.content import load_library
+    from pipeline.rendering.compose import compose_issue
+    from pipeline.content.library import load_library
 
     days.subscribe("reader@example.com")
     days.subscribe("zoe@bücher.example")

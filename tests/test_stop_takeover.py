@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from fixtures_delivery import add_subscribers
 from fixtures_stop import SECRET, Processes, eventually, start_relay
-from pipeline import calendar
+from pipeline.scheduling import calendar
 
 pytestmark = pytest.mark.slow
 UTC = timezone.utc

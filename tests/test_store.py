@@ -11,12 +11,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import inspect, select, text
 
+from pipeline import keys
 from pipeline.database import open_database
 from pipeline.errors import SubscriberError
 from subscribers import signup, store, tokens
 from subscribers.models import ConsentRecord, Subscriber, SubscriberTopic, Suppression
 
 from fixtures_subscribers import SECRET, sub_settings  # noqa: F401
+from pipeline.privacy import rights
 
 
 @pytest.fixture
@@ -107,12 +109,12 @@ def test_missing_secret_is_an_error_for_real_mail(sub_settings):
 
 def test_demo_secret_is_generated_once_private_and_outside_the_repo(sub_settings, tmp_path):
     demo = sub_settings.replace(secret_key="", transport="outbox", var_dir=str(tmp_path / "demo-var"))
-    first = tokens.secret(demo)
+    first = keys.secret(demo)
     path = tmp_path / "demo-var" / "secret_key"
     assert path.read_text().strip() == first and len(first) >= 40
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    tokens._dev_secret.cache_clear()
-    assert tokens.secret(demo) == first  # read back, not regenerated
+    keys._dev_secret.cache_clear()
+    assert keys.secret(demo) == first  # read back, not regenerated
 
 
 def test_form_token_is_bound_to_the_link_and_expires(sub_settings, frozen):
@@ -263,7 +265,7 @@ def test_erase_keeps_only_the_suppression_hash(engine, sub_settings):
     signup.confirm(engine, sub_settings, request.request_id, ip="198.51.100.8")
     assert "erase.me" in all_text(engine)  # queued mail, the request
     other = store.add(engine, sub_settings, "keep@example.com", topics=["mental-health"], confirmed=True, consent="y")
-    assert store.erase(engine, sub_settings, sub.id, method="web")
+    assert rights.erase(engine, sub_settings, sub.id, method="web")
     assert store.get(engine, sub.id) is None
     everything = all_text(engine)
     for personal in ("erase.me", "Erin Private", "198.51.100", "ERASE.ME"):
@@ -277,7 +279,7 @@ def test_erase_keeps_only_the_suppression_hash(engine, sub_settings):
         ("subscribe", None, None), ("confirm", None, None), ("erase", None, None)]
     assert topics == [other.id]
     assert store.suppression_reason(engine, sub_settings, "Erase.Me@example.com") == "erased"
-    assert store.erase(engine, sub_settings, sub.id) is False  # twice is harmless
+    assert rights.erase(engine, sub_settings, sub.id) is False  # twice is harmless
     # an erased person can still leave with an old link: nothing to do, no error
     assert store.unsubscribe(engine, sub_settings, sub.id) is None
 
@@ -285,7 +287,7 @@ def test_erase_keeps_only_the_suppression_hash(engine, sub_settings):
 def test_an_erased_persons_id_is_never_given_to_someone_new(engine, sub_settings):
     first = store.add(engine, sub_settings, "first@example.com", confirmed=True, consent="y")
     old_link = tokens.make_token(SECRET, tokens.UNSUBSCRIBE, first.id)
-    store.erase(engine, sub_settings, first.id)
+    rights.erase(engine, sub_settings, first.id)
     second = store.add(engine, sub_settings, "second@example.com", confirmed=True, consent="y")
     assert second.id != first.id
     assert store.unsubscribe(engine, sub_settings, tokens.read_token(SECRET, tokens.UNSUBSCRIBE, old_link)) is None
@@ -322,13 +324,13 @@ def test_preferences_update_and_export(engine, sub_settings, frozen):
                                     frequency="weekly", ip="192.0.2.3")
     assert (info.name, info.topics, info.frequency, info.updated_at) == ("Ann", ("hair-loss", "skin-care"), "weekly",
                                                                          frozen.now())
-    data = store.export_data(engine, sub_settings, sub.id)
+    data = rights.export_data(engine, sub_settings, sub.id)
     json.dumps(data)  # JSON-ready
     assert data["subscriber"]["email"] == "a@example.com" and data["subscriber"]["status"] == "confirmed"
     assert data["topics"] == [{"id": "hair-loss", "name": "Hair loss"}, {"id": "skin-care", "name": "Skin care and treatments"}]
     assert [r["action"] for r in data["consent_records"]] == ["subscribe", "confirm", "preferences"]
     assert data["consent_records"][2]["ip"] == "192.0.2.3"
-    assert store.export_data(engine, sub_settings, 999) is None
+    assert rights.export_data(engine, sub_settings, 999) is None
 
 
 def test_import_rows_adds_updates_and_skips_suppressed(engine, sub_settings, frozen):
@@ -386,7 +388,7 @@ def test_schema_on_this_database(engine):
 
 def test_erase_also_clears_the_address_from_the_send_ledger(engine, sub_settings, tmp_path, frozen):
     from fixtures_delivery import small_rendered
-    from pipeline.deliver import send_issue
+    from pipeline.delivery.deliver import send_issue
 
     sub = store.add(engine, sub_settings, "ledger.person@example.com", name="Lee Ledger", confirmed=True, consent="y")
     settings = sub_settings.replace(transport="outbox", outbox_dir=str(tmp_path / "outbox"))
@@ -394,7 +396,7 @@ def test_erase_also_clears_the_address_from_the_send_ledger(engine, sub_settings
     assert summary.sent == 1
     assert "ledger.person" in all_text(engine)  # the ledger snapshot exists before erasure
     # the right of access covers the emails sent, too
-    (sent,) = store.export_data(engine, sub_settings, sub.id)["emails_sent"]
+    (sent,) = rights.export_data(engine, sub_settings, sub.id)["emails_sent"]
     assert sent["issue"] == "2026-03-02" and sent["state"] == "sent" and sent["message_id"]
-    assert store.erase(engine, sub_settings, sub.id)
+    assert rights.erase(engine, sub_settings, sub.id)
     assert "ledger.person" not in all_text(engine).lower()

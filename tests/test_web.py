@@ -20,9 +20,11 @@ with warnings.catch_warnings():
 from pipeline import web
 from pipeline.database import open_database
 from pipeline.errors import DeliveryError
-from subscribers import access, mailqueue, signup, store, tokens
+from pipeline.privacy import access
+from subscribers import mailqueue, signup, store, tokens
 
 from fixtures_subscribers import CONSENT, SECRET, html_part, link, outbox_messages, subscriber_settings, text_part
+from pipeline.privacy import rights
 
 BASE = "http://testserver"
 
@@ -379,7 +381,7 @@ def test_bad_unsubscribe_links_are_400_and_erased_people_get_200(client, wsettin
                                       headers=GMAIL_ONE_CLICK_HEADERS)
             assert response.status_code == 400
     assert store.get(engine, info.id).status == "confirmed"
-    store.erase(engine, wsettings, info.id)
+    rights.erase(engine, wsettings, info.id)
     gone = client.post(unsubscribe_path(wsettings, info.id), content=b"List-Unsubscribe=One-Click",
                        headers=GMAIL_ONE_CLICK_HEADERS)
     assert gone.status_code == 200 and "We hold no subscription" in gone.text

@@ -10,9 +10,9 @@ from pipeline.database import Base, engine_for
 
 # import every model module so autogenerate sees all tables
 import subscribers.models  # noqa: F401
-import pipeline.ledger  # noqa: F401
-import pipeline.calendar  # noqa: F401
-import pipeline.leases  # noqa: F401
+import pipeline.delivery.ledger  # noqa: F401
+import pipeline.scheduling.calendar  # noqa: F401
+import pipeline.delivery.leases  # noqa: F401
 
 target_metadata = Base.metadata
 connection = context.config.attributes.get("connection")

@@ -4,7 +4,7 @@
 runs it under uvicorn (``newsletter run`` serves it next to the scheduler).
 Pages are Jinja templates extending ``templates/web/base.html`` (the email's
 look) and work without JavaScript.  Everything that is not one of the routes
-below falls through to ``pipeline.static_files.StaticSite``, which serves
+below falls through to ``pipeline.site.static_files.StaticSite``, which serves
 ``public/`` (archive and feeds) with ETags.
 
 Routes (the token in a path is an opaque signed token, ``subscribers.tokens``):

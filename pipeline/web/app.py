@@ -14,27 +14,27 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pipeline import keys
 from pipeline.errors import ContentError
 from pipeline.settings import Settings
 from pipeline.web.http import MAX_BODY, Guard, SecurityHeaders, UnderPrefix, client_gone
 from pipeline.web.service import TEMPLATES, WebService
-from subscribers import tokens
 
 
 def create_app(settings: Settings, engine: Engine | None = None, *, send: Callable | None = None,
                public_dir: Path | str | None = None, static_app: ASGIApp | None = None,
                rate_per_minute: float | None = None, mail_worker: bool = True) -> ASGIApp:
     """The web service.  ``send(settings, EmailMessage)`` defaults to
-    ``pipeline.transport.send_single``; ``static_app`` to ``StaticSite(public_dir)``.
+    ``pipeline.mail.transport.send_single``; ``static_app`` to ``StaticSite(public_dir)``.
     With ``mail_worker`` the app sends the mail queue from a background thread
     (started with the app, or at the first mail queued)."""
     from pipeline.database import open_database
-    from pipeline.static_files import StaticSite
-    from pipeline.transport import send_single
+    from pipeline.site.static_files import StaticSite
+    from pipeline.mail.transport import send_single
 
     from pipeline.web import redact
 
-    tokens.secret(settings)  # fail at start, not at the first sign-up, when no secret is set
+    keys.secret(settings)  # fail at start, not at the first sign-up, when no secret is set
     redact.install()
     engine = engine if engine is not None else open_database(settings.database_url)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),

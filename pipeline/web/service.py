@@ -27,11 +27,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
+from pipeline import keys
 from pipeline.database import transaction
 from pipeline.errors import SubscriberError
 from pipeline.settings import Settings
 from pipeline.web.http import NO_STORE, client_ip, field, fields, read_form
-from subscribers import access, limits, mailqueue, signup, store, tokens
+from pipeline.privacy import access
+from subscribers import limits, mailqueue, signup, store, tokens
 from subscribers.conflicts import retrying
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ class WebService:
 
     @property
     def secret(self) -> str:
-        return tokens.secret(self.settings)
+        return keys.secret(self.settings)
 
     def read(self, purpose: str, token: str, max_age: int | None = None) -> int:
         return tokens.read_token(self.secret, purpose, token, max_age)

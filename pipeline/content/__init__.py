@@ -1,0 +1,1 @@
+"""Content: the library of articles, its checks, the import, and Markdown to HTML and text."""

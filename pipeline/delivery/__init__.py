@@ -1,0 +1,1 @@
+"""Delivery: finished messages, the send ledger, transports and the send loop."""

@@ -1,0 +1,149 @@
+"""``newsletter send`` and ``newsletter send-test``.
+
+``send`` sends the issue ``pipeline.scheduling.plan.plan_day`` gives for the day, the one
+the daemon would send: the recorded one on a re-run or ``--resume``, else the
+calendar's, else the queue's when ``send_when_nothing_due`` is on.  A day that
+sends nothing is refused with the reason.  It renders the issue, records it in
+``issues`` and hands it to ``pipeline.delivery.deliver.send_issue`` for the daily
+subscribers; a send that finishes is recorded as the day's issue on the
+calendar and in the runs table.  ``send-test`` mails one "[TEST]" copy of the
+same issue and never touches the ledger.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from datetime import date
+from zoneinfo import ZoneInfo
+
+import click
+
+from pipeline import clock
+from pipeline.errors import DeliveryError, ScheduleError
+from pipeline.rendering.issue import RenderedIssue
+
+
+def local_today(settings) -> date:
+    return clock.now().astimezone(ZoneInfo(settings.timezone)).date()
+
+
+def day_plan(engine, library, day: date, kind: str = "daily", topic: str | None = None):
+    """The day's plan from ``pipeline.scheduling.plan.plan_day``, the same one the daemon sends."""
+    from pipeline.scheduling.plan import plan_day
+    return plan_day(engine, library.settings, library, day, kind, topic=topic)
+
+
+def render_plan(engine, library, plan, *, record: bool) -> RenderedIssue:
+    """Render the planned issue; with ``record``, write it to the ledger first (a re-run
+    or ``--resume`` then sends exactly what this run sends)."""
+    from pipeline.delivery import ledger
+    from pipeline.delivery.deliver import render_for_send
+
+    rendered = render_for_send(plan.issue, library.settings)  # a failure is one line, never a traceback
+    if record:
+        ledger.record_issue(engine, plan.issue, rendered.subject)
+    return rendered
+
+
+@contextmanager
+def signals_stop_the_send():
+    """SIGINT or SIGTERM during a send: stop claiming, wait for the replies in flight,
+    record them (``pipeline.delivery.stops``).  A second signal interrupts at once."""
+    from pipeline.delivery import stops
+
+    previous = {}
+
+    def handler(signum, _frame) -> None:
+        name = signal.Signals(signum).name
+        stops.SIGNALLED.set(f"{name} ({stops.operator()})")
+        for sig, old in previous.items():  # the next one is not so patient
+            signal.signal(sig, old)
+        os.write(2, f"{name}: stopping at the next batch boundary (again to abort at once)\n".encode())
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        stops.SIGNALLED.clear()
+
+
+@click.command("send")
+@click.option("--date", "day", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Issue date (default: today in the configured time zone).")
+@click.option("--dry-run", is_flag=True, help="Count the recipients and build one message; write and send nothing.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted send, giving deferred messages another smtp_max_attempts tries.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--topic", default=None, metavar="TOPIC",
+              help="Send an issue only to this topic's subscribers (a sensitive topic gets the neutral subject).")
+@click.pass_obj
+def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: str | None) -> None:
+    """Send the day's issue to the daily subscribers, exactly once."""
+    from pipeline.database import open_database
+    from pipeline.delivery.deliver import send_issue
+
+    library = obj.library()
+    settings = library.settings
+    day = day.date() if day else local_today(settings)
+    engine = open_database(settings.database_url)
+    plan = day_plan(engine, library, day, topic=topic)
+    if not plan.sends:
+        raise ScheduleError(plan.describe())
+    rendered = render_plan(engine, library, plan, record=not dry_run)
+    from pipeline import exits
+    from pipeline.delivery import stops
+
+    if resume and not dry_run:
+        stops.release(engine, day)  # an operator's stop of this day ends here
+    with signals_stop_the_send():
+        summary = send_issue(engine, settings, rendered, frequency="daily", resume=resume, dry_run=dry_run,
+                             progress=sys.stderr.isatty() if progress is None else progress)
+    for line in summary.lines():
+        click.echo(line)
+    if not dry_run:
+        from pipeline.scheduling.plan import record_hand_send
+        record_hand_send(engine, plan, summary)
+    again = f"newsletter send --date {day.isoformat()}{' --topic ' + topic if topic else ''} --resume"
+    if summary.stopped:
+        click.echo(f"{summary.stopped}; `{again}` finishes it", err=True)
+        raise SystemExit(exits.STOPPED)
+    if summary.lease_lost:
+        raise DeliveryError("another process took this issue over (this one was stalled past its lease); "
+                            "it finishes the send: see `newsletter status`")
+    if summary.error:
+        raise DeliveryError(f"send stopped early ({summary.error}); nothing was lost: "
+                            f"fix the cause and run `{again}`")
+    if summary.state == "unfinished":
+        click.echo(f"unfinished: {summary.deferred} recipient(s) not yet delivered; `{again}` tries them again",
+                   err=True)
+        raise SystemExit(exits.UNFINISHED)
+
+
+@click.command("send-test")
+@click.option("--to", "to", required=True, help="Address that gets the one test copy.")
+@click.option("--date", "day", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="Issue date (default: today in the configured time zone).")
+@click.option("--kind", type=click.Choice(["daily", "weekly"]), default="daily", show_default=True,
+              help="The day's daily issue, or its weekly digest (on the weekly day).")
+@click.pass_obj
+def send_test(obj, to: str, day, kind: str) -> None:
+    """Mail one copy of the issue the day will send, subject prefixed "[TEST]"; the ledger is not touched."""
+    from pipeline.database import open_database
+    from pipeline.delivery.send_test_copy import send_test as deliver_test
+
+    library = obj.library()
+    settings = library.settings
+    day = day.date() if day else local_today(settings)
+    plan = day_plan(open_database(settings.database_url), library, day, kind)
+    if not plan.sends:
+        raise ScheduleError(plan.describe())
+    rendered = render_plan(None, library, plan, record=False)
+    receipt = deliver_test(settings, rendered, to)
+    click.echo(f"issue:   {plan.describe()}")
+    click.echo(f"subject: {rendered.subject}")
+    click.echo(f"test copy of {rendered.issue.key} sent to {to} ({receipt})")

@@ -1,0 +1,181 @@
+"""Delivery stage: send a rendered issue to its recipients, exactly once.
+
+The ledger (``pipeline/delivery/ledger.py``) sits between building and sending:
+
+1. The issue is recorded in ``issues`` and its recipients are written to
+   ``deliveries`` in one INSERT ... SELECT (confirmed subscribers of the
+   frequency and topic, never a suppressed address), before any message goes out.
+2. Rows are sent in batches of ``delivery_batch_size`` per connection.  A batch is
+   marked ``sending`` in one transaction BEFORE its SMTP transactions, and its
+   outcomes are written in one transaction after them:
+
+       queued -> sending -> sent
+                         -> deferred  4xx, timeout, dropped connection: retried with
+                                      exponential backoff, at most smtp_max_attempts
+                                      tries per run, then left for --resume
+                         -> bounced   5xx for the recipient: the subscriber becomes
+                                      bounced and the address is suppressed
+                         -> failed    5xx that is not about the mailbox (policy, content)
+              -> skipped              unsubscribed or suppressed since the ledger was written
+
+3. A process killed (SIGKILL) mid-send leaves its in-flight rows ``sending``.  The
+   next run finds them and marks them ``uncertain``: the relay may have accepted
+   them before their state was recorded.  ``uncertain_policy`` decides: ``skip``
+   (default, never a duplicate) or ``resend`` (nobody missed, at most the in-flight
+   rows twice).  The bound: at most ``delivery_batch_size`` x ``smtp_connections``
+   rows are ever ``sending`` at once (one batch per connection; 10 x 8 = 80 by
+   default), so that is the most a kill can make uncertain.  The summary counts them.
+
+Only one process sends an issue at a time (a lease in ``issues``; one held by a
+dead process on this host is taken over at once).  Sending twice never mails
+anyone twice: only ``queued`` and ``deferred`` rows are ever sent.
+
+A message whose connection drops (or times out) after its content went out but
+before the relay's reply is retried: by RFC 5321 the relay takes responsibility
+only with its 250, so it must not deliver what it did not acknowledge.  A relay
+that does anyway (RFC 1047) can cause a duplicate; a timeout long enough for the
+relay's own processing (``smtp_timeout``) keeps that rare.
+
+This module holds the entry points (``send_issue``, ``render_for_send``); the
+batches, connections and outcome handling are in ``pipeline/delivery/send_loop.py``, the
+summary and progress bar in ``pipeline/delivery/send_summary.py``, and the test copy
+(``newsletter send-test``) in ``pipeline/delivery/send_test_copy.py``.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from contextlib import nullcontext
+
+from pipeline import clock
+from pipeline.delivery import ledger
+from pipeline.errors import DeliveryError, NewsletterError
+from pipeline.rendering.issue import RenderedIssue
+from pipeline.delivery.message import MessageTemplate, dkim_signer
+from pipeline.delivery.send_guard import LEASE_LOST, SendGuard
+from pipeline.delivery.send_loop import SendRun, drive, personal_for
+from pipeline.delivery.send_summary import ProgressBar, SendSummary
+
+
+# -- the entry points ---------------------------------------------------------------------------
+
+def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "daily", topic: str | None = None,
+               resume: bool = False, dry_run: bool = False, progress: bool = True) -> SendSummary:
+    """Send ``rendered`` to every matching subscriber exactly once (see the module docstring).
+
+    ``topic`` defaults to the issue's ``audience_topic``; without one, the recipients are
+    those whose topics meet the issue's (``pipeline.delivery.ledger``).  Re-running is safe: only
+    rows never sent are sent.  ``resume`` also gives rows that used up their
+    ``smtp_max_attempts`` in earlier runs that many more tries.  ``dry_run`` writes
+    nothing and sends nothing; it counts the recipients and builds one message.
+    """
+    started = clock.monotonic()
+    topic = topic if topic is not None else rendered.issue.audience_topic
+    issue_key = rendered.issue.key
+    if settings.transport not in ("outbox", "smtp"):
+        raise DeliveryError(f"unknown transport {settings.transport!r} (outbox or smtp)")
+    template = build_template(rendered, settings)
+    signer = dkim_signer(settings)
+
+    if dry_run:
+        found = ledger.find_issue(engine, issue_key)
+        if found is not None and found.state != "composed":
+            counts = ledger.state_counts(engine, found.id)
+            n = counts[ledger.QUEUED] + counts[ledger.DEFERRED]
+        else:
+            n = ledger.count_recipients(engine, frequency, topic, rendered.issue.topics)
+        # build one message so a problem in the issue shows now, not mid-send
+        data = template.render(to="dry-run@example.com", personal=personal_for(settings, 1),
+                               message_id=f"<dry-run@{settings.sender_domain}>")
+        if signer is not None:
+            signer.sign(data)
+        return SendSummary(issue_key, recipients=n, dry_run=True, elapsed=clock.monotonic() - started)
+
+    issue = ledger.record_issue(engine, rendered.issue, rendered.subject)
+    seconds = float(settings.lease_seconds)
+    owner = ledger.acquire_lease(engine, issue.id, seconds)
+    summary = SendSummary(issue_key)
+    try:
+        summary.uncertain = ledger.recover_in_flight(engine, issue.id, settings.uncertain_policy, owner)
+        ledger.write_recipients(engine, issue.id, frequency, topic, rendered.issue.topics, owner)
+        max_attempts = int(settings.smtp_max_attempts)
+        if resume:
+            max_attempts += ledger.max_deferred_attempts(engine, issue.id)
+        before = ledger.state_counts(engine, issue.id)
+        summary.previously_sent = before[ledger.SENT]
+        pending = before[ledger.QUEUED] + before[ledger.DEFERRED]
+        with SendGuard(engine, issue.id, rendered.issue.date, owner, seconds) as guard, \
+                (ProgressBar(pending, issue_key) if progress and pending else nullcontext()) as bar:
+            run = SendRun(engine, settings, issue, template, signer, owner, max_attempts, summary, bar, guard)
+            run_coroutine(drive(run))
+        summary.error = run.stop
+        after = ledger.state_counts(engine, issue.id)
+        summary.recipients = sum(after.values())
+        summary.deferred = after[ledger.DEFERRED] + after[ledger.QUEUED]
+        if run.stop == LEASE_LOST:
+            summary.lease_lost = True
+            summary.state = "unfinished"
+            return summary
+        summary.state = ledger.finish_issue(engine, issue.id, owner)
+        if guard.stopped_on_request and summary.state != "sent":
+            request = guard.honour(issue_key, after[ledger.SENT], summary.recipients)
+            if request is not None:
+                from zoneinfo import ZoneInfo
+                summary.stopped = request.describe(ZoneInfo(settings.timezone))
+    except ledger.LeaseLost:
+        summary.lease_lost, summary.state, summary.error = True, "unfinished", LEASE_LOST
+    finally:
+        ledger.release_lease(engine, issue.id, owner)
+        summary.elapsed = clock.monotonic() - started
+    return summary
+
+
+def render_for_send(issue, settings) -> RenderedIssue:
+    """``render_issue``, with any unexpected failure as a one-line ``RenderError``."""
+    from pipeline.errors import RenderError
+    from pipeline.rendering.render import render_issue
+    try:
+        return render_issue(issue, settings)
+    except NewsletterError:
+        raise
+    except Exception as exc:
+        raise RenderError(f"cannot render issue {issue.key}: {type(exc).__name__}: {exc}") from None
+
+
+def build_template(rendered: RenderedIssue, settings, *, test: bool = False) -> MessageTemplate:
+    """The issue's ``MessageTemplate``; any failure is a one-line ``DeliveryError``
+    (a send never ends in a traceback; the day's run records the line)."""
+    try:
+        return MessageTemplate(rendered, settings, test=test)
+    except NewsletterError:
+        raise
+    except Exception as exc:
+        raise DeliveryError(f"cannot build the message of issue {rendered.issue.key}: "
+                            f"{type(exc).__name__}: {exc}") from None
+
+
+def run_coroutine(coro):
+    """Run ``coro`` to completion from synchronous code.
+
+    The send loop is asyncio inside a synchronous API.  When the calling thread
+    already runs an event loop (a caller inside an ASGI app, or Playwright's sync
+    API in the same thread), ``asyncio.run`` refuses, so the loop gets a thread
+    of its own and the caller waits for it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: dict = {}
+
+    def target() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as exc:  # handed back to the caller below
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, name="newsletter-send")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")

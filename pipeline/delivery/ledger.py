@@ -1,0 +1,430 @@
+"""The send ledger: issues, and one row per (issue, subscriber) delivery.
+
+Building stays apart from sending: before any message of an issue goes out, its
+recipients are written here, and each row's state is recorded before and after
+its SMTP transaction.  A retry or a restart reads the ledger, so it never sends
+twice and never skips anyone (see pipeline/delivery/deliver.py for the state machine).
+
+Tables (schema owned by migration 0002):
+
+- ``issues``: one row per issue key (``2026-03-02``, ``2026-03-02-weekly``), with
+  what was composed (number, subject, article slugs, audience topic) and the
+  send's state.  ``lease_owner``/``lease_expires_at`` stop two processes from
+  sending the same issue at once.
+- ``deliveries``: the ledger proper.  ``email`` is a snapshot of the address at
+  the time the recipients were chosen.  ``uncertain`` counts how often the row
+  was found in flight (``sending``) after a crash: such a message may have
+  reached the relay before its state was recorded.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Sequence
+
+from sqlalchemy import (Date, Engine, ForeignKey, Index, Integer, String, Text, UniqueConstraint, and_, bindparam,
+                        case, exists, func, insert, literal, or_, select, update)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from pipeline import clock
+from pipeline import holders
+from pipeline.database import AwareDateTime, Base
+from pipeline.errors import DeliveryError, LeaseLost
+from pipeline.rendering.issue import Issue
+
+# Row states.  queued -> sending -> sent | deferred | failed | bounced; skipped when
+# the subscriber left (or was suppressed) after the ledger was written; uncertain
+# when a crash left the row in sending.
+QUEUED, SENDING, SENT, DEFERRED, FAILED, BOUNCED, UNCERTAIN, SKIPPED = (
+    "queued", "sending", "sent", "deferred", "failed", "bounced", "uncertain", "skipped")
+DELIVERY_STATES = (QUEUED, SENDING, SENT, DEFERRED, FAILED, BOUNCED, UNCERTAIN, SKIPPED)
+FINAL_STATES = (SENT, FAILED, BOUNCED, SKIPPED)
+
+# Issue states: composed (recorded, no ledger yet) -> queued (ledger written) ->
+# sending -> sent (every row final) or unfinished (rows left deferred/uncertain).
+ISSUE_STATES = ("composed", "queued", "sending", "sent", "unfinished")
+
+
+class IssueRecord(Base):
+    __tablename__ = "issues"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16), default="daily")
+    date: Mapped[date] = mapped_column(Date)
+    number: Mapped[int] = mapped_column(Integer)
+    subject: Mapped[str] = mapped_column(String(998))
+    articles: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of article slugs, lead first
+    audience_topic: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(AwareDateTime())
+    state: Mapped[str] = mapped_column(String(16), default="composed")
+    recipients: Mapped[int | None] = mapped_column(Integer)  # ledger rows written
+    lease_owner: Mapped[str | None] = mapped_column(String(200))  # host:pid of the sending process
+    lease_expires_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
+        Index("ix_deliveries_issue_state", "issue_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
+    email: Mapped[str | None] = mapped_column(String(320))
+    state: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    uncertain: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+    last_reply: Mapped[str | None] = mapped_column(String(500))
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    updated_at: Mapped[datetime] = mapped_column(AwareDateTime())
+
+
+# -- reads and writes ----------------------------------------------------------------
+#
+# Every statement of the send loop is here, in SQLAlchemy Core: a batch of rows is
+# claimed (marked ``sending``) in one statement and its outcomes are written by
+# one executemany, so the ledger costs two short transactions per batch, not two
+# per message.
+
+ISSUES = IssueRecord.__table__
+DELIVERIES = Delivery.__table__
+
+
+@dataclass(frozen=True)
+class IssueInfo:
+    id: int
+    key: str
+    kind: str
+    date: date
+    number: int
+    subject: str
+    articles: tuple[str, ...]
+    audience_topic: str | None
+    created_at: datetime
+    state: str
+    recipients: int | None
+
+    @classmethod
+    def of(cls, row) -> "IssueInfo":
+        return cls(row.id, row.key, row.kind, row.date, row.number, row.subject, tuple(json.loads(row.articles)),
+                   row.audience_topic, row.created_at, row.state, row.recipients)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A ledger row about to be sent, with what the message needs."""
+
+    id: int
+    subscriber_id: int | None
+    email: str
+    name: str | None
+    attempts: int
+    eligible: bool  # still confirmed and not suppressed at send time
+
+
+def find_issue(engine: Engine, key: str) -> IssueInfo | None:
+    with engine.connect() as conn:
+        row = conn.execute(select(ISSUES).where(ISSUES.c.key == key)).first()
+    return IssueInfo.of(row) if row else None
+
+
+def record_issue(engine: Engine, issue: Issue, subject: str) -> IssueInfo:
+    """The ``issues`` row for ``issue.key``, created if missing (an existing row is
+    returned unchanged: what was composed first is what gets sent)."""
+    found = find_issue(engine, issue.key)
+    if found is not None:
+        return found
+    values = dict(key=issue.key, kind=issue.kind, date=issue.date, number=issue.number, subject=subject[:998],
+                  articles=json.dumps([a.slug for a in issue.articles]), audience_topic=issue.audience_topic,
+                  created_at=clock.now(), state="composed")
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(ISSUES).values(**values))
+    except IntegrityError:
+        pass  # another process recorded it first; use theirs
+    found = find_issue(engine, issue.key)
+    assert found is not None
+    return found
+
+
+def issue_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(ISSUES)).scalar_one()
+
+
+# -- the lease: one sending process per issue -------------------------------------
+#
+# The sending process holds the issue's lease (``lease_owner``, a holder name unique
+# to this acquisition, see pipeline/holders.py) and renews it from a heartbeat
+# thread (``LeaseKeeper`` in pipeline/delivery/deliver.py) that never waits for SMTP.  Every
+# write of a send run is fenced: its transaction first touches the issue row WHERE
+# lease_owner is still ours.  That row lock orders it against a takeover (which
+# updates the same row), so a process that lost its lease, say stalled past its
+# expiry, changes nothing when it wakes and stops at once.
+
+LEASE_SECONDS = 120.0  # the default of the lease_seconds setting
+
+
+def lease_owner() -> str:
+    return holders.new_holder()
+
+
+def _owner_is_dead(owner: str) -> bool:
+    """True when ``owner`` is a process on this host that no longer runs."""
+    return holders.is_dead(owner)
+
+
+def fence(conn, issue_id: int, owner: str) -> None:
+    """Inside a write transaction, before its writes: raise ``LeaseLost`` unless ``owner``
+    still holds the issue's lease (and keep a takeover out until the transaction ends)."""
+    held = conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id, ISSUES.c.lease_owner == owner)
+                        .values(lease_owner=ISSUES.c.lease_owner)).rowcount
+    if held != 1:
+        raise LeaseLost("the send lease expired and another process took the issue over")
+
+
+def acquire_lease(engine: Engine, issue_id: int, seconds: float = LEASE_SECONDS) -> str:
+    """Take the issue's send lease, or raise ``DeliveryError`` if a live process holds it.
+
+    A lease held by a dead process on this host is taken at once; one held from
+    another host is taken only after it expires (its holder renews it while sending).
+    """
+    owner = lease_owner()
+    now = clock.now()
+    with engine.begin() as conn:
+        row = conn.execute(select(ISSUES.c.key, ISSUES.c.lease_owner, ISSUES.c.lease_expires_at)
+                           .where(ISSUES.c.id == issue_id)).one()
+        held = row.lease_owner and row.lease_owner != owner and row.lease_expires_at and row.lease_expires_at > now
+        if held and not _owner_is_dead(row.lease_owner):
+            raise DeliveryError(f"issue {row.key} is being sent by {row.lease_owner} (lease until "
+                                f"{row.lease_expires_at.isoformat(timespec='seconds')}); not sending it twice")
+        # compare-and-set on the holder just read: of two processes that read the same
+        # row at the same moment, only one update matches, and the other stops here
+        same_holder = (ISSUES.c.lease_owner.is_(None) if row.lease_owner is None
+                       else ISSUES.c.lease_owner == row.lease_owner)
+        same_expiry = (ISSUES.c.lease_expires_at.is_(None) if row.lease_expires_at is None
+                       else ISSUES.c.lease_expires_at == row.lease_expires_at)
+        taken = conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id, same_holder, same_expiry)
+                             .values(lease_owner=owner, lease_expires_at=now + timedelta(seconds=float(seconds))))
+        if taken.rowcount != 1:
+            raise DeliveryError(f"issue {row.key} was just taken by another process; not sending it twice")
+    return owner
+
+
+def renew_issue_lease(engine: Engine, issue_id: int, owner: str, seconds: float) -> bool:
+    """Push our lease's expiry ``seconds`` ahead; False when it is no longer ours."""
+    with engine.begin() as conn:
+        return conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id, ISSUES.c.lease_owner == owner)
+                            .values(lease_expires_at=clock.now() + timedelta(seconds=float(seconds)))).rowcount == 1
+
+
+def release_lease(engine: Engine, issue_id: int, owner: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id, ISSUES.c.lease_owner == owner)
+                     .values(lease_owner=None, lease_expires_at=None))
+
+
+# -- recipients ------------------------------------------------------------------------
+
+def _recipients_query(issue_id: int | None, frequency: str, topic: str | None, now: datetime,
+                      topics: Sequence[str] = ()):
+    """Confirmed, unsuppressed subscribers of ``frequency``.  With ``topic`` (an issue
+    for one topic's audience): only that topic's subscribers.  Otherwise, when the
+    issue's articles have ``topics``: subscribers who chose one of them, and those who
+    chose no topic at all (which means "everything")."""
+    from subscribers.models import Subscriber, SubscriberTopic, Suppression
+
+    sub, sup, top = Subscriber.__table__, Suppression.__table__, SubscriberTopic.__table__
+    columns = [sub.c.id, sub.c.email]
+    if issue_id is not None:
+        columns = [literal(issue_id, Integer), sub.c.id, sub.c.email, literal(QUEUED, String),
+                   literal(0, Integer), literal(0, Integer), literal(now, AwareDateTime())]
+    query = select(*columns).where(
+        sub.c.status == "confirmed", sub.c.frequency == frequency,
+        ~exists().where(sup.c.email_hash == sub.c.email_hash))
+    if topic is not None:
+        query = query.where(exists().where(top.c.subscriber_id == sub.c.id, top.c.topic == topic))
+    elif topics:
+        query = query.where(or_(~exists().where(top.c.subscriber_id == sub.c.id),
+                                exists().where(top.c.subscriber_id == sub.c.id, top.c.topic.in_(list(topics)))))
+    return query.order_by(sub.c.id)
+
+
+def count_recipients(engine: Engine, frequency: str, topic: str | None = None, topics: Sequence[str] = ()) -> int:
+    query = _recipients_query(None, frequency, topic, clock.now(), topics).order_by(None)
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(query.subquery())).scalar_one()
+
+
+def write_recipients(engine: Engine, issue_id: int, frequency: str, topic: str | None = None,
+                     topics: Sequence[str] = (), owner: str | None = None) -> int | None:
+    """Write one ``queued`` row per recipient, in SQL (INSERT ... SELECT: nothing is
+    held in Python), and mark the issue ``queued``; all in one transaction, so a crash
+    leaves either every row or none.  Returns the count, or None when the ledger
+    was already written (the recipients are chosen once per issue)."""
+    with engine.begin() as conn:
+        if owner is not None:
+            fence(conn, issue_id, owner)
+        state = conn.execute(select(ISSUES.c.state).where(ISSUES.c.id == issue_id)).scalar_one()
+        if state != "composed":
+            return None
+        query = _recipients_query(issue_id, frequency, topic, clock.now(), topics)
+        conn.execute(insert(DELIVERIES).from_select(
+            ["issue_id", "subscriber_id", "email", "state", "attempts", "uncertain", "updated_at"], query))
+        count = conn.execute(select(func.count()).select_from(DELIVERIES)
+                             .where(DELIVERIES.c.issue_id == issue_id)).scalar_one()
+        conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id).values(state="queued", recipients=count))
+    return count
+
+
+def recover_in_flight(engine: Engine, issue_id: int, policy: str, owner: str | None = None) -> int:
+    """Rows left ``sending`` by a dead process become ``uncertain`` (their ``uncertain``
+    counter goes up); with policy ``resend`` they are queued again.  Returns how many."""
+    if policy not in ("skip", "resend"):
+        raise DeliveryError(f"uncertain_policy must be 'skip' or 'resend', not {policy!r}")
+    now = clock.now()
+    with engine.begin() as conn:
+        if owner is not None:
+            fence(conn, issue_id, owner)
+        found = conn.execute(update(DELIVERIES)
+                             .where(DELIVERIES.c.issue_id == issue_id, DELIVERIES.c.state == SENDING)
+                             .values(state=UNCERTAIN, uncertain=DELIVERIES.c.uncertain + 1, updated_at=now,
+                                     last_reply="in flight when the sending process died")).rowcount
+        if policy == "resend":
+            conn.execute(update(DELIVERIES)
+                         .where(DELIVERIES.c.issue_id == issue_id, DELIVERIES.c.state == UNCERTAIN)
+                         .values(state=DEFERRED, next_attempt_at=None, updated_at=now))
+    return found
+
+
+def state_counts(engine: Engine, issue_id: int) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(DELIVERIES.c.state, func.count()).where(DELIVERIES.c.issue_id == issue_id)
+                            .group_by(DELIVERIES.c.state)).all()
+    return {state: 0 for state in DELIVERY_STATES} | dict(rows)
+
+
+def max_deferred_attempts(engine: Engine, issue_id: int) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.coalesce(func.max(DELIVERIES.c.attempts), 0))
+                            .where(DELIVERIES.c.issue_id == issue_id, DELIVERIES.c.state == DEFERRED)).scalar_one()
+
+
+def finish_issue(engine: Engine, issue_id: int, owner: str | None = None) -> str:
+    counts = state_counts(engine, issue_id)
+    state = "unfinished" if counts[QUEUED] or counts[DEFERRED] or counts[SENDING] else "sent"
+    with engine.begin() as conn:
+        if owner is not None:
+            fence(conn, issue_id, owner)
+        conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id)
+                     .values(state=state, finished_at=clock.now() if state == "sent" else None))
+    return state
+
+
+class LedgerRun:
+    """The statements one send run repeats, prepared once."""
+
+    def __init__(self, engine: Engine, issue_id: int, owner: str, *, fenced: bool = True,
+                 lease_seconds: float = LEASE_SECONDS):
+        from subscribers.models import Subscriber, Suppression
+
+        self.engine = engine
+        self.issue_id = issue_id
+        self.owner = owner
+        self.fenced = fenced  # False only in tests of the row-level rules without a lease
+        self.lease_seconds = float(lease_seconds)
+        self._renewed = clock.monotonic()
+        sub, sup, d = Subscriber.__table__, Suppression.__table__, DELIVERIES
+        eligible = and_(sub.c.status == "confirmed", ~exists().where(sup.c.email_hash == sub.c.email_hash))
+        base = (select(d.c.id, d.c.subscriber_id, d.c.email, sub.c.name, d.c.attempts,
+                       case((eligible, 1), else_=0).label("eligible"))
+                .select_from(d.outerjoin(sub, sub.c.id == d.c.subscriber_id))
+                .where(d.c.issue_id == issue_id, d.c.id > bindparam("after"))
+                .order_by(d.c.id).limit(bindparam("limit")))
+        self._queued = base.where(d.c.state == QUEUED)
+        self._deferred = base.where(d.c.state == DEFERRED, d.c.attempts < bindparam("max_attempts"),
+                                    or_(d.c.next_attempt_at.is_(None), d.c.next_attempt_at <= bindparam("now")))
+        self._next_due = (select(func.min(d.c.next_attempt_at), func.count())
+                          .where(d.c.issue_id == issue_id, d.c.state == DEFERRED,
+                                 d.c.attempts < bindparam("max_attempts")))
+        self._claim = (update(d).where(d.c.id.in_(bindparam("ids", expanding=True)),
+                                       d.c.state.in_((QUEUED, DEFERRED)))
+                       .values(state=SENDING, updated_at=bindparam("now")).returning(d.c.id))
+        self._still_eligible = (select(d.c.id).select_from(d.join(sub, sub.c.id == d.c.subscriber_id))
+                                .where(d.c.id.in_(bindparam("ids", expanding=True)), eligible))
+        self._skip = (update(d).where(d.c.id.in_(bindparam("ids", expanding=True)))
+                      .values(state=SKIPPED, updated_at=bindparam("now"),
+                              last_reply="no longer confirmed, or suppressed, at send time"))
+        self._outcome = (update(d).where(d.c.id == bindparam("row"))
+                         .values(state=bindparam("new_state"), attempts=d.c.attempts + bindparam("tried"),
+                                 last_reply=bindparam("reply"), message_id=bindparam("mid"),
+                                 next_attempt_at=bindparam("retry_at"), updated_at=bindparam("now")))
+
+    def page(self, phase: str, after: int, limit: int, max_attempts: int) -> list[Pending]:
+        query = self._queued if phase == QUEUED else self._deferred
+        params = {"after": after, "limit": limit}
+        if phase != QUEUED:
+            params |= {"max_attempts": max_attempts, "now": clock.now()}
+        with self.engine.connect() as conn:
+            return [Pending(r.id, r.subscriber_id, r.email, r.name, r.attempts, bool(r.eligible))
+                    for r in conn.execute(query, params)]
+
+    def next_due(self, max_attempts: int) -> tuple[datetime | None, int]:
+        """Earliest retry time of the deferred rows still within ``max_attempts``, and their count."""
+        with self.engine.connect() as conn:
+            when, count = conn.execute(self._next_due, {"max_attempts": max_attempts}).one()
+        if when is not None and when.tzinfo is None:  # min() bypasses the column type on SQLite
+            when = datetime.fromisoformat(str(when)).replace(tzinfo=timezone.utc)
+        return when, count
+
+    def claim(self, ids: list[int], skipped: list[int]) -> tuple[list[int], list[int]]:
+        """Mark ``ids`` sending (and ``skipped`` skipped) in one transaction, before any SMTP.
+        Returns (the ids this claim moved to sending, the ids skipped).  A row another
+        run claimed since it was read is not ours to send; a subscriber who left (or
+        was suppressed) since the page was read is skipped, not mailed."""
+        now = clock.now()
+        claimed: set[int] = set()
+        with self.engine.begin() as conn:
+            if self.fenced:
+                fence(conn, self.issue_id, self.owner)
+            if ids:
+                still = set(conn.execute(self._still_eligible, {"ids": ids}).scalars())
+                skipped = skipped + [i for i in ids if i not in still]
+                ids = [i for i in ids if i in still]
+            if ids:
+                claimed = set(conn.execute(self._claim, {"ids": ids, "now": now}).scalars())
+            if skipped:
+                conn.execute(self._skip, {"ids": skipped, "now": now})
+        return [i for i in ids if i in claimed], skipped
+
+    def record(self, rows: list[dict]) -> bool:
+        """Write a batch's outcomes (dicts with row, new_state, tried, reply, mid, retry_at)
+        in one fenced transaction.  False, with nothing written, when the lease has
+        passed to another process."""
+        now = clock.now()
+        for row in rows:
+            row["now"] = now
+        try:
+            with self.engine.begin() as conn:
+                if self.fenced:
+                    fence(conn, self.issue_id, self.owner)
+                if rows:
+                    conn.execute(self._outcome, rows)
+        except LeaseLost:
+            return False
+        return True
+
+    def renew_lease(self, conn=None, now: datetime | None = None) -> bool:
+        """Push the lease's expiry ``lease_seconds`` ahead.  Only our own lease: False
+        when another process took it over after it expired (this run must stop, never
+        take it back while the other one sends)."""
+        ours = renew_issue_lease(self.engine, self.issue_id, self.owner, self.lease_seconds)
+        self._renewed = clock.monotonic()
+        return ours

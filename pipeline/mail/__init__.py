@@ -1,0 +1,1 @@
+"""Mail: how a finished message leaves (transports), its headers and its DKIM signature."""

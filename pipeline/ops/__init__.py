@@ -1,0 +1,1 @@
+"""Operations: what `newsletter status` reports and its command."""

@@ -1,0 +1,1 @@
+"""Rendering: which articles make an issue, and the issue as subject, preheader, HTML and text."""

@@ -1,0 +1,1 @@
+"""Scheduling: the calendar, what a day sends, leases, stops and the daemon."""

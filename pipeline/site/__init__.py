@@ -1,0 +1,1 @@
+"""Site: the static archive, the feeds, the build caches and serving ``public/``."""

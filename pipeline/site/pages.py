@@ -1,0 +1,284 @@
+"""Site stage: the static web archive in ``public/``.
+
+``build_site(library, public_dir)`` (re)writes, from the checked library:
+
+- ``articles/<slug>/index.html``: each published article as a page;
+- ``feed.xml``, ``atom.xml``, ``feed.json`` (``pipeline.site.feeds``);
+- ``index.html``: the archive of every issue and article, newest first;
+- ``404.html``: the page the static server shows for a missing path.
+
+``publish_issue(rendered, public_dir)`` writes ``issues/<key>/index.html``, the
+"view in browser" copy of a rendered issue with its per-subscriber
+placeholders filled with non-personal links, and an ``issue.json`` sidecar.
+The archive lists issues from those sidecars, so a published issue stays in
+the archive across later builds and ``build_site`` needs no database.
+
+Every file goes through ``SiteWriter``, which rewrites a file only when its
+bytes change: an unchanged rebuild is byte-identical and keeps mtimes (and so
+the static server's ``Last-Modified``) stable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from datetime import date
+from pathlib import Path, PurePosixPath
+
+from pipeline.content.library import Library
+from pipeline.errors import ContentError, RenderError
+from pipeline.site import archive
+from pipeline.site.archive import ArchivePage
+from pipeline.content.cache import digest
+from pipeline.site.buildcache import SiteManifest, article_key, build_hash
+from pipeline.site.feeds import (FEEDS, TEMPLATES, ArticleView, public_articles, render_feeds, site_url, today,
+                            web_templates)
+from pipeline.rendering.issue import PLACEHOLDERS, Personal, RenderedIssue, personalise
+from pipeline.settings import Settings
+
+ISSUES_DIR = "issues"
+ARTICLES_DIR = "articles"
+ISSUE_SIDECAR = "issue.json"
+NOT_FOUND_PAGE = "404.html"
+# Non-personal stand-ins for the per-subscriber links of a published issue: pages of the
+# web service where a reader identifies themselves (nothing here names a subscriber).
+PUBLIC_LINKS = {"unsubscribe_url": "unsubscribe", "preferences_url": "preferences"}
+PUBLIC_GREETING = "Hello,"
+
+
+# -- the one writer ------------------------------------------------------------------
+
+@dataclass
+class SiteWriter:
+    """Writes files under ``root``; a file is replaced only when its bytes change.
+
+    The new bytes go to a temporary file in the same folder, then ``os.replace``
+    swaps it in, so a server never serves half a file."""
+
+    root: Path
+    manifest: SiteManifest | None = None  # what we wrote before: skips reading unchanged files back
+    reuse: bool = True  # False: record in the manifest, but trust nothing it says (a full build)
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def target(self, relative: str) -> Path:
+        parts = PurePosixPath(relative).parts
+        if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
+            raise ValueError(f"output path must stay inside {self.root}: {relative!r}")
+        return self.root.joinpath(*parts)
+
+    def fresh(self, relative: str, key: str) -> bool:
+        """True (and counted as unchanged) when the manifest says ``relative`` was made from
+        inputs ``key`` and the file has not been touched since: the caller need not render it."""
+        if not self.reuse or self.manifest is None \
+                or not self.manifest.fresh(relative, os.path.join(self.root, *relative.split("/")), key):
+            return False
+        self.unchanged.append(relative)
+        return True
+
+    def write(self, relative: str, data: bytes | str, *, key: str | None = None) -> bool:
+        """Write ``data`` to ``relative``; return True when the file changed. ``key`` names the
+        inputs ``data`` was made from, for ``fresh`` on the next build."""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        path = self.target(relative)
+        sha = digest(data) if self.manifest is not None else ""
+        try:
+            if (self.reuse and self.manifest is not None and self.manifest.same_bytes(relative, path, sha)) \
+                    or path.read_bytes() == data:
+                self.unchanged.append(relative)
+                if self.manifest is not None:
+                    self.manifest.record(relative, path, sha, key)
+                return False
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; the web server must be able to read it
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.written.append(relative)
+        if self.manifest is not None:
+            self.manifest.record(relative, path, sha, key)
+        return True
+
+    def remove_tree(self, relative: str) -> None:
+        path = self.target(relative)
+        if path.is_dir():
+            shutil.rmtree(path)
+            self.removed.append(relative)
+        if self.manifest is not None:
+            self.manifest.forget_under(relative)
+
+    def report(self) -> "BuildReport":
+        return BuildReport(tuple(self.written), tuple(self.unchanged), tuple(self.removed))
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    written: tuple[str, ...]  # created or changed
+    unchanged: tuple[str, ...]
+    removed: tuple[str, ...] = ()
+
+    def __add__(self, other: "BuildReport") -> "BuildReport":
+        return BuildReport(self.written + other.written, self.unchanged + other.unchanged,
+                           self.removed + other.removed)
+
+
+# -- issues ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IssueRecord:
+    """A published issue as the archive knows it (from its ``issue.json``); no subscriber data."""
+
+    key: str
+    date: date
+    number: int
+    kind: str
+    subject: str
+    articles: tuple[str, ...]  # slugs, lead first
+    url: str
+
+
+def issue_url(settings: Settings, key: str) -> str:
+    return site_url(settings, f"{ISSUES_DIR}/{key}/")
+
+
+def _base_url_of(rendered: RenderedIssue) -> str:
+    suffix = f"/{ISSUES_DIR}/{rendered.issue.key}/"
+    if not rendered.web_url.startswith("https://") or not rendered.web_url.endswith(suffix):
+        raise RenderError(f"issue {rendered.issue.key}: web_url {rendered.web_url!r} is not "
+                          f"<base_url>{suffix}, so the archive cannot place it")
+    return rendered.web_url[: -len(suffix)]
+
+
+def publish_issue(rendered: RenderedIssue, public_dir: Path | str, *, base_url: str | None = None) -> BuildReport:
+    """Write the "view in browser" page of an issue and its ``issue.json`` sidecar.
+
+    The per-subscriber placeholders become public links (``{base_url}/unsubscribe``,
+    ``{base_url}/preferences``) and a plain greeting, so the page carries no token
+    and no subscriber data. ``base_url`` defaults to the one ``rendered.web_url`` is under."""
+    base = (base_url or _base_url_of(rendered)).rstrip("/")
+    issue = rendered.issue
+    personal = Personal(greeting=PUBLIC_GREETING,
+                        **{key: f"{base}/{page}" for key, page in PUBLIC_LINKS.items()})
+    html, _text = personalise(rendered, personal)
+    leftover = [name for name, placeholder in PLACEHOLDERS.items() if placeholder in html]
+    if leftover or "personalise.invalid" in html:
+        raise RenderError(f"issue {issue.key}: placeholders left in the web copy: {', '.join(leftover) or 'unknown'}")
+    record = {
+        "key": issue.key,
+        "date": issue.date.isoformat(),
+        "number": issue.number,
+        "kind": issue.kind,
+        "subject": rendered.subject,
+        "articles": [a.slug for a in issue.articles],
+        "url": rendered.web_url,
+    }
+    writer = SiteWriter(Path(public_dir))
+    writer.write(f"{ISSUES_DIR}/{issue.key}/index.html", html)
+    writer.write(f"{ISSUES_DIR}/{issue.key}/{ISSUE_SIDECAR}",
+                 json.dumps(record, ensure_ascii=False, indent=2) + "\n")
+    return writer.report()
+
+
+def published_issues(public_dir: Path | str) -> list[IssueRecord]:
+    """Every published issue, newest first, read from ``issues/*/issue.json``.
+    A malformed sidecar is an error naming the file, not a silently shorter archive."""
+    records = []
+    for path in sorted(Path(public_dir, ISSUES_DIR).glob(f"*/{ISSUE_SIDECAR}")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            records.append(IssueRecord(key=str(data["key"]), date=date.fromisoformat(data["date"]),
+                                       number=int(data["number"]), kind=str(data.get("kind", "daily")),
+                                       subject=str(data["subject"]), articles=tuple(map(str, data["articles"])),
+                                       url=str(data["url"])))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ContentError(f"unreadable issue record: {exc}", path=path) from None
+        if records[-1].key != path.parent.name:
+            raise ContentError(f"issue record key {records[-1].key!r} does not match its folder", path=path)
+    records.sort(key=lambda r: (r.date, r.key), reverse=True)
+    return records
+
+
+# -- pages -------------------------------------------------------------------------------
+
+def feed_links(settings: Settings) -> list[dict[str, str]]:
+    return [{"href": site_url(settings, name), "type": media_type, "title": f"{settings.publication_name} ({label})",
+             "label": label, "file": name}
+            for name, (media_type, label) in FEEDS.items()]
+
+
+def _render(template: str, settings: Settings, **context) -> str:
+    return web_templates().get_template(template).render(settings=settings, feeds=feed_links(settings), **context)
+
+
+def article_page(view: ArticleView, settings: Settings) -> str:
+    return _render("article.html", settings, view=view, article=view.article, page_url=view.url)
+
+
+def archive_page(page: ArchivePage, issues: list[IssueRecord], settings: Settings) -> str:
+    titles = {v.article.slug: v.article.title for v in page.views}
+    return _render("archive.html", settings, views=list(page.views), issues=issues, titles=titles,
+                   page_url=archive.page_url(settings, page.number), pages=archive.pagination(page, settings))
+
+
+def _remove_withdrawn(writer: SiteWriter, folder: str, keep: set[str]) -> None:
+    """Remove each sub-folder of ``folder`` not in ``keep``: a withdrawn (or future-dated)
+    article must not stay online, nor an archive page past the last one."""
+    root = writer.root / folder
+    if not root.is_dir():
+        return
+    with os.scandir(root) as entries:
+        names = sorted(e.name for e in entries if e.is_dir() and e.name not in keep)
+    for name in names:
+        writer.remove_tree(f"{folder}/{name}")
+
+
+def build_site(library: Library, public_dir: Path | str, *, as_of: date | None = None,
+               incremental: bool = True) -> BuildReport:
+    """(Re)write the article pages, feeds, archive pages, sitemap, robots.txt and 404 page.
+    Idempotent: a second run without content changes writes nothing. Articles dated after
+    ``as_of`` (default: today in the site's time zone) are left out; a page of an article no
+    longer published is removed.
+
+    Incremental: ``<public_dir>/.cache/site.json`` (``SiteManifest``) records the inputs of
+    each file, so only pages whose inputs changed are rendered; a change of templates,
+    settings or code renders everything. ``incremental=False`` ignores the record (the output
+    is the same, byte for byte)."""
+    settings = library.settings
+    as_of = as_of or today(settings)
+    public_dir = Path(public_dir)
+    feeds = render_feeds(library, as_of)  # first: an unbuildable feed fails before any page is written
+    views = public_articles(library, as_of)  # cheap: a view renders its Markdown only when a page needs it
+    issues = published_issues(public_dir)
+    manifest = SiteManifest(public_dir, build_hash(settings, TEMPLATES.parent))
+    writer = SiteWriter(public_dir, manifest, reuse=incremental)
+    for view in views:
+        relative = f"{ARTICLES_DIR}/{view.article.slug}/index.html"
+        key = library.input_keys.get(view.article.slug) or article_key(view.article)
+        if not writer.fresh(relative, key):
+            # a fresh view: the rendered body is dropped with it, not kept for 10,000 pages
+            writer.write(relative, article_page(replace(view), settings), key=key)
+    _remove_withdrawn(writer, ARTICLES_DIR, {v.article.slug for v in views})
+    for name, data in feeds.items():
+        writer.write(name, data)
+    pages = archive.paginate(views, settings)
+    for page in pages:
+        key = archive.page_key(page, issues)
+        if not writer.fresh(page.file, key):
+            writer.write(page.file, archive_page(page, issues, settings), key=key)
+    _remove_withdrawn(writer, archive.PAGES_DIR, {str(p.number) for p in pages[1:]})
+    writer.write(archive.SITEMAP_FILE, archive.sitemap(settings, pages, views, issues))
+    writer.write(archive.ROBOTS_FILE, archive.robots(settings))
+    writer.write(NOT_FOUND_PAGE, _render("not_found.html", settings, page_url=site_url(settings)))
+    manifest.save()
+    return writer.report()
