@@ -24,8 +24,9 @@ from pipeline.content import markup
 from pipeline.cli import cli
 from pipeline.content.library import load_library, split_front_matter
 from pipeline.errors import ImportError_
-from pipeline.content.importer import (Cite, Paragraph, find_citations, inline_markdown, read_page, render_body,
-                               slug_from_title)
+from pipeline.importing.importer import read_page
+from pipeline.importing.page import Cite, Paragraph, find_citations
+from pipeline.importing.writer import inline_markdown, render_body, slug_from_title
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT.parent / "shared" / "seeds" / "microneedling-guide.txt"

@@ -77,7 +77,7 @@ def _date(_ctx, _param, value: str | None) -> date | None:
 def import_page(obj, page: Path, out_dir: Path | None, slug: str | None, published: date | None,
                 topics: tuple[str, ...], summary: str | None, force: bool) -> None:
     """Convert a library page (text or HTML) into an article."""
-    from pipeline.content.importer import import_cli
+    from pipeline.importing.importer import import_cli
     import_cli(page, out_dir or obj.content_dir, obj.content_dir, slug=slug, published=published,
                topics=topics, summary=summary, force=force)
 
