@@ -184,3 +184,12 @@ def field(form: FormData, name: str) -> str:
 
 def fields(form: FormData, name: str) -> list[str]:
     return [v for v in form.getlist(name) if isinstance(v, str)]
+
+
+FORM_MAX_AGE = 2 * 3600  # seconds a form stays valid (its CSRF token)
+
+
+def mask_email(address: str) -> str:
+    """``j•••@example.com``: enough for the person to recognise, too little for whoever the email was forwarded to."""
+    local, _, domain = address.partition("@")
+    return f"{local[:1]}•••@{domain}"

@@ -1,4 +1,4 @@
-"""The web service's handlers: sign-up, confirmation, unsubscribe, preferences, data rights.
+"""The web service's handlers: sign-up, confirmation, unsubscribe, preferences (data rights: ``rights.py``).
 
 No handler talks to the mail relay: mail is written to the queue in the same
 transaction as the consent record (``subscribers.mailqueue``), and ``notify``
@@ -9,7 +9,6 @@ one-click unsubscribe (RFC 8058) is the exception, and it is idempotent.
 """
 from __future__ import annotations
 
-import json
 import logging
 import secrets as pysecrets
 import threading
@@ -31,7 +30,8 @@ from pipeline import keys
 from pipeline.database import transaction
 from pipeline.errors import SubscriberError
 from pipeline.settings import Settings
-from pipeline.web.http import NO_STORE, client_ip, field, fields, read_form
+from pipeline.web.http import FORM_MAX_AGE, NO_STORE, client_ip, field, fields, read_form, mask_email
+from pipeline.web.rights import DataRights
 from pipeline.privacy import access
 from subscribers import limits, mailqueue, signup, store, tokens
 from subscribers.conflicts import retrying
@@ -39,7 +39,6 @@ from subscribers.conflicts import retrying
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates" / "web"  # shared with the archive pages
-FORM_MAX_AGE = 2 * 3600  # seconds a form stays valid (its CSRF token)
 FORM_COOKIE = "nl_form"  # binds the sign-up form's CSRF token to the browser that loaded the form
 
 
@@ -51,14 +50,8 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme.lower()}://{host}{port}"
 
 
-def mask_email(address: str) -> str:
-    """``j•••@example.com``: enough for the person to recognise, too little for whoever the email was forwarded to."""
-    local, _, domain = address.partition("@")
-    return f"{local[:1]}•••@{domain}"
-
-
 @dataclass
-class WebService:
+class WebService(DataRights):
     """The app's state: settings, database, how queued mail is sent, the templates."""
 
     settings: Settings
@@ -334,56 +327,6 @@ class WebService:
         if await run_in_threadpool(access.request_link, self.engine, self.settings, info.id):
             self.notify()
         return self.see_other(self.url(f"/preferences/{token}?sent=1"))
-
-    # -- data rights: one-time links ------------------------------------------------------
-
-    async def _link(self, token: str) -> access.Link | Response:
-        try:
-            link_id = self.read(tokens.DATA, token, int(self.settings.data_link_minutes) * 60)
-            return await run_in_threadpool(access.open_link, self.engine, link_id)
-        except SubscriberError as exc:
-            return self.bad_link(f"{exc.message[:1].upper()}{exc.message[1:]}. You can ask for a new link on your "
-                                 "preferences page (the link in any newsletter).")
-
-    async def data_page(self, request: Request) -> Response:
-        token = request.path_params["token"]
-        link = await self._link(token)
-        if isinstance(link, Response):
-            return link
-        return self.page("data.html", headers=NO_STORE, here=self.url(f"/data/{token}"),
-                         masked=mask_email(link.subscriber.email), csrf=tokens.form_token(self.settings, "data:" + token))
-
-    async def _spend(self, request: Request, action: Callable) -> Response:
-        token = request.path_params["token"]
-        link = await self._link(token)
-        if isinstance(link, Response):
-            return link
-        form = await read_form(request)
-        if not tokens.check_form_token(self.settings, "data:" + token, field(form, "csrf"), FORM_MAX_AGE):
-            return self.bad_link("This form has expired; nothing was done. Please open the link from the email again.")
-        try:
-            return await action(link, form)
-        except SubscriberError as exc:
-            return self.bad_link(f"{exc.message[:1].upper()}{exc.message[1:]}.")
-
-    async def export(self, request: Request) -> Response:
-        async def download(link, form) -> Response:
-            data = await run_in_threadpool(access.export_once, self.engine, self.settings, link.id)
-            return Response(json.dumps(data, indent=2, ensure_ascii=False), media_type="application/json",
-                            headers={**NO_STORE, "content-disposition": 'attachment; filename="newsletter-data.json"'})
-        return await self._spend(request, download)
-
-    async def erase(self, request: Request) -> Response:
-        async def delete(link, form) -> Response:
-            if field(form, "confirm") != "yes":
-                return self.message("Nothing was deleted", "Tick the box to confirm that all your data should be "
-                                    "deleted.", status=400, headers=NO_STORE,
-                                    links=(("Back", self.url(f"/data/{request.path_params['token']}")),))
-            await run_in_threadpool(access.erase_once, self.engine, self.settings, link.id)
-            return self.message("Your data has been deleted",
-                                "We have deleted your subscription and everything we held about you. We keep only a "
-                                "one-way coded form of your address so that we never email it again.", headers=NO_STORE)
-        return await self._spend(request, delete)
 
     # -- operations -------------------------------------------------------------------
 
