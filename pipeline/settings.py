@@ -93,6 +93,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web_root_path", "",
             "Set to base_url's path (e.g. /newsletter) when a reverse proxy strips that prefix before passing "
             "requests on (uvicorn's root_path); empty: the web service answers under base_url's path itself."),
+    Setting("trusted_proxies", "127.0.0.1",
+            "Comma-separated addresses (or CIDR ranges) of the reverse proxies whose X-Forwarded-For is believed: "
+            "the client address behind them is what the per-IP sign-up limits count. From any other peer the "
+            "header is ignored. `none`: no proxy is trusted."),
     # -- storage and output ---------------------------------------------------
     Setting("database_url", "sqlite:///var/newsletter.db", "SQLAlchemy URL of the database.", env="DATABASE_URL"),
     Setting("public_dir", "public", "Where static pages and feeds are written."),

@@ -8,7 +8,8 @@ both take the last slot:
 1. ``UPDATE ... SET count = count + 1 WHERE key = k AND window_end > now AND count < limit``
 2. else ``UPDATE ... SET count = 1, window_start = now ... WHERE key = k AND window_end <= now``
    (the old window is over)
-3. else ``INSERT`` the key, which loses on the primary key if another writer got there first.
+3. else ``INSERT`` the key, which loses on the primary key if another writer got there first;
+   then step 1 once more, against the row that writer made.
 
 Keys: client IPs are counted per IPv4 address (/32) and per IPv6 /64, since one
 IPv6 host is usually given a whole /64; addresses are counted by their keyed hash
@@ -48,17 +49,21 @@ def take(session, key: str, limit: int, window: timedelta, at: datetime | None =
         return True
     at = at or clock.now()
     table = RateLimit.__table__
-    bumped = session.execute(update(table).where(table.c.key == key, table.c.window_end > at, table.c.count < limit)
-                             .values(count=table.c.count + 1))
-    if bumped.rowcount == 1:
+    bump = (update(table).where(table.c.key == key, table.c.window_end > at, table.c.count < limit)
+            .values(count=table.c.count + 1))
+    if session.execute(bump).rowcount == 1:
         return True
     renewed = session.execute(update(table).where(table.c.key == key, table.c.window_end <= at)
                               .values(count=1, window_start=at, window_end=at + window))
     if renewed.rowcount == 1:
         return True
-    # False: the key exists and its window is full (or another writer just took the slot)
-    return insert_ignore(session, table, {"key": key, "count": 1, "window_start": at, "window_end": at + window},
-                         ["key"])
+    if insert_ignore(session, table, {"key": key, "count": 1, "window_start": at, "window_end": at + window},
+                     ["key"]):
+        return True
+    # Another writer created the key first (its insert has committed by now: ours waited for it).
+    # That took one slot, not all of them: count this event against the row it made. Without
+    # this, a burst from a new client would get one event through instead of ``limit``.
+    return session.execute(bump).rowcount == 1
 
 
 def prune(session, at: datetime | None = None) -> int:

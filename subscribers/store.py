@@ -119,7 +119,10 @@ def normalise_email(address: str) -> tuple[str, str]:
         valid = validate_email(address, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
         raise SubscriberError(_plain_address_problem(str(exc))) from None
-    return valid.normalized, valid.normalized.lower()
+    # An internationalised domain is kept in its ASCII (IDNA) form, the one headers and RCPT TO
+    # can carry: "zoe@bücher.example" and "zoe@xn--bcher-kva.example" are one address.
+    wire = valid.ascii_email or valid.normalized
+    return wire, wire.lower()
 
 
 # What people read when an address is refused: our words, never the validator's text

@@ -400,3 +400,14 @@ def test_erase_also_clears_the_address_from_the_send_ledger(engine, sub_settings
     assert sent["issue"] == "2026-03-02" and sent["state"] == "sent" and sent["message_id"]
     assert rights.erase(engine, sub_settings, sub.id)
     assert "ledger.person" not in all_text(engine).lower()
+
+
+def test_an_internationalised_domain_is_kept_in_its_wire_form_and_is_one_address(engine, sub_settings):
+    """Found by two nodes' sign-up test: a valid address at an IDN domain made the confirmation's To header fail
+    (a server error). It is stored in the IDNA form headers and RCPT TO carry, so both spellings are one person."""
+    info, _ = sign_up(engine, sub_settings, "Zoe.OHara@Bücher.Example")
+    assert info.email == "Zoe.OHara@xn--bcher-kva.example"
+    again, _ = sign_up(engine, sub_settings, "zoe.ohara@xn--BCHER-kva.example")
+    assert again.id == info.id
+    with pytest.raises(SubscriberError):
+        sign_up(engine, sub_settings, "zoë@example.org")  # a non-ASCII local part needs SMTPUTF8

@@ -102,6 +102,22 @@ def unstructured(header: str, value: str) -> str:
     return prefix + "\r\n ".join(words) + "\r\n"
 
 
+def wire_address(addr: str) -> str:
+    """``addr`` as headers and RCPT TO carry it: an internationalised domain in its IDNA (ASCII) form.
+    The store keeps addresses that way already; this is the edge's own check, for anything older."""
+    if addr.isascii():
+        return addr
+    local, at, domain = addr.rpartition("@")
+    if not at or not local.isascii():
+        raise DeliveryError("an address with a non-ASCII local part needs SMTPUTF8, which we do not send")
+    import idna
+
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError:
+        raise DeliveryError("an address has a domain that is not a valid internationalised name") from None
+
+
 def mailbox(name: str, addr: str, header: str = "To") -> tuple[str, str]:
     """(header value, the name it shows) for ``name <addr>``, at most 78 columns a
     line, CRLF-folded.  ``name`` must already be a ``display_name``.
@@ -111,6 +127,7 @@ def mailbox(name: str, addr: str, header: str = "To") -> tuple[str, str]:
     Names too long for one encoded word (or one line) are shortened: several
     encoded words in a row decode with stray spaces in common parsers (Python's
     included), and it is only a display name."""
+    addr = wire_address(addr)
     if not name:
         return addr, ""
     if name.isascii():

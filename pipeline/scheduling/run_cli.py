@@ -218,6 +218,7 @@ def _serve_web(settings: Settings, engine: Engine, host: str, port: int, receive
     import uvicorn
 
     from pipeline.web.app import create_app, root_path_for
+    from pipeline.web.http import forwarded_allow_ips
 
     # uvicorn installs its own SIGINT/SIGTERM handlers while it runs, and re-raises the
     # signal when it is done, to the handler it found: this one notes it, so that the
@@ -228,6 +229,7 @@ def _serve_web(settings: Settings, engine: Engine, host: str, port: int, receive
     # the daemon sends the mail queue itself (mail_worker=False)
     uvicorn.Server(uvicorn.Config(create_app(settings, engine, mail_worker=False), host=host, port=port,
                                   log_level="info", access_log=False, server_header=False, proxy_headers=True,
+                                  forwarded_allow_ips=forwarded_allow_ips(settings),
                                   root_path=root_path_for(settings, root_path))).run()
 
 

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pipeline import keys
 from pipeline.errors import ContentError
 from pipeline.settings import Settings
-from pipeline.web.http import MAX_BODY, Guard, SecurityHeaders, UnderPrefix, client_gone
+from pipeline.web.http import MAX_BODY, Guard, SecurityHeaders, UnderPrefix, client_gone, forwarded_allow_ips
 from pipeline.web.service import TEMPLATES, WebService
 
 
@@ -125,4 +125,5 @@ def serve(ctx: click.Context, host: str | None, port: int | None, root_path: str
     root = root_path_for(settings, root_path)
     app = create_app(settings)
     uvicorn.run(app, host=host or settings.web_host, port=port or settings.web_port, proxy_headers=True,
+                forwarded_allow_ips=forwarded_allow_ips(settings),
                 server_header=False, root_path=root, log_level="info")

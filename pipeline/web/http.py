@@ -193,3 +193,9 @@ def mask_email(address: str) -> str:
     """``j•••@example.com``: enough for the person to recognise, too little for whoever the email was forwarded to."""
     local, _, domain = address.partition("@")
     return f"{local[:1]}•••@{domain}"
+
+
+def forwarded_allow_ips(settings) -> str:
+    """uvicorn's ``forwarded_allow_ips`` from the ``trusted_proxies`` setting: "" trusts nobody."""
+    value = str(settings.trusted_proxies or "").strip()
+    return "" if value.lower() == "none" else value
