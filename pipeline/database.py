@@ -7,13 +7,15 @@ so, with no code change.  The schema is owned by Alembic migrations in
 from __future__ import annotations
 
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from pipeline.errors import SchemaError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -77,15 +79,53 @@ def engine_for(url: str) -> Engine:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the schema up to the newest migration."""
+    """Bring the schema up to the newest migration.
+
+    Several processes may start at once (nodes of one deployment, ``serve`` beside
+    ``run``): one migrates while the others wait, then find nothing to do. On
+    PostgreSQL the migration transaction holds an advisory lock; SQLite (one machine)
+    uses a lock file beside the database. A database already migrated past this
+    code's newest revision (a newer release ran it) is refused with one line rather
+    than half-understood.
+    """
     from alembic import command
     from alembic.config import Config
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as connection:
+    known = {rev.revision for rev in ScriptDirectory.from_config(config).walk_revisions()}
+    with _migration_lock(engine), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+        current = set(MigrationContext.configure(connection).get_current_heads())
+        unknown = sorted(current - known)
+        if unknown:
+            raise SchemaError(f"the database is at migration {', '.join(unknown)}, which this release does not "
+                              "know: a newer release has migrated it; upgrade this node to that release")
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+MIGRATION_LOCK_KEY = 0x6E6C6D67  # "nlmg": the advisory lock all nodes take to migrate
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """For a SQLite file: an exclusive lock on ``<database>.migrate.lock`` while migrating."""
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.migrate.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 _migrated: set[str] = set()

@@ -54,3 +54,7 @@ class SubscriberError(NewsletterError):
 
 class ScheduleError(NewsletterError):
     """The calendar or the daemon cannot do what was asked."""
+
+
+class SchemaError(NewsletterError):
+    """The database's schema cannot be used by this code (e.g. it was migrated by a newer release)."""
