@@ -54,3 +54,7 @@ class SubscriberError(NewsletterError):
 
 class ScheduleError(NewsletterError):
     """The calendar or the daemon cannot do what was asked."""
+
+
+class CorrectionError(NewsletterError):
+    """A correction or retraction cannot be recorded or sent as asked."""

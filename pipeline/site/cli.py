@@ -84,5 +84,7 @@ def build(obj, out: Path | None, day: datetime | None) -> None:
             click.echo(f"view in browser: {rendered.web_url}")
         # the issue's articles must have pages even when it is built ahead of its day
         as_of = max(today(library.settings), issue_day)
-    report += build_site(library, out, as_of=as_of)
+    from pipeline.corrections.notices import site_update
+    notices = site_update(library, as_of or today(library.settings))  # corrections show everywhere
+    report += build_site(library, out, as_of=as_of, notices=notices)
     _report(report, out)
