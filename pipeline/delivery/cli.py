@@ -88,6 +88,8 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
          correction_id: int | None) -> None:
     """Send the day's issue to the daily subscribers, exactly once."""
     if correction_id is not None:
+        if day or topic:
+            raise click.UsageError("--correction sends that correction's notice: give it without --date or --topic")
         from pipeline.corrections.cli import send_correction
         return send_correction(obj, correction_id, resume=resume, dry_run=dry_run, progress=progress)
     from pipeline.database import open_database

@@ -105,6 +105,8 @@ def preview(obj, day: datetime | None, kind: str, slug: str | None, number: int,
     if day is not None and slug is not None:
         raise click.UsageError("give --date or --article, not both")
     if correction_id is not None:
+        if day is not None or slug is not None:
+            raise click.UsageError("give --correction on its own, without --date or --article")
         from pipeline.corrections.cli import preview_correction
         return preview_correction(obj, correction_id, out, screenshots)
     library = obj.library()
