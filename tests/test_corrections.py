@@ -58,6 +58,19 @@ def test_bad_input_is_one_clear_line_and_nothing_is_recorded(world):
     assert [r.kind for r in records.listing(world.engine())] == ["correction", "retraction"]
 
 
+def test_a_note_is_one_plain_paragraph():
+    from pipeline.corrections.records import clean_note
+
+    assert clean_note("Dose\r\nBcc: x@example.com\u2028=?utf-8?b?QQ==?=  end") == \
+        "Dose Bcc: x@example.com =?utf-8?b?QQ==?= end"
+
+
+def test_a_build_that_cannot_read_the_corrections_stops_in_one_line(world):
+    world.env["DATABASE_URL"] = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    assert "cannot read the corrections from the database" in world.fails("build")
+    assert not (world.public / "feed.xml").exists()
+
+
 def test_a_future_article_cannot_be_corrected(world):
     write_article(world.content, "embargoed", "2099-01-01")
     assert "not published until 2099-01-01" in world.refused("correct", "embargoed", "--note", "x")

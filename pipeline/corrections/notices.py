@@ -13,13 +13,13 @@ import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 
 from pipeline.corrections import records
 from pipeline.corrections.records import CORRECTIONS, RETRACTION, Correction
+from pipeline.errors import CorrectionError
 
 
 @dataclass(frozen=True)
@@ -103,10 +103,18 @@ def site_update(library, as_of: date, *, engine: Engine | None = None,
     It also records the versions going out (``records.remember``): the first version of each
     article the site publishes, and ``sent``, the articles of an issue being sent, so
     ``newsletter correct`` can tell whether an article changed since."""
-    engine = engine if engine is not None else existing_engine(library.settings)
-    if engine is None:
-        return {}
-    records.remember_site(engine, library, as_of)
-    if sent:
-        records.remember(engine, sent, records.ISSUE)
-    return load_notices(engine, library.settings.timezone)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        engine = engine if engine is not None else existing_engine(library.settings)
+        if engine is None:
+            return {}
+        records.remember_site(engine, library, as_of)
+        if sent:
+            records.remember(engine, sent, records.ISSUE)
+        return load_notices(engine, library.settings.timezone)
+    except SQLAlchemyError as exc:
+        # never build without them: a retracted article's page would come back
+        reason = str(exc.orig if getattr(exc, "orig", None) else exc).splitlines()[0]
+        raise CorrectionError(f"cannot read the corrections from the database ({reason}); the site is left "
+                              "as it was, so no correction or retraction disappears from it") from None
