@@ -34,10 +34,12 @@ def _leave(world: World, ids, how: str) -> None:
 
 
 def test_a_significant_correction_reaches_the_180_still_subscribed_once(world, smtp_server):
-    settings = _outbox(world)
+    settings = world.settings().replace(transport="smtp", smtp_host="127.0.0.1", smtp_port=smtp_server.port,
+                                        secret_key=SECRET)
     ids = add_subscribers(world.engine(), settings, 200)
-    summary, _ = send_issue_of(world, (SLUG,), settings=settings)
-    assert summary.sent == 200
+    summary, _ = send_issue_of(world, (SLUG,), settings=settings)  # the issue, through the same relay
+    assert summary.sent == 200 and len(smtp_server.wait_for(200)) == 200
+    smtp_server.received.clear()
     _leave(world, ids[:20], "unsubscribe")
     add_subscribers(world.engine(), settings, 5, start=500)  # joined later: never got the article
 
