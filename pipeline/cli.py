@@ -32,6 +32,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preview": ("pipeline.rendering.cli:preview", "Render an issue to issue.html/.txt/.eml (and --screenshots) for editors."),
     "send": ("pipeline.delivery.cli:send", "Send the day's issue to the daily subscribers, exactly once (--resume, --dry-run)."),
     "send-test": ("pipeline.delivery.cli:send_test", "Mail one [TEST] copy of the day's issue to --to; the ledger is untouched."),
+    "correct": ("pipeline.corrections.cli:correct", "Record a correction of an edited article (--significant: mail a notice)."),
+    "retract": ("pipeline.corrections.cli:retract", "Withdraw an article: never sent again; its page and feed item become the notice."),
+    "corrections": ("pipeline.corrections.cli:corrections", "List the corrections and retractions, with their notices."),
 }
 
 

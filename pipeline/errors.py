@@ -48,6 +48,10 @@ class LeaseLost(DeliveryError):
     """Another process took the send over (this one stalled past its lease): stop, writing nothing."""
 
 
+class CorrectionError(NewsletterError):
+    """A correction or retraction cannot be recorded or sent as asked."""
+
+
 class SubscriberError(NewsletterError):
     """Bad subscriber input: an invalid address, a bad CSV row, a bad token."""
 

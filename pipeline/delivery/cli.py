@@ -81,9 +81,17 @@ def signals_stop_the_send():
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--topic", default=None, metavar="TOPIC",
               help="Send an issue only to this topic's subscribers (a sensitive topic gets the neutral subject).")
+@click.option("--correction", "correction_id", type=int, default=None, metavar="ID",
+              help="Send the notice of correction ID to everyone who got the article, exactly once.")
 @click.pass_obj
-def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: str | None) -> None:
+def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: str | None,
+         correction_id: int | None) -> None:
     """Send the day's issue to the daily subscribers, exactly once."""
+    if correction_id is not None:
+        if day or topic:
+            raise click.UsageError("--correction sends that correction's notice: give it without --date or --topic")
+        from pipeline.corrections.cli import send_correction
+        return send_correction(obj, correction_id, resume=resume, dry_run=dry_run, progress=progress)
     from pipeline.database import open_database
     from pipeline.delivery.deliver import send_issue
 
@@ -95,6 +103,9 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
     if not plan.sends:
         raise ScheduleError(plan.describe())
     rendered = render_plan(engine, library, plan, record=not dry_run)
+    if not dry_run:  # the versions that go out: `newsletter correct` compares with them
+        from pipeline.corrections.records import ISSUE, remember
+        remember(engine, plan.issue.articles, ISSUE)
     from pipeline import exits
     from pipeline.delivery import stops
 
@@ -130,9 +141,14 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
               help="Issue date (default: today in the configured time zone).")
 @click.option("--kind", type=click.Choice(["daily", "weekly"]), default="daily", show_default=True,
               help="The day's daily issue, or its weekly digest (on the weekly day).")
+@click.option("--correction", "correction_id", type=int, default=None, metavar="ID",
+              help="Mail a test copy of the notice of correction ID instead.")
 @click.pass_obj
-def send_test(obj, to: str, day, kind: str) -> None:
+def send_test(obj, to: str, day, kind: str, correction_id: int | None) -> None:
     """Mail one copy of the issue the day will send, subject prefixed "[TEST]"; the ledger is not touched."""
+    if correction_id is not None:
+        from pipeline.corrections.cli import send_test_correction
+        return send_test_correction(obj, correction_id, to)
     from pipeline.database import open_database
     from pipeline.delivery.send_test_copy import send_test as deliver_test
 

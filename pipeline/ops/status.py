@@ -280,6 +280,8 @@ def _hand_sends(engine: Engine, known: set[str], tz) -> tuple[list[RunInfo], lis
         state = "sent" if finished else "sending" if held else "stopped" if r.key in stopped else "unfinished"
         again = f"newsletter send --date {r.date.isoformat()}" + (f" --topic {r.audience_topic}"
                                                                   if r.audience_topic else "") + " --resume"
+        if r.kind == "correction":  # a correction's notice (pipeline.corrections), numbered by the correction
+            again = f"newsletter send --correction {r.number} --resume"
         note = "" if state in ("sent", "sending") else (
             f"hand send {stopped[r.key].describe(tz) if r.key in stopped else 'interrupted'}: "
             f"{counts.get('sent', 0)} of {counts.get('total', 0)} sent; `{again}` finishes it")

@@ -92,9 +92,11 @@ def today(settings) -> date:
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), default=Path("preview"),
               show_default=True, help="Folder to write issue.html, issue.txt and issue.eml into.")
 @click.option("--screenshots", is_flag=True, help="Also write PNG screenshots 375 px and 600 px wide (Chromium).")
+@click.option("--correction", "correction_id", type=int, default=None, metavar="ID",
+              help="Preview the notice of correction ID (`newsletter corrections` lists them).")
 @click.pass_obj
 def preview(obj, day: datetime | None, kind: str, slug: str | None, number: int, out: Path,
-            screenshots: bool) -> None:
+            screenshots: bool, correction_id: int | None) -> None:
     """Render an issue to files for an editor to look at; nothing is sent.
 
     Without --article it is exactly the issue the day will send (today by default):
@@ -102,6 +104,11 @@ def preview(obj, day: datetime | None, kind: str, slug: str | None, number: int,
     subject subscribers will see."""
     if day is not None and slug is not None:
         raise click.UsageError("give --date or --article, not both")
+    if correction_id is not None:
+        if day is not None or slug is not None:
+            raise click.UsageError("give --correction on its own, without --date or --article")
+        from pipeline.corrections.cli import preview_correction
+        return preview_correction(obj, correction_id, out, screenshots)
     library = obj.library()
     settings = library.settings
     on = day.date() if day is not None else today(settings)

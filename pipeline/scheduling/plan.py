@@ -19,6 +19,9 @@ what an editor sees is what goes out.  The rules, in order:
 4. With nothing on the calendar, the queue gives the oldest published article
    that has not gone out and is not planned for another day, only when
    ``send_when_nothing_due`` is on.  Otherwise nothing is sent, with the reason.
+5. Under every rule, an article ``pipeline.corrections.signoff.held`` names (retracted,
+   or with a significant correction awaiting sign-off) is left out: it never goes
+   out again, and a recorded issue that carries it is not sent to anyone more.
 
 The module also settles past days that were left without an outcome
 (``close_past_days``), records a hand send as the day's issue
@@ -64,6 +67,7 @@ class DayPlan:
     source: str
     entries: tuple[Entry, ...] = ()
     reason: str | None = None
+    held: tuple[str, ...] = ()  # why calendar articles were left out (retracted, awaiting sign-off)
 
     @property
     def sends(self) -> bool:
@@ -78,7 +82,8 @@ class DayPlan:
         if self.issue is None:
             return f"nothing to send for the {self.kind} issue of {self.day.isoformat()}: {self.reason}"
         digest = " (digest)" if len(self.slugs) > 1 and self.kind == "daily" else ""
-        return f"{self.issue.key} (number {self.issue.number}){digest}: {', '.join(self.slugs)}"
+        left_out = f" (left out: {'; '.join(self.held)})" if self.held else ""
+        return f"{self.issue.key} (number {self.issue.number}){digest}: {', '.join(self.slugs)}{left_out}"
 
 
 def plan_day(engine: Engine, settings: Settings, library, day: date, kind: str = "daily", *,
@@ -98,19 +103,31 @@ def plan_day(engine: Engine, settings: Settings, library, day: date, kind: str =
     if topic is not None:
         from subscribers.tokens import audience_label
         label = audience_label(settings, topic)
+    from pipeline.corrections.signoff import held as held_articles
+
+    barred = held_articles(engine)
     entries = tuple(calendar.scheduled_on(engine, day)) if kind == "daily" else ()
     known = ledger.find_issue(engine, issue_key(day, kind, label))
     if known is not None and known.articles:
+        stopped = [barred[slug] for slug in known.articles if slug in barred]
+        if stopped and known.state != "sent":
+            return DayPlan(day, kind, None, "none", entries, reason=(
+                f"issue {known.key} carries an article that may not go out any more ({'; '.join(stopped)}); "
+                "nobody else is sent it"))
         issue = compose_issue(library, day, number=known.number, scheduled=list(known.articles),
                               audience_topic=known.audience_topic, kind=known.kind)
         return DayPlan(day, kind, issue, "recorded", entries)
     number = issue_history.issue_number(engine, day, kind)
     if kind == "weekly":
-        issue = weekly_issue(library, day, number, sent_on=weekly_sent_on(engine, day), audience_topic=topic,
+        sent_on = {slug: when for slug, when in weekly_sent_on(engine, day).items() if slug not in barred}
+        issue = weekly_issue(library, day, number, sent_on=sent_on, audience_topic=topic,
                              start=day - timedelta(days=7))
         if issue is None:
             return DayPlan(day, kind, None, "none", reason="no daily article went out since the last weekly digest")
         return DayPlan(day, kind, issue, "weekly")
+    held = tuple(barred[e.slug] for e in entries if e.slug in barred)
+    if held and all(e.slug in barred for e in entries):
+        return DayPlan(day, kind, None, "none", entries, reason="; ".join(held), held=held)
     if entries:
         for entry in entries:
             published = library.article(entry.slug).published  # an unknown slug is a ContentError naming it
@@ -118,14 +135,14 @@ def plan_day(engine: Engine, settings: Settings, library, day: date, kind: str =
                 raise ContentError(f"calendar: {entry.slug} is scheduled on {day.isoformat()} but is embargoed "
                                    f"until {published.isoformat()} (its published date): "
                                    f"`newsletter schedule move {entry.slug} --to {published.isoformat()}`")
-        issue = compose_issue(library, day, number=number, scheduled=[e.slug for e in entries],
-                              audience_topic=topic)
-        return DayPlan(day, kind, issue, "calendar", entries)
+        issue = compose_issue(library, day, number=number,
+                              scheduled=[e.slug for e in entries if e.slug not in barred], audience_topic=topic)
+        return DayPlan(day, kind, issue, "calendar", entries, held=held)
     if not settings.send_when_nothing_due:
         return DayPlan(day, kind, None, "none", reason=(
             f"nothing is scheduled (send_when_nothing_due is off); put an article on the calendar first: "
             f"`newsletter schedule add SLUG --on {day.isoformat()}`"))
-    gone = issue_history.sent_slugs(engine) | planned_slugs(engine) | set(taken)
+    gone = issue_history.sent_slugs(engine) | planned_slugs(engine) | set(taken) | set(barred)
     issue = compose_issue(library, day, number=number, sent=gone, audience_topic=topic)
     if issue is None:
         return DayPlan(day, kind, None, "none",

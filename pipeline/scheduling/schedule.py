@@ -324,7 +324,9 @@ def _publish_and_send(engine: Engine, settings: Settings, library, issue, entrie
     publish_issue(rendered, settings.public_dir)
     # incremental: rewrites only the pages the day's articles change (and the archive, feeds,
     # sitemap), so a send never waits on a rebuild of the whole library
-    build_site(library, settings.public_dir, as_of=day)
+    from pipeline.corrections.notices import site_update
+    build_site(library, settings.public_dir, as_of=day,
+               notices=site_update(library, day, engine=engine, sent=issue.articles))
     summary = send_issue(engine, settings, rendered, frequency=kind, resume=resume, progress=False)
     counts = ledger_counts(engine, [issue.key]).get(issue.key) or {
         name: int(getattr(summary, name, 0) or 0) for name in ("sent", "deferred", "failed", "bounced")}

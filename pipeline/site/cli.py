@@ -73,6 +73,9 @@ def build(obj, out: Path | None, day: datetime | None) -> None:
     out = out or Path(library.settings.public_dir)
     report = BuildReport((), ())
     as_of = None
+    from pipeline.corrections.notices import site_update
+    # first: a build that cannot read the corrections writes nothing (a retraction never reverts)
+    notices = site_update(library, max(today(library.settings), day.date()) if day else today(library.settings))
     if day is not None:
         issue_day = day.date()
         rendered = render_issue_for(library, issue_day, out)
@@ -84,5 +87,5 @@ def build(obj, out: Path | None, day: datetime | None) -> None:
             click.echo(f"view in browser: {rendered.web_url}")
         # the issue's articles must have pages even when it is built ahead of its day
         as_of = max(today(library.settings), issue_day)
-    report += build_site(library, out, as_of=as_of)
+    report += build_site(library, out, as_of=as_of, notices=notices)
     _report(report, out)

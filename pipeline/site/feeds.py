@@ -39,6 +39,7 @@ from pipeline import clock
 from pipeline.content import markup
 from pipeline.content.article import Article
 from pipeline.content.library import Library
+from pipeline.corrections.notices import ArticleNotices
 from pipeline.errors import ContentError
 from pipeline.settings import Settings
 
@@ -64,7 +65,7 @@ class Topic:
 
 
 # ids the article page (templates/web/*.html) uses itself; a heading never takes one
-PAGE_IDS = ("main", "section-references", "section-author", "section-author-heading", "section-disclaimer",
+PAGE_IDS = ("main", "section-corrections", "section-references", "section-author", "section-author-heading", "section-disclaimer",
             "section-privacy")
 
 
@@ -81,6 +82,16 @@ class ArticleView:
     published_at: datetime  # timezone-aware
     updated_at: datetime  # timezone-aware; equals published_at until the article is edited
     topics: tuple[Topic, ...]
+    notices: ArticleNotices | None = None  # its corrections and retraction (pipeline.corrections)
+
+    @property
+    def retraction(self):
+        return self.notices.retraction if self.notices else None
+
+    @property
+    def summary(self) -> str:
+        """The feeds' summary: a retracted article's is the retraction, not the withdrawn claim."""
+        return f"Retracted: {self.retraction.note}" if self.retraction else self.article.summary
 
     @property
     def _reserved(self) -> tuple[str, ...]:
@@ -175,14 +186,18 @@ def topic_name(settings: Settings, topic_id: str) -> str:
     return str(spec.get("name") or topic_id)
 
 
-def article_view(article: Article, settings: Settings, offsets: tuple[int, int] = (0, 0)) -> ArticleView:
-    """The view of one article; ``offsets`` from ``same_day_offsets`` (seconds after the send time)."""
+def article_view(article: Article, settings: Settings, offsets: tuple[int, int] = (0, 0),
+                 notices: ArticleNotices | None = None) -> ArticleView:
+    """The view of one article; ``offsets`` from ``same_day_offsets`` (seconds after the send time).
+    A correction or retraction moves ``updated_at`` to when it was recorded."""
+    updated = publication_time(article.last_modified, settings, offsets[1])
     return ArticleView(
         article=article,
         url=article_url(settings, article.slug),
         published_at=publication_time(article.published, settings, offsets[0]),
-        updated_at=publication_time(article.last_modified, settings, offsets[1]),
+        updated_at=max(updated, notices.changed_at) if notices else updated,
         topics=tuple(Topic(t, topic_name(settings, t)) for t in article.topics),
+        notices=notices,
     )
 
 
@@ -195,11 +210,14 @@ def due_articles(library: Library, as_of: date | None = None) -> list[Article]:
     return due
 
 
-def public_articles(library: Library, as_of: date | None = None) -> list[ArticleView]:
+def public_articles(library: Library, as_of: date | None = None,
+                    notices: dict[str, ArticleNotices] | None = None) -> list[ArticleView]:
     """``due_articles`` as views (cheap: a view renders its Markdown only when asked). Same-day
     articles: the later slug is the later second, so this order is the instants' order too."""
     offsets = same_day_offsets(library.articles)
-    return [article_view(a, library.settings, offsets[a.slug]) for a in due_articles(library, as_of)]
+    notices = notices or {}
+    return [article_view(a, library.settings, offsets[a.slug], notices.get(a.slug))
+            for a in due_articles(library, as_of)]
 
 
 def long_date(value: date) -> str:
@@ -224,18 +242,21 @@ def web_templates() -> jinja2.Environment:
 
 def item_html(view: ArticleView, settings: Settings) -> str:
     """The full article as one HTML fragment for a feed item."""
-    return web_templates().get_template("feed_item.html").render(view=view, article=view.article,
+    template = "feed_item_retracted.html" if view.retraction else "feed_item.html"
+    return web_templates().get_template(template).render(view=view, article=view.article,
                                                                  settings=settings).strip()
 
 
 # -- the three feeds ----------------------------------------------------------------
 
-def _items(library: Library, as_of: date | None) -> list[ArticleView]:
+def _items(library: Library, as_of: date | None,
+           notices: dict[str, ArticleNotices] | None = None) -> list[ArticleView]:
     """The newest ``feed_items`` articles as views: the feeds cost O(feed_items), whatever
     the size of the library (only these are ever rendered)."""
     newest = due_articles(library, as_of)[: max(int(library.settings.feed_items), 0)]
     offsets = same_day_offsets(library.articles)
-    views = [article_view(a, library.settings, offsets[a.slug]) for a in newest]
+    notices = notices or {}
+    views = [article_view(a, library.settings, offsets[a.slug], notices.get(a.slug)) for a in newest]
     if not views:
         raise ContentError("no published articles to put in the feeds", path=Path("articles"))
     return views
@@ -281,7 +302,7 @@ def _generator(library: Library, views: list[ArticleView], self_file: str, rss: 
         entry.published(view.published_at)  # also RSS pubDate
         entry.updated(view.updated_at)
         entry.author(name=article.author.name)  # Atom only (no email: RSS skips it)
-        entry.summary(article.summary)  # also the RSS plain <description>
+        entry.summary(view.summary)  # also the RSS plain <description>
         entry.content(item_html(view, settings), type="html")  # RSS content:encoded, Atom content type="html"
         for topic in view.topics:
             entry.category(term=topic.id, label=topic.name)
@@ -325,7 +346,7 @@ def json_feed(library: Library, as_of: date | None = None, *, views: list[Articl
                 "id": v.url,
                 "url": v.url,
                 "title": v.article.title,
-                "summary": v.article.summary,
+                "summary": v.summary,
                 "content_html": item_html(v, settings),
                 "date_published": v.published_at.isoformat(),
                 "date_modified": v.updated_at.isoformat(),
@@ -339,10 +360,11 @@ def json_feed(library: Library, as_of: date | None = None, *, views: list[Articl
     return (json.dumps(feed, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
 
 
-def render_feeds(library: Library, as_of: date | None = None) -> dict[str, bytes]:
+def render_feeds(library: Library, as_of: date | None = None,
+                 notices: dict[str, ArticleNotices] | None = None) -> dict[str, bytes]:
     """File name -> bytes for the three feeds, from one list of views (each item's
-    Markdown is rendered once for all three)."""
-    views = _items(library, as_of)
+    Markdown is rendered once for all three).  ``notices``: the corrections to show."""
+    views = _items(library, as_of, notices)
     return {
         RSS_FILE: rss_feed(library, views=views),
         ATOM_FILE: atom_feed(library, views=views),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -222,13 +223,36 @@ def _render(template: str, settings: Settings, **context) -> str:
 
 
 def article_page(view: ArticleView, settings: Settings) -> str:
-    return _render("article.html", settings, view=view, article=view.article, page_url=view.url)
+    template = "article_retracted.html" if view.retraction else "article.html"
+    return _render(template, settings, view=view, article=view.article, page_url=view.url)
 
 
 def archive_page(page: ArchivePage, issues: list[IssueRecord], settings: Settings) -> str:
     titles = {v.article.slug: v.article.title for v in page.views}
     return _render("archive.html", settings, views=list(page.views), issues=issues, titles=titles,
                    page_url=archive.page_url(settings, page.number), pages=archive.pagination(page, settings))
+
+
+NOTICE_START, NOTICE_END = "<!-- corrections: start -->", "<!-- corrections: end -->"
+
+
+def _mark_issue(writer: SiteWriter, issue: IssueRecord, notices: dict, settings: Settings) -> None:
+    """Put the corrections and retractions of an issue's articles above its old text (which
+    stays: it is what was sent), replacing what an earlier build put there."""
+    path = writer.target(f"{ISSUES_DIR}/{issue.key}/index.html")
+    found = [notices[slug] for slug in issue.articles if slug in notices]
+    if not path.is_file() or not found:
+        return
+    html = path.read_text(encoding="utf-8")
+    start, end = html.find(NOTICE_START), html.find(NOTICE_END)
+    if start != -1 and end != -1:
+        html = html[:start] + html[end + len(NOTICE_END):]
+    body = re.search(r"<body\b[^>]*>", html)
+    if body is None:
+        return
+    block = _render("_issue_notice.html", settings, found=found, issue=issue).strip()
+    html = html[:body.end()] + NOTICE_START + block + NOTICE_END + html[body.end():]
+    writer.write(f"{ISSUES_DIR}/{issue.key}/index.html", html)
 
 
 def _remove_withdrawn(writer: SiteWriter, folder: str, keep: set[str]) -> None:
@@ -244,7 +268,7 @@ def _remove_withdrawn(writer: SiteWriter, folder: str, keep: set[str]) -> None:
 
 
 def build_site(library: Library, public_dir: Path | str, *, as_of: date | None = None,
-               incremental: bool = True) -> BuildReport:
+               incremental: bool = True, notices: dict | None = None) -> BuildReport:
     """(Re)write the article pages, feeds, archive pages, sitemap, robots.txt and 404 page.
     Idempotent: a second run without content changes writes nothing. Articles dated after
     ``as_of`` (default: today in the site's time zone) are left out; a page of an article no
@@ -253,22 +277,30 @@ def build_site(library: Library, public_dir: Path | str, *, as_of: date | None =
     Incremental: ``<public_dir>/.cache/site.json`` (``SiteManifest``) records the inputs of
     each file, so only pages whose inputs changed are rendered; a change of templates,
     settings or code renders everything. ``incremental=False`` ignores the record (the output
-    is the same, byte for byte)."""
+    is the same, byte for byte).
+
+    ``notices`` (slug -> ``pipeline.corrections.notices.ArticleNotices``) are the corrections and
+    retractions to show on the article pages, in the feeds and on the issue pages that carried them."""
     settings = library.settings
+    notices = notices or {}
     as_of = as_of or today(settings)
     public_dir = Path(public_dir)
-    feeds = render_feeds(library, as_of)  # first: an unbuildable feed fails before any page is written
-    views = public_articles(library, as_of)  # cheap: a view renders its Markdown only when a page needs it
+    feeds = render_feeds(library, as_of, notices)  # first: an unbuildable feed fails before any page is written
+    views = public_articles(library, as_of, notices)  # cheap: a view renders its Markdown only when a page needs it
     issues = published_issues(public_dir)
     manifest = SiteManifest(public_dir, build_hash(settings, TEMPLATES.parent))
     writer = SiteWriter(public_dir, manifest, reuse=incremental)
     for view in views:
         relative = f"{ARTICLES_DIR}/{view.article.slug}/index.html"
         key = library.input_keys.get(view.article.slug) or article_key(view.article)
+        if view.notices:
+            key = f"{key}+{view.notices.key}"
         if not writer.fresh(relative, key):
             # a fresh view: the rendered body is dropped with it, not kept for 10,000 pages
             writer.write(relative, article_page(replace(view), settings), key=key)
     _remove_withdrawn(writer, ARTICLES_DIR, {v.article.slug for v in views})
+    for issue in issues:
+        _mark_issue(writer, issue, notices, settings)
     for name, data in feeds.items():
         writer.write(name, data)
     pages = archive.paginate(views, settings)

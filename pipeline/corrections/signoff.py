@@ -1,0 +1,48 @@
+"""What may not be sent: retracted articles, and significant corrections awaiting sign-off.
+
+``pipeline.scheduling.plan.plan_day`` (the one decider of what a day sends) asks
+``held(engine)`` and leaves every slug it names out of every issue: a retracted
+article for good; an article whose newest significant correction has no medical
+sign-off until a reviewer approves that version.
+
+The approval itself belongs to the editorial console's review work.  Until it is
+wired in, ``reviewer_approved`` is the one hook that answers, and it answers no:
+a significant correction holds its article from future sends (weekly digests, topic
+issues, the queue) until the hook says a reviewer approved the corrected version.
+"""
+from __future__ import annotations
+
+from sqlalchemy import Engine, select
+
+from pipeline.corrections.records import CORRECTIONS, RETRACTION, Correction
+
+
+def reviewer_approved(engine: Engine, correction: Correction) -> bool:
+    """HOOK (wired to the review table on merge): True when a reviewer approved the article
+    version ``correction.after_hash`` of ``correction.slug``.  No review table exists on this
+    branch, so no version is approved yet."""
+    return False
+
+
+def needs_signoff(engine: Engine, correction: Correction) -> bool:
+    """True for a significant correction whose corrected version no reviewer has approved."""
+    return correction.kind != RETRACTION and correction.significant and not reviewer_approved(engine, correction)
+
+
+def held(engine: Engine) -> dict[str, str]:
+    """slug -> why it cannot be sent, for every article a send must leave out."""
+    with engine.connect() as conn:
+        rows = [Correction.of(r) for r in conn.execute(select(CORRECTIONS).order_by(CORRECTIONS.c.id))]
+    reasons: dict[str, str] = {}
+    newest: dict[str, Correction] = {}
+    for row in rows:
+        if row.kind == RETRACTION:
+            reasons[row.slug] = f"{row.slug} was retracted on {row.created_at.date().isoformat()} (correction {row.id})"
+        elif row.significant:
+            newest[row.slug] = row
+    for slug, row in newest.items():
+        # the newest significant correction decides: its corrected version is the one to approve
+        if slug not in reasons and needs_signoff(engine, row):
+            reasons[slug] = (f"{slug} has a significant correction ({row.id}) awaiting medical sign-off of the "
+                             "corrected version")
+    return reasons
