@@ -39,7 +39,7 @@ from pipeline.errors import SubscriberError
 from subscribers.models import Subscriber
 
 HOURS = tuple(range(24))
-_HOUR = re.compile(r"(\d{1,2})(?::00)?")
+_HOUR = re.compile(r"([0-9]{1,2})(?::00)?")
 
 
 @lru_cache(maxsize=None)
@@ -96,8 +96,8 @@ def editors_zone_label(settings) -> str:
 
 
 def editors_time_label(settings) -> str:
-    """``the editors' time (07:00 UK time)``: the hour select's first choice."""
-    return f"the editors' time ({settings.send_time} {editors_zone_label(settings)})"
+    """``The editors' time (07:00 UK time)``: the hour select's first choice."""
+    return f"The editors' time ({settings.send_time} {editors_zone_label(settings)})"
 
 
 def clean_zone(settings, value: str | None) -> str | None:
