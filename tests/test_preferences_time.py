@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from bs4 import BeautifulSoup
+from sqlalchemy import text
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -91,6 +92,11 @@ def test_the_page_offers_zones_and_hours_and_defaults_to_the_editors(client, pse
     # the script is our own, under base_url's path, and deferred (the page works without it)
     (script,) = page.find_all("script")
     assert script["src"] == BASE + "/assets/preferences.js" and script.has_attr("defer") and not script.string
+    # a zone stored before it left the tz database (or by hand) shows the editors', not the list's first
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE subscribers SET time_zone = 'Mars/Olympus_Mons' WHERE id = :id"), {"id": info.id})
+    assert selected(BeautifulSoup(client.get(path_of(psettings, info.id)).text, "html.parser"),
+                    "time_zone") == "Europe/London"
 
 
 def test_the_script_is_served_from_our_origin_under_the_csp(client):

@@ -281,7 +281,8 @@ class WebService(DataRights):
         if self.settings.timezone not in zones:
             zones = tuple(sorted((*zones, self.settings.timezone)))
         return {"zones": [(z, delivery_time.zone_label(z)) for z in zones],
-                "zone_selected": info.time_zone or self.settings.timezone,
+                # a stored zone no longer offered shows (and would save) the editors'
+                "zone_selected": info.time_zone if info.time_zone in zones else self.settings.timezone,
                 "zone_aliases": delivery_time.aliases_json(),
                 "editors_time": delivery_time.editors_time_label(self.settings)}
 
