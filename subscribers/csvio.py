@@ -4,8 +4,9 @@ Import reads ``email,name,topics,frequency,consent,consent_version,consented_at,
 time_zone,delivery_hour`` (only ``email`` is required; ``consent`` may come from
 ``--consent`` for the whole file instead).  ``time_zone`` and ``delivery_hour``
 follow ``subscribers.delivery_time`` (an IANA place name, a whole hour 0..23);
-empty keeps an existing subscriber's choice (a new one gets the editors').  Every row is checked before anything is written; good
-rows are imported and each bad row is reported with its line number and why:
+empty keeps an existing subscriber's choice (a new one gets the editors').
+Every row is checked before anything is written; good rows are imported and
+each bad row is reported with its line number and why:
 
 - a row that does not parse (an unbalanced quote, more cells than the header),
 - bytes that are not UTF-8,

@@ -48,8 +48,8 @@ SUPPRESSED_STATUSES = ("unsubscribed", "bounced", "complained")
 _STAMP = {"pending": "pending_at", "confirmed": "confirmed_at", "unsubscribed": "unsubscribed_at",
           "bounced": "bounced_at", "complained": "complained_at"}
 CHUNK = 1000  # rows per executemany / keyset page
-KEEP: Any = object()  # an argument left out: the value stays as it is
 _IN_CHUNK = 500  # values per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
+KEEP: Any = object()  # an argument left out: the value stays as it is
 
 
 # -- values ----------------------------------------------------------------------
