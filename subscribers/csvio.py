@@ -1,14 +1,18 @@
 """Subscribers in and out of CSV files.
 
-Import reads ``email,name,topics,frequency,consent,consent_version,consented_at``
-(only ``email`` is required; ``consent`` may come from ``--consent`` for the
-whole file instead).  Every row is checked before anything is written; good
-rows are imported and each bad row is reported with its line number and why:
+Import reads ``email,name,topics,frequency,consent,consent_version,consented_at,
+time_zone,delivery_hour`` (only ``email`` is required; ``consent`` may come from
+``--consent`` for the whole file instead).  ``time_zone`` and ``delivery_hour``
+follow ``subscribers.delivery_time`` (an IANA place name, a whole hour 0..23);
+empty keeps an existing subscriber's choice (a new one gets the editors').
+Every row is checked before anything is written; good rows are imported and
+each bad row is reported with its line number and why:
 
 - a row that does not parse (an unbalanced quote, more cells than the header),
 - bytes that are not UTF-8,
 - an invalid address, or one already given on an earlier line,
-- an unknown topic or frequency, a bad ``consented_at``,
+- an unknown topic or frequency, a bad ``consented_at``, a time zone we do not
+  offer or an hour outside 0..23,
 - a cell that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``,
   tab, carriage return at the start): rejected, never stored.  The ``email``
   cell is exempt, since only a valid address is taken from it
@@ -35,12 +39,13 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from pipeline.errors import SubscriberError
-from subscribers import store
+from subscribers import delivery_time, store
 
-COLUMNS = ("email", "name", "topics", "frequency", "consent", "consent_version", "consented_at")
+COLUMNS = ("email", "name", "topics", "frequency", "consent", "consent_version", "consented_at", "time_zone",
+           "delivery_hour")
 IGNORED = ("status", "created_at")  # written by export; an import does not take them from a file
 EXPORT_COLUMNS = ("email", "name", "status", "frequency", "topics", "consent", "consent_version", "consented_at",
-                  "created_at")
+                  "created_at", "time_zone", "delivery_hour")
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _TOPIC_SPLIT = re.compile(r"[;,|\s]+")
 
@@ -123,10 +128,15 @@ def _row(settings, names: list[str], cells: list[str], line: int, default_consen
     consent = values.get("consent") or (default_consent or "").strip()
     if not consent:
         raise SubscriberError("no consent wording (a 'consent' cell, or --consent for the whole file)")
+    zone_cell = values.get("time_zone", "")
+    # "": the editors' zone, written as NULL; None (an empty cell): keep what is held
+    time_zone = (delivery_time.clean_zone(settings, zone_cell) or "") if zone_cell else None
+    hour = delivery_time.clean_hour(values["delivery_hour"]) if values.get("delivery_hour") else None
     return store.ImportRow(line=line, email=address, email_key=key, name=store.clean_name(values.get("name") or None),
                            topics=topics, frequency=frequency, consent=consent,
                            consent_version=values.get("consent_version") or None,
-                           consented_at=_consented_at(values["consented_at"]) if values.get("consented_at") else None)
+                           consented_at=_consented_at(values["consented_at"]) if values.get("consented_at") else None,
+                           time_zone=time_zone, delivery_hour=hour)
 
 
 def parse(settings, data: bytes, path: Path | str = "<csv>", *, default_consent: str | None = None) -> ParsedFile:
@@ -205,7 +215,8 @@ def write_export(engine, out: TextIO, *, status: str | None = None, chunk: int =
             consent = consents.get(p.id, {})
             cells = [p.email, p.name or "", p.status, p.frequency, ";".join(p.topics), consent.get("wording") or "",
                      consent.get("version") or "", consent["at"].isoformat() if consent.get("at") else "",
-                     p.created_at.isoformat()]
+                     p.created_at.isoformat(), p.time_zone or "",
+                     "" if p.delivery_hour is None else str(p.delivery_hour)]
             writer.writerow([neutralise(c) for c in cells])
         page.clear()
 

@@ -37,6 +37,9 @@ class Subscriber(Base):
     complained_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
     # when the last confirmation email went out: the sign-up form resends at most every few minutes
     confirm_sent_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+    # when the issue arrives (subscribers.delivery_time): NULL is the editors' zone and send time
+    time_zone: Mapped[str | None] = mapped_column(String(64))  # IANA name
+    delivery_hour: Mapped[int | None] = mapped_column(Integer)  # 0..23 in time_zone
 
     topics: Mapped[list["SubscriberTopic"]] = relationship(
         back_populates="subscriber", cascade="all, delete-orphan", lazy="selectin")

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import Engine, bindparam, delete, func, select, text, update
@@ -49,6 +49,7 @@ _STAMP = {"pending": "pending_at", "confirmed": "confirmed_at", "unsubscribed": 
           "bounced": "bounced_at", "complained": "complained_at"}
 CHUNK = 1000  # rows per executemany / keyset page
 _IN_CHUNK = 500  # values per IN (...) list: well under SQLite's and PostgreSQL's parameter limits
+KEEP: Any = object()  # an argument left out: the value stays as it is
 
 
 # -- values ----------------------------------------------------------------------
@@ -70,6 +71,8 @@ class SubscriberInfo:
     unsubscribed_at: datetime | None = None
     bounced_at: datetime | None = None
     complained_at: datetime | None = None
+    time_zone: str | None = None  # NULL: the editors' (subscribers.delivery_time)
+    delivery_hour: int | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class ImportRow:
     consent: str
     consent_version: str | None
     consented_at: datetime | None
+    time_zone: str | None = None  # None: keep an existing subscriber's; "": the editors' zone (stored NULL)
+    delivery_hour: int | None = None  # None: keep an existing subscriber's
 
 
 @dataclass(frozen=True)
@@ -199,7 +204,8 @@ def _info(sub: Subscriber) -> SubscriberInfo:
         id=sub.id, email=sub.email, name=sub.name, status=sub.status, frequency=sub.frequency,
         topics=tuple(sub.topic_ids), created_at=sub.created_at, updated_at=sub.updated_at,
         pending_at=sub.pending_at, confirmed_at=sub.confirmed_at, unsubscribed_at=sub.unsubscribed_at,
-        bounced_at=sub.bounced_at, complained_at=sub.complained_at)
+        bounced_at=sub.bounced_at, complained_at=sub.complained_at, time_zone=sub.time_zone,
+        delivery_hour=sub.delivery_hour)
 
 
 def _set_status(sub: Subscriber, status: str, at: datetime) -> None:
@@ -286,6 +292,7 @@ def export_record(session, settings, subscriber_id: int) -> dict | None:
     return {
         "subscriber": {
             "email": info.email, "name": info.name, "status": info.status, "frequency": info.frequency,
+            "time_zone": info.time_zone, "delivery_hour": info.delivery_hour,
             **{k: (getattr(info, k).isoformat() if getattr(info, k) else None)
                for k in ("created_at", "updated_at", "pending_at", "confirmed_at", "unsubscribed_at",
                          "bounced_at", "complained_at")},
@@ -324,7 +331,8 @@ def iter_subscribers(engine: Engine, status: str | None = None, chunk: int = CHU
                 id=r["id"], email=r["email"], name=r["name"], status=r["status"], frequency=r["frequency"],
                 topics=tuple(sorted(topics[r["id"]])), created_at=r["created_at"], updated_at=r["updated_at"],
                 pending_at=r["pending_at"], confirmed_at=r["confirmed_at"], unsubscribed_at=r["unsubscribed_at"],
-                bounced_at=r["bounced_at"], complained_at=r["complained_at"])
+                bounced_at=r["bounced_at"], complained_at=r["complained_at"], time_zone=r["time_zone"],
+                delivery_hour=r["delivery_hour"])
         if len(rows) < chunk:
             return
         last = rows[-1]["id"]
@@ -422,16 +430,21 @@ def add(engine: Engine, settings, address: str, *, name: str | None = None, topi
 
 def update_preferences(engine: Engine, settings, subscriber_id: int, *, name: str | None, topics: Iterable[str],
                        frequency: str, method: str = "web", ip: str | None = None,
-                       topics_consent: bool = False) -> tuple[SubscriberInfo, bool]:
-    """Change name, topics and frequency; returns (subscriber, changed).  Only a
-    confirmed subscriber's change carries the consent wording: someone who left
-    keeps their choices for a return, but saving them is not an opt-in and
-    changes no status.  Saving the same choices again records nothing.  With
+                       topics_consent: bool = False, time_zone: str | None = KEEP,
+                       delivery_hour: str | int | None = KEEP) -> tuple[SubscriberInfo, bool]:
+    """Change name, topics and frequency (and, when given, time zone and delivery hour);
+    returns (subscriber, changed).  Only a confirmed subscriber's change carries the consent
+    wording: someone who left keeps their choices for a return, but saving them is not an
+    opt-in and changes no status.  Saving the same choices again records nothing.  With
     ``topics_consent`` (the web form's own tick for topic choices, which are health
-    data) its wording is recorded too."""
+    data) its wording is recorded too.  A change of time alone is consent-neutral: its
+    record (in ``detail``) carries no wording."""
     from subscribers.conflicts import retrying
+    from subscribers.delivery_time import clean_hour, clean_zone
 
     name, topics, frequency = clean_name(name), clean_topics(settings, topics), clean_frequency(frequency)
+    zone = KEEP if time_zone is KEEP else clean_zone(settings, time_zone)
+    hour = KEEP if delivery_hour is KEEP else clean_hour(delivery_hour)
     wording, version = consent_wording(settings)
 
     def write() -> tuple[SubscriberInfo, bool]:
@@ -442,13 +455,18 @@ def update_preferences(engine: Engine, settings, subscriber_id: int, *, name: st
             sub = s.scalar(select(Subscriber).where(Subscriber.id == subscriber_id).with_for_update())
             if sub is None:
                 raise SubscriberError("no such subscriber")
-            if (sub.name, sub.frequency, tuple(sub.topic_ids)) == (name, frequency, tuple(topics)):
+            when = (sub.time_zone if zone is KEEP else zone, sub.delivery_hour if hour is KEEP else hour)
+            same_choices = (sub.name, sub.frequency, tuple(sub.topic_ids)) == (name, frequency, tuple(topics))
+            if same_choices and (sub.time_zone, sub.delivery_hour) == when:
                 return _info(sub), False
             sub.name, sub.frequency = name, frequency
             _set_topics(sub, topics)
+            sub.time_zone, sub.delivery_hour = when
             sub.updated_at = at
-            opted_in = sub.status == "confirmed"
+            opted_in = sub.status == "confirmed" and not same_choices  # the time alone is no opt-in
             said, detail = wording, {"frequency": frequency, "topics": list(topics)}
+            if zone is not KEEP or hour is not KEEP:
+                detail.update(time_zone=when[0], delivery_hour=when[1])
             if topics and topics_consent:
                 detail["topics_consent"] = topics_consent_wording(settings)
                 said = f"{wording} {detail['topics_consent']}"
@@ -557,7 +575,7 @@ def import_rows(engine: Engine, settings, rows: Sequence[ImportRow], *, method: 
         keys, hash_values = list(hashes), list(hashes.values())
         for start in range(0, len(keys), _IN_CHUNK):
             for r in conn.execute(select(sub_t.c.id, sub_t.c.email_key, sub_t.c.status, sub_t.c.name,
-                                         sub_t.c.frequency).where(sub_t.c.email_key.in_(keys[start:start + _IN_CHUNK]))):
+                                         sub_t.c.frequency, sub_t.c.time_zone, sub_t.c.delivery_hour).where(sub_t.c.email_key.in_(keys[start:start + _IN_CHUNK]))):
                 existing[r.email_key] = r
             for h, reason in conn.execute(select(sup_t.c.email_hash, sup_t.c.reason)
                                           .where(sup_t.c.email_hash.in_(hash_values[start:start + _IN_CHUNK]))):
@@ -586,7 +604,8 @@ def import_rows(engine: Engine, settings, rows: Sequence[ImportRow], *, method: 
             part = new[start:start + CHUNK]
             params = [{"email": r.email, "email_key": r.email_key, "email_hash": hashes[r.email_key], "name": r.name,
                        "status": "confirmed", "frequency": r.frequency or "daily", "created_at": at, "updated_at": at,
-                       "confirmed_at": at} for r in part]  # the other timestamps stay NULL
+                       "confirmed_at": at, "time_zone": r.time_zone or None, "delivery_hour": r.delivery_hour}
+                      for r in part]  # the other timestamps stay NULL
             # A plain executemany, then one SELECT for the new ids: INSERT ... RETURNING
             # with ordered rows falls back to one statement per row on SQLite.
             conn.execute(sub_t.insert(), params)
@@ -601,7 +620,8 @@ def import_rows(engine: Engine, settings, rows: Sequence[ImportRow], *, method: 
             added += len(part)
 
         def update_sub(confirming: bool):
-            values = dict(name=bindparam("b_name"), frequency=bindparam("b_frequency"), updated_at=at)
+            values = dict(name=bindparam("b_name"), frequency=bindparam("b_frequency"), updated_at=at,
+                          time_zone=bindparam("b_zone"), delivery_hour=bindparam("b_hour"))
             if confirming:  # pending -> confirmed; an already confirmed subscriber keeps their confirmed_at
                 values.update(status="confirmed", confirmed_at=at)
             return update(sub_t).where(sub_t.c.id == bindparam("b_id")).values(**values)
@@ -610,7 +630,9 @@ def import_rows(engine: Engine, settings, rows: Sequence[ImportRow], *, method: 
             part = changed[start:start + CHUNK]
             for confirming in (True, False):
                 params = [{"b_id": old.id, "b_name": row.name if row.name is not None else old.name,
-                           "b_frequency": row.frequency or old.frequency}
+                           "b_frequency": row.frequency or old.frequency,
+                           "b_zone": old.time_zone if row.time_zone is None else (row.time_zone or None),
+                           "b_hour": old.delivery_hour if row.delivery_hour is None else row.delivery_hour}
                           for row, old in part if (old.status == "pending") == confirming]
                 if params:
                     conn.execute(update_sub(confirming), params)

@@ -17,7 +17,9 @@ Routes (the token in a path is an opaque signed token, ``subscribers.tokens``):
 - ``GET /unsubscribe/{token}``: one button.  ``POST /unsubscribe/{token}``:
   RFC 8058 one-click: no cookies, no login, no CSRF token, 200 with no redirect,
   idempotent.
-- ``GET/POST /preferences/{token}``: topics, frequency, name; ``POST
+- ``GET/POST /preferences/{token}``: topics, frequency, name, time zone and
+  delivery hour (``GET /assets/preferences.js``, optional, pre-selects the
+  browser's zone when none is saved); ``POST
   .../data-link`` emails a one-time link to ``GET /data/{token}``, whose
   ``POST .../export`` and ``POST .../erase`` work once, within the hour.
 - ``GET /healthz`` (the process answers), ``GET /readyz`` (the database answers).

@@ -60,6 +60,7 @@ def create_app(settings: Settings, engine: Engine | None = None, *, send: Callab
         Route("/unsubscribe/{token}", service.unsubscribe, methods=["GET", "POST"]),
         Route("/preferences/{token}", service.preferences, methods=["GET", "POST"]),
         Route("/preferences/{token}/data-link", service.data_link, methods=["POST"]),
+        Route("/assets/{name}", service.asset, methods=["GET"]),
         Route("/data/{token}", service.data_page, methods=["GET"]),
         Route("/data/{token}/export", service.export, methods=["POST"]),
         Route("/data/{token}/erase", service.erase, methods=["POST"]),

@@ -33,7 +33,7 @@ from pipeline.settings import Settings
 from pipeline.web.http import FORM_MAX_AGE, NO_STORE, client_ip, field, fields, read_form, mask_email
 from pipeline.web.rights import DataRights
 from pipeline.privacy import access
-from subscribers import limits, mailqueue, signup, store, tokens
+from subscribers import delivery_time, limits, mailqueue, signup, store, tokens
 from subscribers.conflicts import retrying
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,18 @@ class WebService(DataRights):
                          masked=mask_email(info.email), csrf=tokens.form_token(self.settings, token),
                          topics_wording=store.topics_consent_wording(self.settings),
                          topics=sorted(self.settings.topics.items()),
-                         unsubscribe_url=tokens.unsubscribe_url(self.settings, info.id))
+                         unsubscribe_url=tokens.unsubscribe_url(self.settings, info.id), **self.time_choices(info))
+
+    def time_choices(self, info: store.SubscriberInfo) -> dict:
+        """The "when it arrives" selects: every offered zone (the saved one, else the editors', selected)."""
+        zones = delivery_time.offered_zones()
+        if self.settings.timezone not in zones:
+            zones = tuple(sorted((*zones, self.settings.timezone)))
+        return {"zones": [(z, delivery_time.zone_label(z)) for z in zones],
+                # a stored zone no longer offered shows (and would save) the editors'
+                "zone_selected": info.time_zone if info.time_zone in zones else self.settings.timezone,
+                "zone_aliases": delivery_time.aliases_json(),
+                "editors_time": delivery_time.editors_time_label(self.settings)}
 
     async def _subscriber(self, token: str) -> store.SubscriberInfo | Response:
         try:
@@ -306,11 +317,13 @@ class WebService(DataRights):
             # a topic newly chosen here is health data too: its own explicit tick, as at sign-up
             return self.preferences_form(request, info, 400, "You ticked a new topic. To let us keep it, please also "
                                          "tick the box agreeing to that, or untick it.")
+        # A form without the time selects (an older page) leaves the saved time alone.
+        when = {key: field(form, key) for key in ("time_zone", "delivery_hour") if key in form}
         try:
             await run_in_threadpool(partial(
                 store.update_preferences, self.engine, self.settings, info.id, name=field(form, "name") or None,
                 topics=chosen, frequency=field(form, "frequency"), ip=client_ip(request),
-                topics_consent=topics_consent))
+                topics_consent=topics_consent, **when))
         except SubscriberError as exc:
             return self.preferences_form(request, info, 400, exc.message)
         return self.see_other(self.url(f"/preferences/{token}?saved=1"))
@@ -329,6 +342,15 @@ class WebService(DataRights):
         return self.see_other(self.url(f"/preferences/{token}?sent=1"))
 
     # -- operations -------------------------------------------------------------------
+
+    ASSETS = {"preferences.js": "text/javascript; charset=utf-8"}  # served from our origin (the CSP allows 'self')
+
+    async def asset(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in self.ASSETS:
+            raise HTTPException(404)
+        body = await run_in_threadpool((TEMPLATES / "assets" / name).read_bytes)
+        return Response(body, media_type=self.ASSETS[name], headers={"cache-control": "public, max-age=3600"})
 
     async def healthz(self, request: Request) -> Response:
         return PlainTextResponse("ok")
