@@ -1,5 +1,5 @@
 """Issue 15, delivery at each reader's local time, the subscriber side: the time zone and
-delivery hour columns (migration 0006), the one cleaning rule, saving them as a
+delivery hour columns (migration 0007), the one cleaning rule, saving them as a
 consent-neutral preference, and the groups among an issue's recipients in SQL, on SQLite
 and PostgreSQL."""
 from __future__ import annotations
@@ -73,13 +73,13 @@ def test_labels(settings):
 
 # -- the schema ------------------------------------------------------------------------------
 
-def test_migration_0006_adds_two_null_columns_and_keeps_everyone(store_url, request, tmp_path):
+def test_migration_0007_adds_two_null_columns_and_keeps_everyone(store_url, request, tmp_path):
     engine = engine_for(store_url)
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.upgrade(config, "0005")
+        command.upgrade(config, "0006")
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO subscribers (email, email_key, email_hash, name, status, frequency, "
                           "created_at, updated_at) VALUES ('zoë@example.com', 'zoë@example.com', 'h', "
@@ -95,7 +95,7 @@ def test_migration_0006_adds_two_null_columns_and_keeps_everyone(store_url, requ
     assert tuple(row) == ("Zoë 山田 – £5", None, None)
     with engine.begin() as conn:
         config.attributes["connection"] = conn
-        command.downgrade(config, "0005")
+        command.downgrade(config, "0006")
     assert "time_zone" not in {c["name"] for c in inspect(engine).get_columns("subscribers")}
     with engine.begin() as conn:
         config.attributes["connection"] = conn

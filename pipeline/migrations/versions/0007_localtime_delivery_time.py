@@ -1,7 +1,7 @@
 """each subscriber's own time zone and delivery hour (issue 15: delivery at local time)
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 
 Both columns are nullable, and NULL means "as the editors": ``time_zone`` NULL is
 ``settings.timezone``, ``delivery_hour`` NULL is ``settings.send_time``.  Existing
@@ -10,8 +10,8 @@ subscribers therefore keep exactly today's send time.
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
