@@ -289,3 +289,13 @@ def _hand_sends(engine: Engine, known: set[str], tz) -> tuple[list[RunInfo], lis
         if alert:
             alerts.append(Alert(r.date, r.kind, state, f"{r.kind} issue {r.key} {note}"))
     return infos, alerts
+
+
+def bounce_report(engine: Engine, settings) -> tuple[list[dict], list[str]]:
+    """Each recent issue's bounce, complaint and policy-refusal rates (``pipeline.bounces.rates``),
+    and the alerts they raise (complaints above 0.3 %, bounces above ``bounce_rate_alert``)."""
+    from pipeline.bounces import rates
+
+    found = rates.recent(engine)
+    return [r.to_json() for r in found], [line for r in found for line in r.alerts(settings)]
+
