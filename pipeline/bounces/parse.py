@@ -227,19 +227,26 @@ def _part(msg: Message, ctype: str) -> Message | None:
 
 
 def _header(msg: Message, name: str) -> str:
+    """A header as text: encoded words decoded, raw UTF-8 (RFC 6532) read as UTF-8."""
+    from email.header import decode_header
+
     value = msg.get(name)
     if value is None:
         return ""
-    from email.header import decode_header, make_header
-    value = str(value)
-    try:  # raw UTF-8 in a header (RFC 6532) arrives as surrogate escapes
-        value = value.encode("ascii", "surrogateescape").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        pass
     try:
-        return str(make_header(decode_header(value)))
+        chunks = decode_header(value)
     except Exception:  # noqa: BLE001 - a broken encoded word: the raw text will do
         return str(value)
+    out = []
+    for data, charset in chunks:
+        if isinstance(data, bytes):
+            try:
+                out.append(data.decode(charset if charset and charset != "unknown-8bit" else "utf-8", "replace"))
+            except LookupError:
+                out.append(data.decode("utf-8", "replace"))
+        else:
+            out.append(data)
+    return "".join(out)
 
 
 def _address(value: str) -> str | None:
