@@ -83,9 +83,13 @@ def _imap(settings) -> imaplib.IMAP4:
             conn = imaplib.IMAP4(host, port, timeout=30)
             if security == "starttls":
                 conn.starttls(ssl.create_default_context())
-        conn.login(settings.bounce_imap_username, settings.bounce_imap_password)
+        user, password = settings.bounce_imap_username, settings.bounce_imap_password
+        if "AUTH=PLAIN" in conn.capabilities:  # SASL PLAIN is UTF-8 (RFC 4616): any password works
+            conn.authenticate("PLAIN", lambda _: b"\0" + user.encode("utf-8") + b"\0" + password.encode("utf-8"))
+        else:
+            conn.login(user, password)
         return conn
-    except (OSError, imaplib.IMAP4.error) as exc:
+    except (OSError, imaplib.IMAP4.error, UnicodeEncodeError) as exc:
         raise NewsletterError(f"cannot log in to IMAP {host}:{port} as {settings.bounce_imap_username!r}: "
                               f"{exc}") from None
 

@@ -114,12 +114,14 @@ def _fetch(url: str) -> bytes:  # pragma: no cover - needs the internet; tests u
         return response.read(65536)
 
 
-_CERTS: dict[str, bytes] = {}
+_CERTS: dict[tuple, tuple[float, bytes]] = {}  # (url, trust settings) -> (verified at, pem); re-checked daily
 
 
 def sns_certificate(settings, url: str, host: str) -> bytes:
-    if url in _CERTS:
-        return _CERTS[url]
+    key = (url, settings.ses_cert_dir, settings.ses_ca_file)
+    cached = _CERTS.get(key)
+    if cached is not None and clock.monotonic() - cached[0] < 86400:
+        return cached[1]
     if settings.ses_cert_dir:
         name = urlsplit(url).path.rsplit("/", 1)[-1]
         path = Path(settings.ses_cert_dir) / name
@@ -129,7 +131,7 @@ def sns_certificate(settings, url: str, host: str) -> bytes:
     else:
         pem = _fetch(url)
     _verify_chain(settings, pem, host)
-    _CERTS[url] = pem
+    _CERTS[key] = (clock.monotonic(), pem)
     return pem
 
 
