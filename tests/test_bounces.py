@@ -362,3 +362,25 @@ def test_erasure_forgets_the_bounce_evidence(engine, bsettings):
     assert email is None and diag is None
     assert store.suppression_reason(engine, bsettings, "sub1@example.com") == "erased"
     assert evidence.events(engine, bsettings)[0]["kind"] == "hard"  # the count survives, anonymous
+
+
+def test_the_processor_on_sqlite_and_postgresql(settings, tmp_path, store_url):
+    s = settings.replace(transport="outbox", outbox_dir=str(tmp_path / "outbox"), secret_key=SECRET,
+                         database_url=store_url, var_dir=str(tmp_path / "var"), bounce_score_threshold=2.0)
+    engine = open_database(store_url)
+    rows = sent_issue(engine, s, n=4)
+    hard = fb.exim_bounce(vaddr(s, rows["sub1@example.com"]), "sub1@example.com")
+    assert process.ingest_message(engine, s, hard, "ingest").events[0]["action"] == "suppressed"
+    assert process.ingest_message(engine, s, hard, "ingest").duplicate
+    for n in range(2):
+        soft = fb.postfix_dsn(vaddr(s, rows["sub2@example.com"]), "sub2@example.com", status="4.2.2",
+                              diagnostic=f"smtp; 452 4.2.2 over quota {n}")
+        process.ingest_message(engine, s, soft, "ingest")
+    assert store.get_by_email(engine, "sub2@example.com").status == "bounced"
+    assert evidence.release(engine, s, "sub2@example.com", by="ops", reason="quota raised")["status"] == "confirmed"
+    from pipeline.bounces import signatures
+    signatures.check_unused(engine, "mailgun", "token-1")
+    signatures.remember(engine, "mailgun", "token-1")
+    signatures.remember(engine, "mailgun", "token-1")  # a concurrent twin: no error
+    with pytest.raises(signatures.Refused):
+        signatures.check_unused(engine, "mailgun", "token-1")

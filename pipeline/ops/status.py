@@ -23,7 +23,9 @@ JSON schema (``status --json``; times are ISO 8601 with offset, days YYYY-MM-DD)
                   "uncertain", "skipped"}, "note", "alert": bool, "acknowledged_at"}],
      "alerts":  [{"day", "kind", "state", "message"}],
      "queue":   {"known": bool, "articles": [{"slug", "scheduled": day|null}]},
-     "mail_queue": {"waiting": int, "given_up": int, "oldest_failure": {"at", "error"}|null}}  (added by status_cli)
+     "mail_queue": {"waiting": int, "given_up": int, "oldest_failure": {"at", "error"}|null},  (added by status_cli)
+     "bounces": [{"issue", "recipients", "bounces", "complaints", "policy", "bounce_rate", "complaint_rate"}]}
+                (percent; ``bounce_report``; its alerts join "alerts" with kind "bounces" and day null)
 """
 from __future__ import annotations
 
