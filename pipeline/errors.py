@@ -54,3 +54,7 @@ class SubscriberError(NewsletterError):
 
 class ScheduleError(NewsletterError):
     """The calendar or the daemon cannot do what was asked."""
+
+
+class BounceError(NewsletterError):
+    """A bounce or complaint could not be fetched, found or undone (``pipeline.bounces``)."""

@@ -474,12 +474,14 @@ def leave_in(session, settings, subscriber: int | str, status: str, *, method: s
     sub = _find(session, subscriber)
     if sub is None:
         if isinstance(subscriber, str) and status != "unsubscribed":
-            _suppress(session, email_hash(settings, email_key(subscriber)), status, at)
+            hash_ = email_hash(settings, email_key(subscriber))
+            if session.scalar(select(Suppression.id).where(Suppression.email_hash == hash_)) is None:
+                _suppress(session, hash_, status, at)  # an existing reason (erased...) is never overwritten
         return None
     if sub.status == status or (status == "unsubscribed" and sub.status in SUPPRESSED_STATUSES):
         return _info(sub)  # already off the list: a repeated click records nothing new
-    if status == "bounced" and sub.status == "complained":
-        return _info(sub)  # a complaint outranks a later bounce: it stays the reason
+    if status == "bounced" and sub.status in ("complained", "unsubscribed"):
+        return _info(sub)  # the person's own choice stays the reason (a late bounce must not make it releasable)
     _set_status(sub, status, at)
     _suppress(session, sub.email_hash, status, at)
     _record(session, sub.id, {"unsubscribed": "unsubscribe", "bounced": "bounce", "complained": "complaint"}[status],

@@ -384,3 +384,40 @@ def test_the_processor_on_sqlite_and_postgresql(settings, tmp_path, store_url):
     signatures.remember(engine, "mailgun", "token-1")  # a concurrent twin: no error
     with pytest.raises(signatures.Refused):
         signatures.check_unused(engine, "mailgun", "token-1")
+
+
+def test_a_late_bounce_never_makes_a_persons_own_choice_releasable(engine, bsettings):
+    from pipeline.privacy import rights
+
+    rows = sent_issue(engine, bsettings)
+    store.unsubscribe(engine, bsettings, "sub1@example.com", method="web")
+    process.ingest_message(engine, bsettings, fb.postfix_dsn(vaddr(bsettings, rows["sub1@example.com"]),
+                                                             "sub1@example.com"), "ingest")
+    assert store.get_by_email(engine, "sub1@example.com").status == "unsubscribed"
+    with pytest.raises(Exception, match="cannot be released"):
+        evidence.release(engine, bsettings, "sub1@example.com", by="ops", reason="oops")
+    # an erased person's suppression stays "erased" whatever a signed webhook later says about the address
+    rights.erase(engine, bsettings, "sub2@example.com", method="cli")
+    process.record(engine, bsettings, "webhook:postmark", b"{}",
+                   [process.EventIn("postmark:Bounce:1", "hard", "sub2@example.com", "5.1.1", "gone")])
+    assert store.suppression_reason(engine, bsettings, "sub2@example.com") == "erased"
+    with pytest.raises(Exception, match="cannot be released"):
+        evidence.release(engine, bsettings, "sub2@example.com", by="ops", reason="oops")
+
+
+def test_ingest_from_a_pipe_asks_the_mta_to_retry_when_the_database_fails(engine, bsettings, content_dir,
+                                                                          monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    rows = sent_issue(engine, bsettings, n=2)
+    data = fb.postfix_dsn(vaddr(bsettings, rows["sub1@example.com"]), "sub1@example.com")
+
+    def locked(*_a, **_k):
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(process, "ingest_message", locked)
+    result = run_cli(bsettings, content_dir, "bounces", "ingest", input=data)
+    assert result.exit_code == 75 and "not recorded: database" in result.output and "Traceback" not in result.output
+    monkeypatch.undo()
+    assert run_cli(bsettings, content_dir, "bounces", "ingest", input=data).exit_code == 0
+    assert store.get_by_email(engine, "sub1@example.com").status == "bounced"

@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline.errors import NewsletterError
+from pipeline import exits
+from pipeline.errors import BounceError, NewsletterError
 
 
 def _open(ctx: click.Context):
@@ -69,15 +71,17 @@ def ingest(ctx, files: tuple[Path, ...]) -> None:
                 continue
             try:
                 result = ingest_message(engine, settings, raw, "ingest")
-            except NewsletterError as exc:
-                click.echo(f"{name}: not recorded: {exc}", err=True)
+            except (NewsletterError, SQLAlchemyError) as exc:
+                why = exc if isinstance(exc, NewsletterError) else f"database: {type(exc).__name__}"
+                click.echo(f"{name}: not recorded: {why}", err=True)
                 failed += 1
                 continue
             processed += 1
             click.echo(f"{name}: {result.line()}")
     click.echo(f"{processed} message(s) recorded, {failed} not")
     if failed:
-        sys.exit(1)
+        # from a pipe (.forward, an MTA's pipe transport) EX_TEMPFAIL makes the MTA keep the message and retry
+        sys.exit(exits.TEMPFAIL if not files else exits.ERROR)
 
 
 @bounces.command("serve")
@@ -98,7 +102,7 @@ def serve(ctx, host: str | None, port: int | None, lmtp: bool) -> None:
     try:
         server.start()
     except (OSError, RuntimeError) as exc:
-        raise NewsletterError(f"cannot listen on {host}:{port}: {exc}") from None
+        raise BounceError(f"cannot listen on {host}:{port}: {exc}") from None
     click.echo(f"receiving bounces over {'LMTP' if lmtp else 'SMTP'} on {host}:{port}", err=True)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -13,7 +13,7 @@ from pipeline import clock
 from pipeline.bounces.models import BounceEvent, BounceRaw, BounceRelease, BounceScore
 from pipeline.bounces.process import score_of
 from pipeline.database import transaction
-from pipeline.errors import NewsletterError
+from pipeline.errors import BounceError
 from subscribers import store
 from subscribers.tokens import email_hash
 
@@ -40,7 +40,7 @@ def show(engine: Engine, settings, event_id: int) -> dict:
     with transaction(engine) as s:
         e = s.get(BounceEvent, event_id)
         if e is None:
-            raise NewsletterError(f"no bounce event {event_id}")
+            raise BounceError(f"no bounce event {event_id}")
         found = _plain(e)
         raw = s.get(BounceRaw, e.raw_id) if e.raw_id is not None else None
         found["raw"] = raw.body.decode("utf-8", "replace") if raw is not None else None
@@ -57,7 +57,7 @@ def release(engine: Engine, settings, address: str, *, by: str, reason: str) -> 
     """Undo a bounce suppression of ``address`` (audited); ``SubscriberError`` when it is
     not a bounce (complaints, unsubscribes and erasures only the person can undo)."""
     if not (reason or "").strip():
-        raise NewsletterError("a release needs a reason (--reason): it is kept with the audit record")
+        raise BounceError("a release needs a reason (--reason): it is kept with the audit record")
     with transaction(engine) as s:
         info, lifted = store.release_in(s, settings, address, by=by, reason=reason.strip())
         hash_ = email_hash(settings, store.email_key(address))

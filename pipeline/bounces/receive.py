@@ -14,7 +14,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from pipeline.bounces.process import ingest_message
-from pipeline.errors import NewsletterError
+from pipeline.errors import BounceError
 
 log = logging.getLogger("newsletter.bounces")
 MAX_MESSAGE = 10 * 1024 * 1024  # a bounce with its original attached is well under this
@@ -75,7 +75,7 @@ class PollResult:
 def _imap(settings) -> imaplib.IMAP4:
     host, port, security = settings.bounce_imap_host, int(settings.bounce_imap_port), settings.bounce_imap_security
     if security not in ("tls", "starttls", "none"):
-        raise NewsletterError(f"bounce_imap_security must be tls, starttls or none, not {security!r}")
+        raise BounceError(f"bounce_imap_security must be tls, starttls or none, not {security!r}")
     try:
         if security == "tls":
             conn: imaplib.IMAP4 = imaplib.IMAP4_SSL(host, port, ssl_context=ssl.create_default_context(), timeout=30)
@@ -90,20 +90,20 @@ def _imap(settings) -> imaplib.IMAP4:
             conn.login(user, password)
         return conn
     except (OSError, imaplib.IMAP4.error, UnicodeEncodeError) as exc:
-        raise NewsletterError(f"cannot log in to IMAP {host}:{port} as {settings.bounce_imap_username!r}: "
+        raise BounceError(f"cannot log in to IMAP {host}:{port} as {settings.bounce_imap_username!r}: "
                               f"{exc}") from None
 
 
 def poll_imap(engine, settings) -> PollResult:
     """Process every message in ``bounce_imap_folder``; each one committed is deleted from it."""
     if not settings.bounce_imap_host:
-        raise NewsletterError("bounce_imap_host is not set: there is no mailbox to poll")
+        raise BounceError("bounce_imap_host is not set: there is no mailbox to poll")
     result = PollResult()
     conn = _imap(settings)
     try:
         status, _ = conn.select(_quote(settings.bounce_imap_folder))
         if status != "OK":
-            raise NewsletterError(f"IMAP folder {settings.bounce_imap_folder!r} cannot be opened")
+            raise BounceError(f"IMAP folder {settings.bounce_imap_folder!r} cannot be opened")
         status, data = conn.uid("SEARCH", None, "ALL")
         uids = (data[0] or b"").split() if status == "OK" else []
         for uid in uids:
