@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pipeline.keys import secret
 
@@ -40,7 +41,13 @@ def bounce_domain(settings) -> str:
 
 
 def _keys(settings) -> tuple[bytes, bytes]:
-    key = secret(settings).encode("utf-8")
+    return _derived(secret(settings))
+
+
+@lru_cache(maxsize=8)
+def _derived(value: str) -> tuple[bytes, bytes]:
+    """The tag and mask keys of one secret (derived once: every message of a send needs them)."""
+    key = value.encode("utf-8")
     return (hmac.new(key, b"verp-tag", hashlib.sha256).digest(), hmac.new(key, b"verp-mask", hashlib.sha256).digest())
 
 
@@ -52,8 +59,8 @@ def encode(settings, kind: str, row_id: int) -> str:
         raise ValueError("row id out of range")
     tag_key, mask_key = _keys(settings)
     body = kind.encode("ascii") + row_id.to_bytes(6, "big")
-    tag = hmac.new(tag_key, body, hashlib.sha256).digest()[:_TAG]
-    mask = hmac.new(mask_key, tag, hashlib.sha256).digest()[:_BODY]
+    tag = hmac.digest(tag_key, body, "sha256")[:_TAG]
+    mask = hmac.digest(mask_key, tag, "sha256")[:_BODY]
     sealed = tag + bytes(a ^ b for a, b in zip(body, mask))
     return base64.b32encode(sealed).decode("ascii").lower()
 
@@ -68,9 +75,9 @@ def decode(settings, token: str) -> VerpId | None:
         return None
     tag_key, mask_key = _keys(settings)
     tag = sealed[:_TAG]
-    mask = hmac.new(mask_key, tag, hashlib.sha256).digest()[:_BODY]
+    mask = hmac.digest(mask_key, tag, "sha256")[:_BODY]
     body = bytes(a ^ b for a, b in zip(sealed[_TAG:], mask))
-    if not hmac.compare_digest(hmac.new(tag_key, body, hashlib.sha256).digest()[:_TAG], tag):
+    if not hmac.compare_digest(hmac.digest(tag_key, body, "sha256")[:_TAG], tag):
         return None
     kind = chr(body[0])
     if kind not in KINDS:
