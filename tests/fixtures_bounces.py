@@ -5,8 +5,20 @@ builder returns the raw bytes as they would reach the bounce address, with the V
 address as the envelope recipient (To / Delivered-To)."""
 from __future__ import annotations
 
-from email.utils import format_datetime
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from email.utils import format_datetime
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from fixtures_delivery import add_subscribers, small_rendered
+from pipeline.cli import main
+from pipeline.database import open_database
+from pipeline.delivery import ledger
+from pipeline.delivery.deliver import send_issue
+from pipeline.mail import verp
 
 DATE = format_datetime(datetime(2026, 3, 3, 9, 15, tzinfo=timezone.utc))
 ORIGINAL_ID = "<original-0001@my.klarity.health>"
@@ -272,7 +284,8 @@ Reported-Domain: my.klarity.health
 def auto_reply(verp: str, *, style: str = "rfc3834") -> bytes:
     headers = {
         "rfc3834": "Auto-Submitted: auto-replied\nSubject: Re: Microneedling: what the evidence says\n",
-        "exchange": "X-Auto-Response-Suppress: All\nSubject: Automatic reply: Microneedling – what the evidence says\n",
+        "exchange": ("X-Auto-Response-Suppress: All\n"
+                     "Subject: Automatic reply: Microneedling – what the evidence says\n"),
         "x-autoreply": "X-Autoreply: yes\nSubject: Away until Monday\n",
         "precedence": "Precedence: auto_reply\nSubject: I'm away\n",
         "french": "Subject: Réponse automatique : absent du bureau 🌴\n",
@@ -300,3 +313,56 @@ Is this the right address for questions about the newsletter?
 
 
 LAYOUTS = {"postfix": postfix_dsn, "exim": exim_bounce, "gmail": gmail_dsn, "microsoft": microsoft_ndr}
+
+
+# -- a sent issue to bounce against, and the CLI in process ------------------------------------------
+
+SECRET = "bounces-test-secret-0123456789"
+
+
+@pytest.fixture
+def bsettings(settings, tmp_path, db_url):
+    return settings.replace(transport="outbox", outbox_dir=str(tmp_path / "outbox"), secret_key=SECRET,
+                            database_url=db_url, var_dir=str(tmp_path / "var"))
+
+
+@pytest.fixture
+def engine(bsettings):
+    return open_database(bsettings.database_url)
+
+
+def sent_issue(engine, settings, n: int = 6, on=None) -> dict[str, int]:
+    """Send a small issue to n subscribers through the outbox; {address: delivery id}."""
+    add_subscribers(engine, settings, n, start=0)
+    rendered = small_rendered(on=on) if on else small_rendered()
+    summary = send_issue(engine, settings, rendered, progress=False)
+    assert summary.sent == n
+    with engine.connect() as conn:
+        return dict(conn.execute(select(ledger.DELIVERIES.c.email, ledger.DELIVERIES.c.id)
+                                 .where(ledger.DELIVERIES.c.state == ledger.SENT)).all())
+
+
+def vaddr(settings, delivery_id: int) -> str:
+    return verp.return_path(settings, "d", delivery_id)
+
+
+@dataclass
+class Ran:
+    exit_code: int
+    output: str  # stdout and stderr together, as a terminal shows them
+
+
+def run_cli(settings, content_dir, *args, input=None) -> Ran:
+    """``newsletter ...`` through ``pipeline.cli.main`` (its one-line errors), in this process."""
+    env = {"NEWSLETTER_SECRET": settings.secret_key, "DATABASE_URL": settings.database_url,
+           "NEWSLETTER_TRANSPORT": "outbox", "NEWSLETTER_OUTBOX_DIR": settings.outbox_dir,
+           "NEWSLETTER_VAR_DIR": settings.var_dir}
+    runner = CliRunner()
+    with runner.isolation(input=input, env=env) as streams:
+        try:
+            main(["--content", str(content_dir), *args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+        out = streams[0].getvalue() + (streams[1].getvalue() if streams[1] is not None else b"")
+    return Ran(code, out.decode("utf-8"))

@@ -1,5 +1,5 @@
 """Bounces and complaints after the send (issue 14): VERP return paths, the parser, the policy,
-`newsletter bounces ingest|list|show|release`, and the rates `newsletter status` shows.
+`newsletter bounces ingest|list|show|release` (more in test_bounces_ops.py).
 
 Notifications are the tests' own, in the layouts Postfix, Exim, Gmail and Microsoft use
 (tests/fixtures_bounces.py). Each test sends a real issue first, so every notification is
@@ -7,19 +7,16 @@ traced through a real ledger row."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import func, select
 
 import fixtures_bounces as fb
+from fixtures_bounces import bsettings, engine, run_cli, sent_issue, vaddr  # noqa: F401 - fixtures
 from fixtures_delivery import add_subscribers, small_rendered
-from pipeline.bounces import evidence, process
+from pipeline.bounces import process
 from pipeline.bounces.models import BounceEvent, BounceRaw, BounceRelease
-from pipeline.cli import main
-from pipeline.database import open_database
 from pipeline.delivery import ledger
 from pipeline.delivery.deliver import send_issue
 from pipeline.delivery.send_loop import classify
@@ -27,57 +24,6 @@ from pipeline.mail import verp
 from pipeline.mail.failures import classify_failure
 from pipeline.mail.transport import Outcome, Reply
 from subscribers import store
-
-SECRET = "bounces-test-secret-0123456789"
-
-
-@pytest.fixture
-def bsettings(settings, tmp_path, db_url):
-    return settings.replace(transport="outbox", outbox_dir=str(tmp_path / "outbox"), secret_key=SECRET,
-                            database_url=db_url, var_dir=str(tmp_path / "var"))
-
-
-@pytest.fixture
-def engine(bsettings):
-    return open_database(bsettings.database_url)
-
-
-def sent_issue(engine, settings, n: int = 6, on=None) -> dict[str, int]:
-    """Send a small issue to n subscribers through the outbox; {address: delivery id}."""
-    add_subscribers(engine, settings, n, start=0)
-    rendered = small_rendered(on=on) if on else small_rendered()
-    summary = send_issue(engine, settings, rendered, progress=False)
-    assert summary.sent == n
-    with engine.connect() as conn:
-        return dict(conn.execute(select(ledger.DELIVERIES.c.email, ledger.DELIVERIES.c.id)
-                                 .where(ledger.DELIVERIES.c.state == ledger.SENT)).all())
-
-
-def vaddr(settings, delivery_id: int) -> str:
-    return verp.return_path(settings, "d", delivery_id)
-
-
-@dataclass
-class Ran:
-    exit_code: int
-    output: str  # stdout and stderr together, as a terminal shows them
-
-
-def run_cli(settings, content_dir, *args, input=None) -> Ran:
-    """``newsletter ...`` through ``pipeline.cli.main`` (its one-line errors), in this process."""
-    env = {"NEWSLETTER_SECRET": settings.secret_key, "DATABASE_URL": settings.database_url,
-           "NEWSLETTER_TRANSPORT": "outbox", "NEWSLETTER_OUTBOX_DIR": settings.outbox_dir,
-           "NEWSLETTER_VAR_DIR": settings.var_dir}
-    runner = CliRunner()
-    with runner.isolation(input=input, env=env) as streams:
-        try:
-            main(["--content", str(content_dir), *args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code or 0
-        out = streams[0].getvalue() + (streams[1].getvalue() if streams[1] is not None else b"")
-    return Ran(code, out.decode("utf-8"))
-
 
 # -- VERP ------------------------------------------------------------------------------------
 
@@ -101,7 +47,6 @@ def test_verp_ids_round_trip_are_opaque_and_cannot_be_forged(bsettings):
         "@bounce.klarity.example")
     assert verp.find(bsettings, f"To: <{address}>") == verp.VerpId("d", 5)
 
-
 def test_each_message_of_a_send_carries_its_own_verp_sender_and_the_from_header_is_unchanged(
         engine, bsettings, smtp_server):
     s = bsettings.replace(transport="smtp", smtp_host="127.0.0.1", smtp_port=smtp_server.port, smtp_timeout=2.0,
@@ -117,7 +62,6 @@ def test_each_message_of_a_send_carries_its_own_verp_sender_and_the_from_header_
         assert verp.decode(s, local.split("+", 1)[1]) == verp.VerpId("d", rows[r.rcpt_tos[0]])
         assert r.message["From"].addresses[0].addr_spec == "newsletter@my.klarity.health"
         assert r.rcpt_tos[0] not in r.mail_from and "sub" not in r.mail_from
-
 
 def test_transactional_mail_gets_its_own_verp_kind(engine, bsettings, smtp_server):
     from subscribers import mailqueue, signup
@@ -145,7 +89,6 @@ def test_transactional_mail_gets_its_own_verp_kind(engine, bsettings, smtp_serve
 ])
 def test_failure_classes(status, text, code, expected):
     assert classify_failure(status, text, code) == expected
-
 
 def test_a_policy_550_at_smtp_time_is_failed_not_bounced():
     spam = Outcome("rcpt", Reply(550, "550 Message rejected as spam by content filter"))
@@ -178,7 +121,6 @@ def test_a_hard_bounce_in_each_layout_suppresses_exactly_that_subscriber(engine,
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(BounceEvent.__table__)).scalar_one() == 1
 
-
 def test_verp_wins_over_the_address_a_report_names_and_unsigned_reports_act_on_nobody(engine, bsettings):
     rows = sent_issue(engine, bsettings)
     # forwarded mailbox: the DSN names another address, but the VERP id names sub1's row
@@ -190,7 +132,6 @@ def test_verp_wins_over_the_address_a_report_names_and_unsigned_reports_act_on_n
     r = process.ingest_message(engine, bsettings, forged, "ingest")
     assert [(e["kind"], e["action"]) for e in r.events] == [("unmatched", "kept")]
     assert store.get_by_email(engine, "sub2@example.com").status == "confirmed"
-
 
 def test_policy_soft_delayed_autoreply_and_unparseable_never_suppress(engine, bsettings, content_dir, tmp_path):
     rows = sent_issue(engine, bsettings)
@@ -218,7 +159,6 @@ def test_policy_soft_delayed_autoreply_and_unparseable_never_suppress(engine, bs
     listing = run_cli(bsettings, content_dir, "bounces", "list")
     assert "unparsed 1" in listing.output and "autoreply 6" in listing.output and "policy 1" in listing.output
 
-
 def test_complaints_in_arf_unsubscribe_and_suppress_at_once(engine, bsettings, content_dir, tmp_path):
     rows = sent_issue(engine, bsettings)
     mbox = b""
@@ -237,7 +177,6 @@ def test_complaints_in_arf_unsubscribe_and_suppress_at_once(engine, bsettings, c
     # a complaint cannot be released by an operator: only the person can come back
     refused = run_cli(bsettings, content_dir, "bounces", "release", "sub0@example.com", "--reason", "mistake")
     assert refused.exit_code == 1 and "cannot be released" in refused.output
-
 
 def test_soft_bounces_add_a_decaying_score_and_the_threshold_suppresses(engine, bsettings, frozen):
     s = bsettings.replace(bounce_score_threshold=3.0, bounce_score_decay_days=7.0)
@@ -261,7 +200,6 @@ def test_soft_bounces_add_a_decaying_score_and_the_threshold_suppresses(engine, 
     assert actions == ["scored", "scored", "scored", "suppressed"]
     assert store.get_by_email(engine, "sub2@example.com").status == "bounced"
 
-
 def test_the_event_and_the_suppression_are_one_transaction(engine, bsettings, monkeypatch):
     rows = sent_issue(engine, bsettings)
     data = fb.postfix_dsn(vaddr(bsettings, rows["sub1@example.com"]), "sub1@example.com")
@@ -277,7 +215,6 @@ def test_the_event_and_the_suppression_are_one_transaction(engine, bsettings, mo
         assert conn.execute(select(func.count()).select_from(BounceRaw.__table__)).scalar_one() == 0
     monkeypatch.undo()
     assert process.ingest_message(engine, bsettings, data, "ingest").events[0]["action"] == "suppressed"
-
 
 def test_a_bounce_a_day_later_suppresses_the_right_subscriber_and_can_be_released(
         engine, bsettings, content_dir, tmp_path, frozen):
@@ -318,7 +255,6 @@ def test_a_bounce_a_day_later_suppresses_the_right_subscriber_and_can_be_release
     assert process.prune(engine, bsettings) == 1
     assert json.loads(run_cli(bsettings, content_dir, "bounces", "show", str(event["id"])).output)["raw"] is None
 
-
 def test_bad_input_to_the_commands_is_one_line(engine, bsettings, content_dir, tmp_path):
     result = run_cli(bsettings, content_dir, "bounces", "ingest", str(tmp_path / "nope.eml"))
     assert result.exit_code == 1 and "cannot read" in result.output and "Traceback" not in result.output
@@ -326,98 +262,3 @@ def test_bad_input_to_the_commands_is_one_line(engine, bsettings, content_dir, t
     assert result.exit_code == 1 and "Traceback" not in result.output
     result = run_cli(bsettings, content_dir, "bounces", "release", "never@example.org", "--reason", "x")
     assert result.exit_code == 1 and "not suppressed" in result.output
-
-
-def test_status_shows_rates_and_alerts_on_complaints_and_policy_refusals(engine, bsettings, content_dir):
-    from pipeline.ops.status import bounce_report
-
-    rows = sent_issue(engine, bsettings, n=10)
-    rows_list = sorted(rows.items())
-    process.ingest_message(engine, bsettings, fb.gmail_dsn(vaddr(bsettings, rows_list[0][1]), rows_list[0][0]),
-                           "ingest")
-    report, alerts = bounce_report(engine, bsettings)
-    assert report[0]["recipients"] == 10 and report[0]["bounces"] == 1 and report[0]["bounce_rate"] == 10.0
-    assert any("bounce rate 10.00%" in a for a in alerts) and not any("complaint" in a for a in alerts)
-    assert bounce_report(engine, bsettings.replace(bounce_rate_alert=20.0))[1] == []
-    process.ingest_message(engine, bsettings, fb.arf_report(vaddr(bsettings, rows_list[1][1]), rows_list[1][0]),
-                           "ingest")
-    report, alerts = bounce_report(engine, bsettings.replace(bounce_rate_alert=20.0))
-    assert report[0]["complaints"] == 1 and any("complaint rate 10.00% is above 0.3%" in a for a in alerts)
-    result = run_cli(bsettings, content_dir, "status", "--json")
-    doc = json.loads(result.output)
-    assert result.exit_code == 2 and doc["bounces"][0]["complaints"] == 1
-    assert any(a["kind"] == "bounces" for a in doc["alerts"])
-
-
-def test_erasure_forgets_the_bounce_evidence(engine, bsettings):
-    from pipeline.privacy import rights
-
-    rows = sent_issue(engine, bsettings)
-    process.ingest_message(engine, bsettings, fb.postfix_dsn(vaddr(bsettings, rows["sub1@example.com"]),
-                                                             "sub1@example.com"), "ingest")
-    assert rights.erase(engine, bsettings, "sub1@example.com", method="cli")
-    with engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(BounceRaw.__table__)).scalar_one() == 0
-        (email, diag) = conn.execute(select(BounceEvent.email, BounceEvent.diagnostic)).one()
-    assert email is None and diag is None
-    assert store.suppression_reason(engine, bsettings, "sub1@example.com") == "erased"
-    assert evidence.events(engine, bsettings)[0]["kind"] == "hard"  # the count survives, anonymous
-
-
-def test_the_processor_on_sqlite_and_postgresql(settings, tmp_path, store_url):
-    s = settings.replace(transport="outbox", outbox_dir=str(tmp_path / "outbox"), secret_key=SECRET,
-                         database_url=store_url, var_dir=str(tmp_path / "var"), bounce_score_threshold=2.0)
-    engine = open_database(store_url)
-    rows = sent_issue(engine, s, n=4)
-    hard = fb.exim_bounce(vaddr(s, rows["sub1@example.com"]), "sub1@example.com")
-    assert process.ingest_message(engine, s, hard, "ingest").events[0]["action"] == "suppressed"
-    assert process.ingest_message(engine, s, hard, "ingest").duplicate
-    for n in range(2):
-        soft = fb.postfix_dsn(vaddr(s, rows["sub2@example.com"]), "sub2@example.com", status="4.2.2",
-                              diagnostic=f"smtp; 452 4.2.2 over quota {n}")
-        process.ingest_message(engine, s, soft, "ingest")
-    assert store.get_by_email(engine, "sub2@example.com").status == "bounced"
-    assert evidence.release(engine, s, "sub2@example.com", by="ops", reason="quota raised")["status"] == "confirmed"
-    from pipeline.bounces import signatures
-    signatures.check_unused(engine, "mailgun", "token-1")
-    signatures.remember(engine, "mailgun", "token-1")
-    signatures.remember(engine, "mailgun", "token-1")  # a concurrent twin: no error
-    with pytest.raises(signatures.Refused):
-        signatures.check_unused(engine, "mailgun", "token-1")
-
-
-def test_a_late_bounce_never_makes_a_persons_own_choice_releasable(engine, bsettings):
-    from pipeline.privacy import rights
-
-    rows = sent_issue(engine, bsettings)
-    store.unsubscribe(engine, bsettings, "sub1@example.com", method="web")
-    process.ingest_message(engine, bsettings, fb.postfix_dsn(vaddr(bsettings, rows["sub1@example.com"]),
-                                                             "sub1@example.com"), "ingest")
-    assert store.get_by_email(engine, "sub1@example.com").status == "unsubscribed"
-    with pytest.raises(Exception, match="cannot be released"):
-        evidence.release(engine, bsettings, "sub1@example.com", by="ops", reason="oops")
-    # an erased person's suppression stays "erased" whatever a signed webhook later says about the address
-    rights.erase(engine, bsettings, "sub2@example.com", method="cli")
-    process.record(engine, bsettings, "webhook:postmark", b"{}",
-                   [process.EventIn("postmark:Bounce:1", "hard", "sub2@example.com", "5.1.1", "gone")])
-    assert store.suppression_reason(engine, bsettings, "sub2@example.com") == "erased"
-    with pytest.raises(Exception, match="cannot be released"):
-        evidence.release(engine, bsettings, "sub2@example.com", by="ops", reason="oops")
-
-
-def test_ingest_from_a_pipe_asks_the_mta_to_retry_when_the_database_fails(engine, bsettings, content_dir,
-                                                                          monkeypatch):
-    from sqlalchemy.exc import OperationalError
-
-    rows = sent_issue(engine, bsettings, n=2)
-    data = fb.postfix_dsn(vaddr(bsettings, rows["sub1@example.com"]), "sub1@example.com")
-
-    def locked(*_a, **_k):
-        raise OperationalError("INSERT", {}, Exception("database is locked"))
-
-    monkeypatch.setattr(process, "ingest_message", locked)
-    result = run_cli(bsettings, content_dir, "bounces", "ingest", input=data)
-    assert result.exit_code == 75 and "not recorded: database" in result.output and "Traceback" not in result.output
-    monkeypatch.undo()
-    assert run_cli(bsettings, content_dir, "bounces", "ingest", input=data).exit_code == 0
-    assert store.get_by_email(engine, "sub1@example.com").status == "bounced"
