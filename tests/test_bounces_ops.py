@@ -108,3 +108,12 @@ def test_ingest_from_a_pipe_asks_the_mta_to_retry_when_the_database_fails(engine
     monkeypatch.undo()
     assert run_cli(bsettings, content_dir, "bounces", "ingest", input=data).exit_code == 0
     assert store.get_by_email(engine, "sub1@example.com").status == "bounced"
+
+
+def test_status_counts_what_nobody_could_act_on(engine, bsettings, content_dir):
+    rows = sent_issue(engine, bsettings, n=2)
+    process.ingest_message(engine, bsettings, fb.unparseable(vaddr(bsettings, rows["sub0@example.com"])), "ingest")
+    process.ingest_message(engine, bsettings, fb.postfix_dsn("bounces+" + "b" * 24 + "@my.klarity.health",
+                                                             "sub1@example.com"), "ingest")
+    result = run_cli(bsettings, content_dir, "status")
+    assert "bounce mail nobody could act on: 1 unmatched, 1 unparsed" in result.output

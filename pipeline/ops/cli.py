@@ -72,7 +72,7 @@ def status(obj, next_count: int, as_json: bool, ack: str | None) -> None:
                               ensure_ascii=False))
         raise SystemExit(code)
     _print(report, settings, engine)
-    _print_bounces(bounce_rows)
+    _print_bounces(bounce_rows, engine)
     for alert in report.alerts:
         click.echo(f"ALERT: {alert.message}", err=True)
     for message in bounce_alerts:
@@ -81,7 +81,13 @@ def status(obj, next_count: int, as_json: bool, ack: str | None) -> None:
         raise SystemExit(code)
 
 
-def _print_bounces(rows: list[dict]) -> None:
+def _print_bounces(rows: list[dict], engine) -> None:
+    from pipeline.bounces.rates import counts
+
+    kept = {k: v for k, v in counts(engine).items() if k in ("unparsed", "unmatched")}
+    if kept:  # kept and counted, never guessed at: someone should look
+        _console().print("bounce mail nobody could act on: " + ", ".join(f"{v} {k}" for k, v in sorted(kept.items()))
+                         + " (newsletter bounces list --kind unparsed|unmatched)")
     if not rows:
         return
     table = Table("issue", "recipients", "bounces", "bounce rate", "complaints", "complaint rate", "policy",
