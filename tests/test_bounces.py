@@ -72,6 +72,11 @@ def test_transactional_mail_gets_its_own_verp_kind(engine, bsettings, smtp_serve
     (msg,) = smtp_server.wait_for(1)
     found = verp.find(s, msg.mail_from)
     assert found is not None and found.kind == "q"
+    # the confirmation bounces (nobody has that mailbox): the address is suppressed, no more mail goes to it
+    result = process.ingest_message(engine, s, fb.gmail_dsn(msg.mail_from, "zoe@example.org"), "ingest")
+    assert [(e["kind"], e["action"], e["email"]) for e in result.events] == [("hard", "suppressed", "zoe@example.org")]
+    assert store.get_by_email(engine, "zoe@example.org").status == "bounced"
+    assert store.suppression_reason(engine, s, "zoe@example.org") == "bounced"
 
 
 # -- the one decider ----------------------------------------------------------------------------

@@ -159,6 +159,22 @@ def test_ses_verifies_the_sns_signature_chain_topic_and_freshness(world):
     assert len(events(w.engine)) == 2
 
 
+def test_ses_subscription_confirmation_is_verified_and_records_nothing(world):
+    w = world
+    doc = {"Type": "SubscriptionConfirmation", "MessageId": "sns-sub-1", "TopicArn": TOPIC, "Token": "tok-1",
+           "Message": "You have chosen to subscribe to the topic.", "SignatureVersion": "2",
+           "SubscribeURL": f"https://{SNS_HOST}/?Action=ConfirmSubscription&TopicArn={TOPIC}&Token=tok-1",
+           "Timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z"), "SigningCertURL": CERT_URL}
+    text = "".join(f"{k}\n{doc[k]}\n" for k in ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token",
+                                                "TopicArn", "Type"))
+    doc["Signature"] = base64.b64encode(w.sns_key.sign(text.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()
+    forged = {**doc, "SubscribeURL": "https://evil.example/confirm", "MessageId": "sns-sub-2"}
+    assert httpx.post(f"{w.base}/ses", content=json.dumps(forged), timeout=10).status_code == 403
+    answer = httpx.post(f"{w.base}/ses", content=json.dumps(doc), timeout=10)
+    assert answer.status_code == 200 and "SubscribeURL" in answer.text
+    assert events(w.engine) == []
+
+
 def test_ses_refuses_a_certificate_from_an_untrusted_ca(world):
     w = world
     _, other_leaf, other_key = _ca_and_leaf(w.tmp_path, SNS_HOST, "untrusted")
