@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stop": ("pipeline.ops.cli:stop", "Stop a send under way at the next batch boundary (resume finishes it)."),
     "subscribers": ("subscribers.cli:subscribers", "Add, import, export, list, show, unsubscribe and erase subscribers."),
     "serve": ("pipeline.web.app:serve", "Serve sign-up, confirmation, preferences, one-click unsubscribe and public/."),
+    "bounces": ("pipeline.bounces.cli:bounces", "Bounces and complaints after the send: ingest, serve, poll, list, show, release."),
     "build": ("pipeline.site.cli:build", "Write the feeds, article pages and archive to public/ (--date: that day's issue page)."),
     "preview": ("pipeline.rendering.cli:preview", "Render an issue to issue.html/.txt/.eml (and --screenshots) for editors."),
     "send": ("pipeline.delivery.cli:send", "Send the day's issue to the daily subscribers, exactly once (--resume, --dry-run)."),

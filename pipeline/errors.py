@@ -62,3 +62,7 @@ class ScheduleError(NewsletterError):
 
 class SchemaError(NewsletterError):
     """The database's schema cannot be used by this code (e.g. it was migrated by a newer release)."""
+
+
+class BounceError(NewsletterError):
+    """A bounce or complaint could not be fetched, found or undone (``pipeline.bounces``)."""

@@ -10,9 +10,12 @@
     `newsletter send --date D --resume` finishes it
 4   `newsletter send`: the send ended with recipients not yet delivered (the relay
     deferred them); `newsletter send --date D --resume` tries them again
+75  `newsletter bounces ingest` reading stdin (an MTA pipe): a message could not be
+    recorded; EX_TEMPFAIL tells the MTA to keep it and try again
 """
 OK = 0
 ERROR = 1
 ALERT = 2
 STOPPED = 3
 UNFINISHED = 4
+TEMPFAIL = 75

@@ -158,6 +158,43 @@ SETTINGS: tuple[Setting, ...] = (
             "`newsletter status`).", kind=int),
     Setting("mail_poll_seconds", 2.0, "How often a mail queue worker looks for mail queued by another process.",
             kind=float),
+    # -- bounces and complaints after the send (pipeline/bounces/) ------------------
+    Setting("bounce_domain", "", "Domain of the VERP envelope sender bounces+<id>@<domain> (MAIL FROM / Return-Path "
+            "of every message; From is unchanged); empty: the sender's domain."),
+    Setting("bounce_score_threshold", 5.0, "Soft-bounce score that suppresses an address (each soft bounce adds 1).",
+            kind=float),
+    Setting("bounce_score_decay_days", 7.0, "Days for an address's soft-bounce score to halve.", kind=float),
+    Setting("bounce_rate_alert", 2.0, "`newsletter status` alerts when an issue's bounce rate (hard and soft, at SMTP "
+            "time and later, in percent of its recipients) exceeds this; complaints alert above 0.3%.", kind=float),
+    Setting("bounce_raw_days", 30, "Days the raw bounce and complaint notifications are kept (then pruned).",
+            kind=int),
+    Setting("bounce_listen_host", "127.0.0.1", "Address `newsletter bounces serve` (SMTP/LMTP) listens on."),
+    Setting("bounce_listen_port", 2525, "Port `newsletter bounces serve` listens on.", kind=int),
+    Setting("bounce_imap_host", "", "IMAP server of a mailbox bounces land in (`newsletter bounces poll`); "
+            "empty: no IMAP polling."),
+    Setting("bounce_imap_port", 993, "IMAP port.", kind=int),
+    Setting("bounce_imap_security", "tls", "'tls' (implicit), 'starttls' or 'none' (loopback only)."),
+    Setting("bounce_imap_username", "", "IMAP user name.", env="BOUNCE_IMAP_USERNAME"),
+    Setting("bounce_imap_password", "", "IMAP password.", env="BOUNCE_IMAP_PASSWORD", secret=True),
+    Setting("bounce_imap_folder", "INBOX", "IMAP folder read; each message processed is deleted from it."),
+    Setting("bounce_imap_poll_seconds", 60.0, "Seconds between polls of `newsletter bounces poll --loop`.",
+            kind=float),
+    Setting("webhook_replay_seconds", 300.0, "A signed webhook whose signed timestamp is older (or further ahead) "
+            "than this is refused as a replay; its token or signature is remembered twice as long.", kind=float),
+    Setting("ses_topic_arns", "", "Comma-separated SNS topic ARNs whose SES notifications /webhooks/ses accepts "
+            "(empty: the SES webhook is off)."),
+    Setting("ses_cert_dir", "", "Folder of SNS signing certificates (PEM, named as the SigningCertURL's last path "
+            "segment) read instead of fetching them; the URL's host must still be sns.<region>.amazonaws.com."),
+    Setting("ses_ca_file", "", "PEM file of the CAs trusted to issue the SNS signing certificate (default: the "
+            "system's)."),
+    Setting("sendgrid_webhook_public_key", "", "SendGrid signed event webhook verification key (base64 DER, as "
+            "SendGrid shows it); empty: /webhooks/sendgrid is off.", env="SENDGRID_WEBHOOK_PUBLIC_KEY", secret=True),
+    Setting("postmark_webhook_user", "", "Basic-auth user name in the Postmark webhook URL.",
+            env="POSTMARK_WEBHOOK_USER"),
+    Setting("postmark_webhook_password", "", "Basic-auth password in the Postmark webhook URL; empty: "
+            "/webhooks/postmark is off.", env="POSTMARK_WEBHOOK_PASSWORD", secret=True),
+    Setting("mailgun_webhook_signing_key", "", "Mailgun webhook signing key (HMAC-SHA256 of timestamp and token); "
+            "empty: /webhooks/mailgun is off.", env="MAILGUN_WEBHOOK_SIGNING_KEY", secret=True),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

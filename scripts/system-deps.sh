@@ -22,6 +22,10 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql)
 fi
+# postfix: tests/test_bounces_mta.py runs a private instance that writes a real DSN; dovecot-imapd: the IMAP poller's
+# test runs a throwaway Dovecot (neither is started as a system service by the tests)
+command -v postfix >/dev/null 2>&1 || [ -x /usr/sbin/postfix ] || need+=(postfix)
+command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "missing Debian packages: ${need[*]} (run as root or: sudo apt-get install ${need[*]}); those tests will be skipped" >&2

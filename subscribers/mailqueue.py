@@ -40,6 +40,7 @@ from pipeline import clock
 from pipeline import holders
 from pipeline.database import transaction
 from pipeline.errors import DeliveryError
+from pipeline.mail import verp
 from subscribers import limits
 from subscribers.models import QueuedMail
 
@@ -126,7 +127,11 @@ def deliver_due(engine: Engine, settings, send: Callable | None = None, *, worke
         if row is None:
             continue  # another worker has it
         try:
-            send(settings, message_from_bytes(row.body, policy=policy.SMTP))
+            message = message_from_bytes(row.body, policy=policy.SMTP)
+            if send is send_single:  # the envelope sender names this row (VERP), so a bounce finds it
+                send(settings, message, mail_from=verp.return_path(settings, "q", row.id))
+            else:
+                send(settings, message)
         except (DeliveryError, OSError) as exc:
             _finish(engine, worker, row, str(exc) or type(exc).__name__, settings)
             log.warning("queued %s email (row %s) not sent, will retry: %s", row.kind, row.id, exc)

@@ -483,20 +483,58 @@ def _leave(engine: Engine, settings, subscriber: int | str, status: str, method:
     """Move to a suppressed status and suppress the address; idempotent.  An
     address not in the store is still suppressed when given as text (a bounce
     or complaint about someone we no longer hold must stop mail too)."""
-    at = clock.now()
     with transaction(engine) as s:
-        sub = _find(s, subscriber)
-        if sub is None:
-            if isinstance(subscriber, str) and status != "unsubscribed":
-                _suppress(s, email_hash(settings, email_key(subscriber)), status, at)
-            return None
-        if sub.status == status or (status == "unsubscribed" and sub.status in SUPPRESSED_STATUSES):
-            return _info(sub)  # already off the list: a repeated click records nothing new
-        _set_status(sub, status, at)
-        _suppress(s, sub.email_hash, status, at)
-        _record(s, sub.id, {"unsubscribed": "unsubscribe", "bounced": "bounce", "complained": "complaint"}[status],
-                method, at, ip=ip)
-        return _info(sub)
+        return leave_in(s, settings, subscriber, status, method=method, ip=ip)
+
+
+def leave_in(session, settings, subscriber: int | str, status: str, *, method: str, ip: str | None = None,
+             detail: dict | None = None) -> SubscriberInfo | None:
+    """``_leave`` inside the caller's transaction (the bounce processor writes its event
+    in the same one).  ``detail`` goes into the consent record (what the notification said)."""
+    at = clock.now()
+    sub = _find(session, subscriber)
+    if sub is None:
+        if isinstance(subscriber, str) and status != "unsubscribed":
+            hash_ = email_hash(settings, email_key(subscriber))
+            if session.scalar(select(Suppression.id).where(Suppression.email_hash == hash_)) is None:
+                _suppress(session, hash_, status, at)  # an existing reason (erased...) is never overwritten
+        return None
+    if sub.status == status or (status == "unsubscribed" and sub.status in SUPPRESSED_STATUSES):
+        return _info(sub)  # already off the list: a repeated click records nothing new
+    if status == "bounced" and sub.status in ("complained", "unsubscribed"):
+        return _info(sub)  # the person's own choice stays the reason (a late bounce must not make it releasable)
+    _set_status(sub, status, at)
+    _suppress(session, sub.email_hash, status, at)
+    _record(session, sub.id, {"unsubscribed": "unsubscribe", "bounced": "bounce", "complained": "complaint"}[status],
+            method, at, ip=ip, detail=detail)
+    return _info(sub)
+
+
+def release_in(session, settings, address: str, *, by: str, reason: str) -> tuple[SubscriberInfo | None, str]:
+    """Undo a bounce suppression (an operator's correction of a false positive), in the
+    caller's transaction: the suppression row goes, a bounced subscriber returns to
+    ``confirmed`` (``pending`` if they never confirmed), and a ``release`` consent record
+    says who and why.  Returns (subscriber or None, the reason lifted).  Only a bounce
+    can be released: an unsubscribe, a complaint or an erasure was the person's own
+    choice, and the one way back from it is their own double opt-in."""
+    hash_ = email_hash(settings, email_key(address))
+    row = session.scalar(select(Suppression).where(Suppression.email_hash == hash_))
+    sub = _find(session, address)
+    lifted = row.reason if row is not None else (sub.status if sub is not None else "")
+    if lifted != "bounced" or (sub is not None and sub.status not in ("bounced", "confirmed", "pending")):
+        why = f"it is {lifted}" if lifted else "it is not suppressed"
+        raise SubscriberError(f"{address} cannot be released: {why}; only a bounce is released by an operator "
+                              "(anything else only the person can undo, through the sign-up form)")
+    at = clock.now()
+    if row is not None:
+        session.delete(row)
+    if sub is not None:
+        if sub.status == "bounced":
+            _set_status(sub, "confirmed" if sub.confirmed_at is not None else "pending", at)
+        _record(session, sub.id, "release", "cli", at, detail={"by": by, "reason": reason, "lifted": lifted})
+        session.flush()
+        return _info(sub), lifted
+    return None, lifted
 
 
 def unsubscribe(engine: Engine, settings, subscriber: int | str, *, method: str = "web",

@@ -15,6 +15,8 @@ from datetime import timedelta
 from pipeline import clock
 from pipeline.delivery import ledger
 from pipeline.errors import DeliveryError, NewsletterError
+from pipeline.mail import verp
+from pipeline.mail.failures import is_policy_refusal
 from pipeline.mail.headers import MessageIds, display_name
 from pipeline.rendering.issue import Personal
 from pipeline.delivery.message import DkimSigner, MessageTemplate
@@ -60,6 +62,8 @@ def classify(outcome: Outcome) -> str:
         return ledger.DEFERRED
     if stage in ("mail", "data"):
         return "abort"
+    if is_policy_refusal(code, reply.text if reply is not None else ""):
+        return ledger.FAILED  # about us or the content, not the address: counted and alerted, never suppressed
     enhanced = reply.enhanced
     if enhanced:
         if enhanced.startswith(("5.1.", "5.2.1")):
@@ -286,7 +290,7 @@ class SendRun:
                 refused.append(_refused(str(exc)))
                 continue
             rows.append(row)
-            messages.append((rcpt, data))
+            messages.append((rcpt, data, verp.return_path(self.settings, "d", row.id)))  # VERP: bounces name the row
             ids.append(mid)
         # MessageTemplate never starts a line with "." (and a DKIM header cannot), so no dot-stuffing scan
         guard = self.guard
@@ -319,7 +323,7 @@ class SendRun:
                         ids.append(None)
                         continue
                     try:
-                        outbox.send(data, Envelope(self.sender, rcpt))
+                        outbox.send(data, Envelope(verp.return_path(self.settings, "d", row.id), rcpt))
                         outcomes.append(Outcome("sent", None, "written to the outbox"))
                     except OSError as exc:
                         outcomes.append(Outcome("lost", None, f"outbox: {exc}"))

@@ -80,12 +80,13 @@ def smtp_connect(settings: Settings, timeout: float | None = None) -> smtplib.SM
         raise DeliveryError(f"cannot connect to SMTP relay {settings.smtp_host}:{settings.smtp_port}: {exc}") from exc
 
 
-def send_single(settings: Settings, message: EmailMessage) -> str:
-    """Send one message through the configured transport; returns a receipt string."""
+def send_single(settings: Settings, message: EmailMessage, mail_from: str | None = None) -> str:
+    """Send one message through the configured transport; returns a receipt string.
+    ``mail_from`` is the envelope sender (a VERP return path), else ``sender_address``."""
     to = message["To"]
     if not to:
         raise DeliveryError("message has no To header")
-    envelope = Envelope(mail_from=settings.sender_address, rcpt_to=message["To"].addresses[0].addr_spec
+    envelope = Envelope(mail_from=mail_from or settings.sender_address, rcpt_to=message["To"].addresses[0].addr_spec
                         if hasattr(message["To"], "addresses") else str(to))
     data = message.as_bytes()
     if settings.transport == "outbox":
@@ -316,10 +317,11 @@ class SMTPConnection:
     def pipelining(self) -> bool:
         return "pipelining" in self.extensions
 
-    async def send_batch(self, mail_from: str, messages: list[tuple[str, bytes]],
+    async def send_batch(self, mail_from: str, messages: list[tuple[str, bytes]] | list[tuple[str, bytes, str]],
                          before_each: Callable[[], Awaitable[None]] | None = None,
                          dot_safe: bool = False) -> list[Outcome]:
-        """Send ``(recipient, data)`` pairs; one Outcome per message, in order.
+        """Send ``(recipient, data)`` pairs; one Outcome per message, in order.  A
+        ``(recipient, data, envelope sender)`` triple has its own MAIL FROM (VERP).
 
         ``dot_safe`` says the data has CRLF line ends and no line starting with
         "." (what ``MessageTemplate`` writes), which spares a scan of every message:
@@ -338,7 +340,10 @@ class SMTPConnection:
         reply = self.protocol.reply
         timeout = self.timeout
         try:
-            for index, (rcpt, data) in enumerate(messages):
+            for index, message in enumerate(messages):
+                rcpt, data = message[0], message[1]
+                this_envelope = envelope if len(message) < 3 else (  # type: ignore[misc]
+                    b"MAIL FROM:<" + message[2].encode("ascii") + b">\r\nRCPT TO:<")  # type: ignore[misc]
                 if before_each is not None:
                     await before_each()
                 out = []
@@ -346,7 +351,7 @@ class SMTPConnection:
                     out.append(pending[1])
                 if needs_reset:
                     out.append(b"RSET\r\n")
-                commands = envelope + rcpt.encode("ascii") + b">\r\nDATA\r\n"
+                commands = this_envelope + rcpt.encode("ascii") + b">\r\nDATA\r\n"
                 if self.pipelining:
                     out.append(commands)
                     self._write(b"".join(out))
@@ -371,7 +376,7 @@ class SMTPConnection:
                         await reply(timeout)
                         needs_reset = False
                     under_way.append(index)
-                    self._write(envelope[:envelope.index(b"\r\n") + 2])
+                    self._write(this_envelope[:this_envelope.index(b"\r\n") + 2])
                     mail = await reply(timeout)
                     rcpt_reply = data_reply = None
                     if mail.code == 250:

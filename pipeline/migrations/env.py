@@ -14,6 +14,7 @@ import pipeline.delivery.ledger  # noqa: F401
 import pipeline.scheduling.calendar  # noqa: F401
 import pipeline.delivery.leases  # noqa: F401
 import pipeline.corrections.records  # noqa: F401
+import pipeline.bounces.models  # noqa: F401
 
 target_metadata = Base.metadata
 connection = context.config.attributes.get("connection")

@@ -13,7 +13,7 @@ from rich.table import Table
 from pipeline.scheduling import calendar
 from pipeline.delivery import leases, stops
 from pipeline.scheduling import slots
-from pipeline import clock
+from pipeline import clock, exits
 from pipeline.errors import ScheduleError
 
 
@@ -60,16 +60,42 @@ def status(obj, next_count: int, as_json: bool, ack: str | None) -> None:
             click.echo(f"acknowledged: {', '.join(f'{r.kind} issue of {r.day.isoformat()} ({r.state})' for r in done)}")
     library, _problems = check_library(obj.content_dir)
     report = model.build(engine, settings, library, next_count=next_count)
+    bounce_rows, bounce_alerts = model.bounce_report(engine, settings)
+    code = report.exit_code or (exits.ALERT if bounce_alerts else exits.OK)
     if as_json:
         from subscribers import mailqueue
-        click.echo(json.dumps({**report.to_json(), "mail_queue": mailqueue.summary(engine)}, indent=2,
+        doc = report.to_json()
+        doc["exit_code"] = code
+        doc["alerts"] = doc["alerts"] + [{"day": None, "kind": "bounces", "state": "alert", "message": m}
+                                         for m in bounce_alerts]
+        click.echo(json.dumps({**doc, "mail_queue": mailqueue.summary(engine), "bounces": bounce_rows}, indent=2,
                               ensure_ascii=False))
-        raise SystemExit(report.exit_code)
+        raise SystemExit(code)
     _print(report, settings, engine)
+    _print_bounces(bounce_rows, engine)
     for alert in report.alerts:
         click.echo(f"ALERT: {alert.message}", err=True)
-    if report.exit_code:
-        raise SystemExit(report.exit_code)
+    for message in bounce_alerts:
+        click.echo(f"ALERT: {message}", err=True)
+    if code:
+        raise SystemExit(code)
+
+
+def _print_bounces(rows: list[dict], engine) -> None:
+    from pipeline.bounces.rates import counts
+
+    kept = {k: v for k, v in counts(engine).items() if k in ("unparsed", "unmatched")}
+    if kept:  # kept and counted, never guessed at: someone should look
+        _console().print("bounce mail nobody could act on: " + ", ".join(f"{v} {k}" for k, v in sorted(kept.items()))
+                         + " (newsletter bounces list --kind unparsed|unmatched)")
+    if not rows:
+        return
+    table = Table("issue", "recipients", "bounces", "bounce rate", "complaints", "complaint rate", "policy",
+                  title="Bounces and complaints")
+    for r in rows:
+        table.add_row(r["issue"], str(r["recipients"]), str(r["bounces"]), f"{r['bounce_rate']:.2f}%",
+                      str(r["complaints"]), f"{r['complaint_rate']:.2f}%", str(r["policy"]))
+    _console().print(table)
 
 
 def _print(report, settings, engine) -> None:

@@ -23,7 +23,9 @@ JSON schema (``status --json``; times are ISO 8601 with offset, days YYYY-MM-DD)
                   "uncertain", "skipped"}, "note", "alert": bool, "acknowledged_at"}],
      "alerts":  [{"day", "kind", "state", "message"}],
      "queue":   {"known": bool, "articles": [{"slug", "scheduled": day|null}]},
-     "mail_queue": {"waiting": int, "given_up": int, "oldest_failure": {"at", "error"}|null}}  (added by status_cli)
+     "mail_queue": {"waiting": int, "given_up": int, "oldest_failure": {"at", "error"}|null},  (added by status_cli)
+     "bounces": [{"issue", "recipients", "bounces", "complaints", "policy", "bounce_rate", "complaint_rate"}]}
+                (percent; ``bounce_report``; its alerts join "alerts" with kind "bounces" and day null)
 """
 from __future__ import annotations
 
@@ -291,3 +293,13 @@ def _hand_sends(engine: Engine, known: set[str], tz) -> tuple[list[RunInfo], lis
         if alert:
             alerts.append(Alert(r.date, r.kind, state, f"{r.kind} issue {r.key} {note}"))
     return infos, alerts
+
+
+def bounce_report(engine: Engine, settings) -> tuple[list[dict], list[str]]:
+    """Each recent issue's bounce, complaint and policy-refusal rates (``pipeline.bounces.rates``),
+    and the alerts they raise (complaints above 0.3 %, bounces above ``bounce_rate_alert``)."""
+    from pipeline.bounces import rates
+
+    found = rates.recent(engine)
+    return [r.to_json() for r in found], [line for r in found for line in r.alerts(settings)]
+

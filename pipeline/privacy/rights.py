@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, select, update
 
 from pipeline import clock
+from pipeline.bounces.evidence import erase_in as erase_bounces
 from pipeline.database import transaction
 from pipeline.delivery.ledger import Delivery, IssueRecord
 from subscribers import store
@@ -44,5 +45,6 @@ def erase(engine: Engine, settings, subscriber: int | str, *, method: str = "web
         # The ledger keeps a snapshot of the address, and the relay's reply may echo it:
         # cleared before the person goes (their rows lose the subscriber id with them).
         s.execute(update(Delivery).where(Delivery.subscriber_id == sub.id).values(email=None, last_reply=None))
+        erase_bounces(s, sub.id, sub.email_hash)  # bounce events lose the address; raw notifications go
         store.erase_in(s, sub, method=method)
         return True

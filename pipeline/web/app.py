@@ -11,10 +11,11 @@ from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline import keys
+from pipeline.bounces import webhooks
 from pipeline.errors import ContentError
 from pipeline.settings import Settings
 from pipeline.web.http import MAX_BODY, Guard, SecurityHeaders, UnderPrefix, client_gone, forwarded_allow_ips
@@ -66,6 +67,7 @@ def create_app(settings: Settings, engine: Engine | None = None, *, send: Callab
         Route("/data/{token}/erase", service.erase, methods=["POST"]),
         Route("/healthz", service.healthz, methods=["GET"]),
         Route("/readyz", service.readyz, methods=["GET"]),
+        Mount("/webhooks", routes=webhooks.routes(settings, engine)),  # relays' bounce and complaint events
     ]
     @asynccontextmanager
     async def lifespan(_app):
