@@ -32,6 +32,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preview": ("pipeline.rendering.cli:preview", "Render an issue to issue.html/.txt/.eml (and --screenshots) for editors."),
     "send": ("pipeline.delivery.cli:send", "Send the day's issue to the daily subscribers, exactly once (--resume, --dry-run)."),
     "send-test": ("pipeline.delivery.cli:send_test", "Mail one [TEST] copy of the day's issue to --to; the ledger is untouched."),
+    "staff": ("pipeline.staff.cli:staff_group", "Staff accounts of the console: add, list, disable, reset."),
+    "audit": ("pipeline.staff.cli:audit_cmd", "Read the audit log (--since, --actor, --action)."),
+    "review": ("pipeline.review.cli:review_group", "Medical sign-off: approve or reject an article's current version."),
 }
 
 

@@ -54,3 +54,16 @@ class SubscriberError(NewsletterError):
 
 class ScheduleError(NewsletterError):
     """The calendar or the daemon cannot do what was asked."""
+
+
+class StaffError(NewsletterError):
+    """A staff account, sign-in or permission problem (the console and staff commands)."""
+
+
+class ReviewError(ScheduleError):
+    """A send refused because an article has no current medical approval; ``slugs``
+    names them.  The day stays retryable: approve, and the next try sends."""
+
+    def __init__(self, message: str, slugs: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.slugs = tuple(slugs)

@@ -154,6 +154,16 @@ SETTINGS: tuple[Setting, ...] = (
             "`newsletter status`).", kind=int),
     Setting("mail_poll_seconds", 2.0, "How often a mail queue worker looks for mail queued by another process.",
             kind=float),
+    # -- the editorial console and medical sign-off ----------------------------------
+    Setting("review_required", True, "Medical sign-off: when true, an article goes out only once a reviewer has "
+            "approved its current version (`newsletter review approve`); `check` flags the others and a scheduled "
+            "send of one is refused (`newsletter send --override-review REASON` overrides, audited).", kind=bool),
+    Setting("staff_lockout_failures", 5, "Wrong passwords in a row that lock a staff account.", kind=int),
+    Setting("staff_lockout_minutes", 15, "How long a locked staff account refuses every sign-in.", kind=int),
+    Setting("staff_login_rate_per_ip", 30, "Staff sign-in attempts allowed per client IPv4 address or IPv6 /64 "
+            "per hour, counted in the database.", kind=int),
+    Setting("staff_login_rate_per_account", 20, "Staff sign-in attempts allowed per account per hour.", kind=int),
+    Setting("console_idle_minutes", 30, "A console session unused this long ends (sign in again).", kind=int),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
