@@ -70,6 +70,13 @@ class Context:
         from pipeline.content.library import load_library
         return load_library(self.content_dir)
 
+    def console(self, settings, engine=None):
+        """The editorial console app, for ``serve`` and ``run`` to mount at /admin (the console
+        sits above every stage, so the web service is handed it rather than importing it)."""
+        from pipeline.console.app import create_console
+        from pipeline.database import open_database
+        return create_console(settings, engine or open_database(settings.database_url), self.content_dir)
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--content", "content_dir", type=click.Path(path_type=Path), default="content", show_default=True,
