@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import re
 import warnings
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timezone
 from http.cookies import SimpleCookie
 
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from lxml import html as lxml_html
 
-from fixtures_console import CREDENTIALS, PASSWORD, REVIEWER, add_staff, cheap_hashing
+from fixtures_console import PASSWORD, add_staff, cheap_hashing
 from fixtures_subscribers import subscriber_settings
 
 with warnings.catch_warnings():
@@ -177,8 +177,6 @@ def test_roles_an_editor_cannot_approve_a_reviewer_cannot_change_the_calendar(wo
 
 
 def test_the_editorial_day_in_the_console_is_audited(world):
-    from pipeline.staff import audit
-
     rev = signed_in(world, "rev@example.org")
     library = rev.get(f"{ADMIN}/library")
     assert "awaiting review" in library.text

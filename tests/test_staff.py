@@ -1,8 +1,6 @@
 """Staff accounts, sign-in limits and the audit log (issue 12, step 1), on SQLite and PostgreSQL."""
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
 from fixtures_console import PASSWORD, REVIEWER, add_staff, cheap_hashing, cli

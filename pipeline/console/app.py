@@ -28,6 +28,9 @@ from pipeline.web.http import MAX_BODY, NO_STORE
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates" / "console"
 STATIC = TEMPLATES / "static"
 PREFIX = "/admin"
+# same-origin: the browser then sends the Origin that every form post is checked against
+# (under the service's no-referrer it would send "Origin: null")
+PAGE_HEADERS = {**NO_STORE, "referrer-policy": "same-origin"}
 
 
 class Refused(Exception):
@@ -57,7 +60,7 @@ class Console:
         body = self.env.get_template(template).render(
             session=session, csrf=session.csrf(self.settings) if session else "", now=clock.now(),
             path=request.url.path, **context)
-        return HTMLResponse(body, status_code=status, headers=NO_STORE)
+        return HTMLResponse(body, status_code=status, headers=PAGE_HEADERS)
 
     def redirect(self, path: str) -> RedirectResponse:
         return RedirectResponse(self.url(path), status_code=303, headers=NO_STORE)

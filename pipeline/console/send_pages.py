@@ -100,7 +100,8 @@ def live_figures(engine, key: str) -> dict:
     from pipeline.delivery import ledger
     from pipeline.ops.status import ledger_states
 
-    counts = ledger_states(engine, [key]).get(key, {})
+    counts = {state: 0 for state in ("total",) + ledger.DELIVERY_STATES}
+    counts.update(ledger_states(engine, [key]).get(key, {}))
     now = clock.now()
     with engine.connect() as conn:
         recent = conn.execute(select(func.count()).select_from(ledger.DELIVERIES)
