@@ -315,3 +315,7 @@ def _check(page, axe, path, found) -> None:
         sizes = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]")
         if sizes[0] > sizes[1]:
             found.append(f"{path} at {width}px: the page scrolls sideways {sizes}")
+        shots = os.environ.get("CONSOLE_SCREENSHOTS")  # a folder: keep a picture of each page to look at
+        if shots:
+            name = re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-") or "home"
+            page.screenshot(path=str(Path(shots) / f"{name}-{width}.png"), full_page=True)

@@ -3,7 +3,7 @@
 Packages are ``pipeline`` (its top-level modules: settings, clock, database, errors, keys, holders), each
 ``pipeline.<pkg>`` sub-package, and ``subscribers``. They form layers, bottom to top:
 
-    pipeline (core) < mail < subscribers < content < staff < review < rendering < delivery < privacy < site < web < scheduling < ops
+    pipeline (core) < mail < subscribers < content < staff < review < rendering < delivery < privacy < site < web < scheduling < ops < console
 
 (the order of the README's pipeline table)
 
