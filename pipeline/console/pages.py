@@ -16,12 +16,7 @@ WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 def _library(console):
     from pipeline.content.library import check_library
-    from pipeline.review.reviews import attach
-
-    library, problems = check_library(console.content_dir)
-    if library is not None:
-        library = attach(console.engine, library)
-    return library, problems
+    return check_library(console.content_dir)
 
 
 async def library_page(console, request):

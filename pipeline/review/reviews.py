@@ -173,31 +173,37 @@ def reviewed_on(review: Review, settings) -> date:
         return review.at.date()
 
 
+def attach_articles(engine: Engine, settings, articles) -> tuple:
+    """``articles`` with ``reviewed_by``/``reviewed_on`` set from their current approval (or cleared)."""
+    found = statuses(engine, articles)
+    out = []
+    for article in articles:
+        st = found[article.slug]
+        by = on = None
+        if st.approved and st.review is not None:
+            by, on = st.review.reviewer, reviewed_on(st.review, settings)
+        if (by, on) != (article.reviewed_by, article.reviewed_on):
+            article = replace(article, reviewed_by=by, reviewed_on=on)
+        out.append(article)
+    return tuple(out)
+
+
 def attach(engine: Engine, library):
     """``library`` with each article whose current version is approved carrying
     ``reviewed_by`` and ``reviewed_on`` (and a page input key that changes with them,
     so the site build rewrites its page)."""
     if engine is None or not library.articles:
         return library
-    found = statuses(engine, library.articles)
-    articles = []
-    keys = dict(library.input_keys)
-    changed = False
-    for article in library.articles:
-        st = found[article.slug]
-        by = on = None
-        if st.approved and st.review is not None:
-            by, on = st.review.reviewer, reviewed_on(st.review, library.settings)
-        if (by, on) != (article.reviewed_by, article.reviewed_on):
-            article = replace(article, reviewed_by=by, reviewed_on=on)
-            changed = True
-        if by is not None:
-            base = keys.get(article.slug) or hashlib.sha256(repr(article).encode("utf-8")).hexdigest()
-            keys[article.slug] = hashlib.sha256(f"{base}|reviewed:{by}|{on}".encode("utf-8")).hexdigest()
-        articles.append(article)
-    if not changed:
+    articles = attach_articles(engine, library.settings, library.articles)
+    if articles == library.articles and all(a.reviewed_by is None for a in articles):
         return library
-    return replace(library, articles=tuple(articles), input_keys=keys)
+    keys = dict(library.input_keys)
+    for article in articles:
+        if article.reviewed_by is not None:
+            base = keys.get(article.slug) or hashlib.sha256(repr(article).encode("utf-8")).hexdigest()
+            keys[article.slug] = hashlib.sha256(
+                f"{base}|reviewed:{article.reviewed_by}|{article.reviewed_on}".encode("utf-8")).hexdigest()
+    return replace(library, articles=articles, input_keys=keys)
 
 
 def attach_from_settings(library):

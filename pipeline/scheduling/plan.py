@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Collection
 
@@ -98,11 +98,15 @@ def plan_day(engine: Engine, settings: Settings, library, day: date, kind: str =
         raise ScheduleError(f"kind must be daily or weekly, got {kind!r}")
     if kind == "weekly" and not slots.is_weekly_day(day, settings):
         raise ScheduleError(f"{day.isoformat()} is not a {settings.weekly_day}: no weekly digest goes out that day")
-    library = reviews.attach(engine, library)  # approved articles carry "Medically reviewed by ..."
     plan = _plan(engine, settings, library, day, kind, topic, taken)
+    if plan.issue is None:
+        return plan
     if plan.source in ("calendar", "queue") and settings.review_required and not (override_review or "").strip():
         _refuse_unreviewed(engine, plan)
-    return plan
+    # the issue's approved articles say "Medically reviewed by ..." (only they are looked at:
+    # `schedule list` plans many days of a library that may hold thousands of articles)
+    return replace(plan, issue=replace(plan.issue, articles=reviews.attach_articles(engine, settings,
+                                                                                   plan.issue.articles)))
 
 
 def _refuse_unreviewed(engine: Engine, plan: DayPlan) -> None:
