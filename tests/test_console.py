@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from http.cookies import SimpleCookie
 
 import pytest
@@ -269,3 +269,19 @@ def test_fuzzed_console_requests_never_get_a_server_error(world, who):
         assert answer.status_code < 500, (method, path, data, params, answer.text[:300])
 
     fuzz()
+
+
+def test_a_held_day_says_why_and_offers_the_articles_own_preview(world):
+    from pipeline.scheduling import calendar
+
+    calendar.add_entry(world.engine, "microneedling", date(2026, 3, 4), None)
+    ed = signed_in(world, "ed@example.org")
+    held = lxml_html.fromstring(ed.get(f"{ADMIN}/preview?date=2026-03-04").text)
+    assert "held, not sent: awaiting medical review: microneedling" in held.cssselect("p.note")[0].text_content()
+    assert not held.cssselect("iframe")
+    (link,) = [a.get("href") for a in held.cssselect("main a") if "on its own" in a.text_content()]
+    own = lxml_html.fromstring(ed.get(link.removeprefix("https://my.klarity.health")).text)
+    assert len(own.cssselect("iframe")) == 2 and "Medically reviewed" not in own.cssselect("pre.text")[0].text
+    week = lxml_html.fromstring(ed.get(f"{ADMIN}/calendar").text)
+    row = next(r for r in week.cssselect("tbody tr") if "2026-03-04" in r.text_content())
+    assert row.cssselect("td")[4].text_content().strip() == "awaiting review"

@@ -50,6 +50,24 @@ def _plan(console, query):
         return None, str(exc)
 
 
+def _held(console, query) -> tuple[str, ...]:
+    """The articles a day's issue is held for (awaiting review), for links to their own preview."""
+    from pipeline.errors import ReviewError
+    from pipeline.content.library import check_library
+    from pipeline.scheduling.plan import plan_day
+
+    library, _ = check_library(console.content_dir)
+    if library is None or query.get("article"):
+        return ()
+    try:
+        plan_day(console.engine, console.settings, library, date.fromisoformat(query.get("date") or ""))
+    except ReviewError as exc:
+        return exc.slugs
+    except (NewsletterError, ValueError):
+        return ()
+    return ()
+
+
 async def preview_page(console, request):
     from pipeline.scheduling import slots
     from pipeline.staff.accounts import all_staff
@@ -61,6 +79,7 @@ async def preview_page(console, request):
     return console.page(request, "preview.html", session, rendered=rendered, why=why, query=query,
                         day=request.query_params.get("date") or slots.today(console.settings).isoformat(),
                         article=request.query_params.get("article", ""), staff=staff,
+                        held=_held(console, request.query_params) if rendered is None else (),
                         size=len(rendered.html.encode("utf-8")) if rendered else 0, done=request.query_params.get("done"))
 
 
