@@ -36,6 +36,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "correct": ("pipeline.corrections.cli:correct", "Record a correction of an edited article (--significant: mail a notice)."),
     "retract": ("pipeline.corrections.cli:retract", "Withdraw an article: never sent again; its page and feed item become the notice."),
     "corrections": ("pipeline.corrections.cli:corrections", "List the corrections and retractions, with their notices."),
+    "staff": ("pipeline.staff.cli:staff_group", "Staff accounts of the console: add, list, disable, reset."),
+    "audit": ("pipeline.staff.cli:audit_cmd", "Read the audit log (--since, --actor, --action)."),
+    "review": ("pipeline.review.cli:review_group", "Medical sign-off: approve or reject an article's current version."),
 }
 
 
@@ -70,6 +73,13 @@ class Context:
     def library(self):
         from pipeline.content.library import load_library
         return load_library(self.content_dir)
+
+    def console(self, settings, engine=None):
+        """The editorial console app, for ``serve`` and ``run`` to mount at /admin (the console
+        sits above every stage, so the web service is handed it rather than importing it)."""
+        from pipeline.console.app import create_console
+        from pipeline.database import open_database
+        return create_console(settings, engine or open_database(settings.database_url), self.content_dir)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

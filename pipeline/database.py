@@ -15,7 +15,7 @@ from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from pipeline.errors import SchemaError
+from pipeline.errors import DatabaseError, SchemaError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -135,7 +135,14 @@ def open_database(url: str) -> Engine:
     """The engine for ``url``, migrated to the newest schema (once per process)."""
     engine = engine_for(url)
     if url not in _migrated:
-        migrate(engine)
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            migrate(engine)
+        except OperationalError as exc:  # unreachable server, refused login, unreadable file
+            reason = str(exc.orig if getattr(exc, "orig", None) else exc).strip().splitlines()[0]
+            raise DatabaseError(f"cannot open the database {engine.url.render_as_string(hide_password=True)}: "
+                                f"{reason}") from None
         _migrated.add(url)
     return engine
 

@@ -60,9 +60,26 @@ class ScheduleError(NewsletterError):
     """The calendar or the daemon cannot do what was asked."""
 
 
+class DatabaseError(NewsletterError):
+    """The database cannot be reached or opened (a server down, a refused login, an unreadable file)."""
+
+
 class SchemaError(NewsletterError):
     """The database's schema cannot be used by this code (e.g. it was migrated by a newer release)."""
 
 
 class BounceError(NewsletterError):
     """A bounce or complaint could not be fetched, found or undone (``pipeline.bounces``)."""
+
+
+class StaffError(NewsletterError):
+    """A staff account, sign-in or permission problem (the console and staff commands)."""
+
+
+class ReviewError(ScheduleError):
+    """A send refused because an article has no current medical approval; ``slugs``
+    names them.  The day stays retryable: approve, and the next try sends."""
+
+    def __init__(self, message: str, slugs: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.slugs = tuple(slugs)

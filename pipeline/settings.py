@@ -195,6 +195,16 @@ SETTINGS: tuple[Setting, ...] = (
             "/webhooks/postmark is off.", env="POSTMARK_WEBHOOK_PASSWORD", secret=True),
     Setting("mailgun_webhook_signing_key", "", "Mailgun webhook signing key (HMAC-SHA256 of timestamp and token); "
             "empty: /webhooks/mailgun is off.", env="MAILGUN_WEBHOOK_SIGNING_KEY", secret=True),
+    # -- the editorial console and medical sign-off ----------------------------------
+    Setting("review_required", True, "Medical sign-off: when true, an article goes out only once a reviewer has "
+            "approved its current version (`newsletter review approve`); `check` flags the others and a scheduled "
+            "send of one is refused (`newsletter send --override-review REASON` overrides, audited).", kind=bool),
+    Setting("staff_lockout_failures", 5, "Wrong passwords in a row that lock a staff account.", kind=int),
+    Setting("staff_lockout_minutes", 15, "How long a locked staff account refuses every sign-in.", kind=int),
+    Setting("staff_login_rate_per_ip", 30, "Staff sign-in attempts allowed per client IPv4 address or IPv6 /64 "
+            "per hour, counted in the database.", kind=int),
+    Setting("staff_login_rate_per_account", 20, "Staff sign-in attempts allowed per account per hour.", kind=int),
+    Setting("console_idle_minutes", 30, "A console session unused this long ends (sign in again).", kind=int),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

@@ -13,6 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NL=${NEWSLETTER_BIN:-.venv/bin/newsletter}
 export NEWSLETTER_SEND_WHEN_NOTHING_DUE=${NEWSLETTER_SEND_WHEN_NOTHING_DUE:-true}
+# The demo has no clinician to sign articles off (`newsletter review approve`), so it
+# sends without medical sign-off for this run only; the site default stays "required".
+export NEWSLETTER_REVIEW_REQUIRED=${NEWSLETTER_REVIEW_REQUIRED:-false}
 DEMO=demo@example.com
 
 echo "== checking the library"

@@ -124,8 +124,12 @@ def show_cmd(ctx, email: str) -> None:
     """Everything held about one subscriber, as JSON."""
     from subscribers import store
 
+    from pipeline.staff import audit
+
     settings, engine = _open(ctx)
     info = store.get_by_email(engine, email)
+    # the look-up itself is recorded (by subscriber id, so an erasure leaves no address behind)
+    audit.write(engine, audit.operator(), "subscriber.lookup", f"subscriber #{info.id}" if info else "(no match)")
     if info is None:
         reason = store.suppression_reason(engine, settings, email)
         raise SubscriberError(f"no subscriber {email}" + (f" (the address is suppressed: {reason})" if reason else ""))

@@ -3,8 +3,8 @@
 Packages are ``pipeline`` (its top-level modules: settings, clock, database, errors, keys, holders), each
 ``pipeline.<pkg>`` sub-package, and ``subscribers``. They form layers, bottom to top:
 
-    pipeline (core) < mail < subscribers < content < import < rendering < delivery < bounces < privacy < corrections
-    < site < web < scheduling < ops
+    pipeline (core) < mail < subscribers < content < import < staff < review < rendering < delivery < bounces
+    < privacy < corrections < site < web < scheduling < ops < console
 
 (the order of the README's pipeline table)
 

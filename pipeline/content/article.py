@@ -41,6 +41,9 @@ class Article:
     updated: date | None = None
     source: Path | None = field(default=None, compare=False)
     body_line: int = field(default=1, compare=False)  # line of the body's first line in source
+    # medical sign-off of this version (pipeline.review.reviews.attach): "NAME, CREDENTIALS" and the date
+    reviewed_by: str | None = None
+    reviewed_on: date | None = None
 
     @property
     def last_modified(self) -> date:

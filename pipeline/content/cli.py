@@ -20,6 +20,8 @@ def check(obj, fetch_images: bool) -> None:
         from pipeline.content.image_fetch import fetch_problems
         problems = problems + fetch_problems(obj.content_dir)
     problems = problems + _schedule_problems(obj.content_dir)
+    if library is not None:
+        problems = problems + _review_problems(library)
     for problem in problems:
         click.echo(str(problem), err=problem.level == "error")
     errors = sum(p.level == "error" for p in problems)
@@ -44,6 +46,30 @@ def _schedule_problems(content_dir: Path) -> list:
     path = settings.source or Path(content_dir) / SITE_FILE
     return [Problem(path, _line_of(path, name) if path.exists() else None, message, level)
             for name, level, message in settings_problems(settings)]
+
+
+def _review_problems(library) -> list:
+    """With ``review_required``, each article whose current version no reviewer approved
+    (a scheduled send of it would be refused): a warning at its file."""
+    from pipeline.content.library import Problem
+
+    settings = library.settings
+    if not settings.review_required:
+        return []
+    from pipeline.database import open_database
+    from pipeline.review.reviews import statuses
+    from pipeline.scheduling.slots import zone
+
+    try:
+        found = statuses(open_database(settings.database_url), library.articles)
+    except Exception as exc:  # the content is fine; only the sign-off could not be read
+        return [Problem(settings.source or Path("site.yaml"), None,
+                        f"medical sign-off not checked: the database cannot be read ({type(exc).__name__})", "warning")]
+    tz = zone(settings)
+    return [Problem(a.source or Path(a.slug), 1, f"not medically approved: {found[a.slug].describe(tz)}; "
+                    f"a send of it is refused until a reviewer approves this version "
+                    f"(`newsletter review approve {a.slug} --as EMAIL`)", "warning")
+            for a in library.articles if not found[a.slug].approved]
 
 
 def _topics(_ctx, _param, value: str | None) -> tuple[str, ...]:

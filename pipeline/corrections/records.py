@@ -17,11 +17,9 @@ article is not a publication an editor announced; the correction that follows is
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
-from pathlib import Path
 from typing import Iterable
 from zoneinfo import ZoneInfo
 
@@ -31,6 +29,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from pipeline import clock
 from pipeline.content.article import Article
+from pipeline.review.reviews import article_version
 from pipeline.database import AwareDateTime, Base
 from pipeline.errors import ContentError, CorrectionError
 
@@ -113,12 +112,10 @@ class Correction:
 # -- hashes and versions ------------------------------------------------------------------
 
 def content_hash(article: Article) -> str:
-    """SHA-256 of the article's file (what the editor edited); of its values when it has no file."""
-    if article.source is not None and Path(article.source).is_file():
-        return hashlib.sha256(Path(article.source).read_bytes()).hexdigest()
-    values = repr((article.slug, article.title, article.summary, article.published, article.updated,
-                   article.body, article.topics, article.references))
-    return hashlib.sha256(values.encode("utf-8")).hexdigest()
+    """The article version's hash: the same one a medical review belongs to
+    (``pipeline.review.reviews.article_version``), so a correction's corrected version
+    is the version a reviewer approves."""
+    return article_version(article)
 
 
 def latest_versions(engine: Engine, slugs: Iterable[str] | None = None) -> dict[str, str]:

@@ -5,23 +5,23 @@
 article for good; an article whose newest significant correction has no medical
 sign-off until a reviewer approves that version.
 
-The approval itself belongs to the editorial console's review work.  Until it is
-wired in, ``reviewer_approved`` is the one hook that answers, and it answers no:
-a significant correction holds its article from future sends (weekly digests, topic
-issues, the queue) until the hook says a reviewer approved the corrected version.
+The approval is the medical review of ``pipeline.review``: a significant correction
+holds its article from future sends (weekly digests, topic issues, the queue) until
+a reviewer approves the corrected version (``newsletter review approve SLUG`` or the
+console), whatever ``review_required`` says for ordinary articles.
 """
 from __future__ import annotations
 
 from sqlalchemy import Engine, select
 
 from pipeline.corrections.records import CORRECTIONS, RETRACTION, Correction
+from pipeline.review.reviews import version_approved
 
 
 def reviewer_approved(engine: Engine, correction: Correction) -> bool:
-    """HOOK (wired to the review table on merge): True when a reviewer approved the article
-    version ``correction.after_hash`` of ``correction.slug``.  No review table exists on this
-    branch, so no version is approved yet."""
-    return False
+    """True when a reviewer approved the article version ``correction.after_hash`` of ``correction.slug``
+    (or a later review decision on that version did not send it back)."""
+    return version_approved(engine, correction.slug, correction.after_hash)
 
 
 def needs_signoff(engine: Engine, correction: Correction) -> bool:

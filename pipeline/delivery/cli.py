@@ -29,10 +29,11 @@ def local_today(settings) -> date:
     return clock.now().astimezone(ZoneInfo(settings.timezone)).date()
 
 
-def day_plan(engine, library, day: date, kind: str = "daily", topic: str | None = None):
+def day_plan(engine, library, day: date, kind: str = "daily", topic: str | None = None,
+             override_review: str | None = None):
     """The day's plan from ``pipeline.scheduling.plan.plan_day``, the same one the daemon sends."""
     from pipeline.scheduling.plan import plan_day
-    return plan_day(engine, library.settings, library, day, kind, topic=topic)
+    return plan_day(engine, library.settings, library, day, kind, topic=topic, override_review=override_review)
 
 
 def render_plan(engine, library, plan, *, record: bool) -> RenderedIssue:
@@ -83,9 +84,11 @@ def signals_stop_the_send():
               help="Send an issue only to this topic's subscribers (a sensitive topic gets the neutral subject).")
 @click.option("--correction", "correction_id", type=int, default=None, metavar="ID",
               help="Send the notice of correction ID to everyone who got the article, exactly once.")
+@click.option("--override-review", "override_review", default=None, metavar="REASON",
+              help="Send although an article has no current medical approval; the reason goes in the audit log.")
 @click.pass_obj
 def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: str | None,
-         correction_id: int | None) -> None:
+         correction_id: int | None, override_review: str | None) -> None:
     """Send the day's issue to the daily subscribers, exactly once."""
     if correction_id is not None:
         if day or topic:
@@ -94,14 +97,25 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
         return send_correction(obj, correction_id, resume=resume, dry_run=dry_run, progress=progress)
     from pipeline.database import open_database
     from pipeline.delivery.deliver import send_issue
+    from pipeline.staff import audit
 
     library = obj.library()
     settings = library.settings
     day = day.date() if day else local_today(settings)
     engine = open_database(settings.database_url)
-    plan = day_plan(engine, library, day, topic=topic)
+    if override_review is not None and not override_review.strip():
+        raise ScheduleError("--override-review needs the reason, in words (it goes in the audit log)")
+    plan = day_plan(engine, library, day, topic=topic, override_review=override_review)
     if not plan.sends:
         raise ScheduleError(plan.describe())
+    if override_review and not dry_run:
+        from pipeline.review.reviews import blocking
+        unreviewed = [b.slug for b in blocking(engine, plan.issue.articles)]
+        audit.write(engine, audit.operator(), "send.override-review", plan.issue.key,
+                    after={"reason": audit.clean(override_review), "unreviewed": unreviewed})
+        if unreviewed:
+            click.echo(f"warning: sending without current medical approval: {', '.join(unreviewed)} "
+                       f"(recorded in the audit log)", err=True)
     rendered = render_plan(engine, library, plan, record=not dry_run)
     if not dry_run:  # the versions that go out: `newsletter correct` compares with them
         from pipeline.corrections.records import ISSUE, remember
@@ -117,6 +131,8 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
     for line in summary.lines():
         click.echo(line)
     if not dry_run:
+        audit.write(engine, audit.operator(), "send", plan.issue.key,
+                    after={"state": summary.state, "resume": resume, "articles": list(plan.slugs)})
         from pipeline.scheduling.plan import record_hand_send
         record_hand_send(engine, plan, summary)
     again = f"newsletter send --date {day.isoformat()}{' --topic ' + topic if topic else ''} --resume"
@@ -160,6 +176,9 @@ def send_test(obj, to: str, day, kind: str, correction_id: int | None) -> None:
         raise ScheduleError(plan.describe())
     rendered = render_plan(None, library, plan, record=False)
     receipt = deliver_test(settings, rendered, to)
+    from pipeline.staff import audit
+    audit.write(open_database(settings.database_url), audit.operator(), "send.test", rendered.issue.key,
+                after={"to": audit.clean(to, 320)})
     click.echo(f"issue:   {plan.describe()}")
     click.echo(f"subject: {rendered.subject}")
     click.echo(f"test copy of {rendered.issue.key} sent to {to} ({receipt})")

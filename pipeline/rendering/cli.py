@@ -113,6 +113,8 @@ def preview(obj, day: datetime | None, kind: str, slug: str | None, number: int,
     settings = library.settings
     on = day.date() if day is not None else today(settings)
     if slug is not None:
+        from pipeline.review.reviews import attach_from_settings
+        library = attach_from_settings(library)  # reads the reviews only; creates no database
         issue = compose_issue(library, on, number=number, scheduled=[slug])
     else:
         from pipeline.database import open_database

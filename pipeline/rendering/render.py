@@ -141,6 +141,9 @@ def _article_values(article: Article, settings: Settings, *, full: bool) -> dict
         "url": article_url(settings, article),
         "author": article.author,
         "reading_minutes": max(1, round(len(article.body.split()) / WORDS_PER_MINUTE)),
+        # medical sign-off of this version (pipeline.review.reviews.attach), or ""
+        "reviewed": (f"Medically reviewed by {article.reviewed_by} on {short_date(article.reviewed_on)}"
+                     if article.reviewed_by and article.reviewed_on else ""),
     }
     if full:
         # the standfirst is left out when it would only repeat the body's opening

@@ -8,7 +8,6 @@ clear line and a non-zero exit.
 """
 from __future__ import annotations
 
-import re
 from datetime import date
 from pathlib import Path
 
@@ -16,13 +15,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.scheduling import calendar, schedule
+from pipeline.scheduling import calendar
 from pipeline.scheduling import slots
-from pipeline import clock
+from pipeline.scheduling import editing
 from pipeline.scheduling import view as view
-from pipeline.errors import ScheduleError
-
-SLUG_LINE = re.compile(r"^slug:\s*['\"]?([a-z0-9-]+)['\"]?\s*$", re.MULTILINE)
+from pipeline.staff.audit import operator
 
 
 def _console() -> Console:
@@ -35,76 +32,12 @@ def _engine(settings):
 
 
 def _library(content_dir: Path):
-    from pipeline.content.library import check_library
-    library, _problems = check_library(content_dir)
-    return library
+    return editing.load_checked_library(content_dir)
 
 
-PUBLISHED_LINE = re.compile(r"^published:\s*['\"]?(\d{4}-\d{2}-\d{2})['\"]?\s*$", re.MULTILINE)
-
-
-def known_articles(content_dir: Path) -> tuple[dict[str, date | None], bool]:
-    """Slug -> published date of the library's articles, and whether the library is
-    healthy.  A library with errors still has its article files: the calendar stays
-    usable during a fix."""
-    library = _library(content_dir)
-    if library is not None:
-        return {a.slug: a.published for a in library.articles}, True
-    found: dict[str, date | None] = {}
-    for path in sorted((Path(content_dir) / "articles").glob("*.md")):
-        head = path.read_text(encoding="utf-8", errors="replace")[:4000]
-        match = SLUG_LINE.search(head)
-        if match:
-            published = PUBLISHED_LINE.search(head)
-            try:
-                found[match.group(1)] = date.fromisoformat(published.group(1)) if published else None
-            except ValueError:
-                found[match.group(1)] = None
-    return found, False
-
-
-def known_slugs(content_dir: Path) -> tuple[set[str], bool]:
-    articles, healthy = known_articles(content_dir)
-    return set(articles), healthy
-
-
-def _check_slug(content_dir: Path, slug: str, day: date) -> None:
-    """The article exists, and its ``published`` date (an embargo: its page is not on
-    the site before then) is not after ``day``."""
-    articles, healthy = known_articles(content_dir)
-    if slug not in articles:
-        hint = "" if healthy else " (the library has errors: run `newsletter check`)"
-        raise ScheduleError(f"no article with slug {slug!r} in {Path(content_dir) / 'articles'}{hint}")
-    published = articles[slug]
-    if published is not None and day < published:
-        raise ScheduleError(f"{slug} is embargoed until {published.isoformat()} (its published date; its page is "
-                            f"not on the site before then): schedule it on {published.isoformat()} or later")
-    if not healthy:
-        click.echo("warning: the library has errors (run `newsletter check`); the day's send will refuse "
-                   "until they are fixed", err=True)
-
-
-def _check_day(engine, settings, day: date, at: str | None, slug: str | None = None) -> None:
-    """A day can take an article if its daily send is still ahead."""
-    today = slots.today(settings)
-    if day < today:
-        raise ScheduleError(f"{day.isoformat()} is in the past (today is {today.isoformat()} in {settings.timezone})")
-    run = calendar.get_run(engine, day, "daily")
-    # a day that ended without an email can still take a later send; one that sent
-    # (or is sending, or needs an editor) cannot
-    if run is not None and run.state not in ("pending",) + calendar.REOPEN:
-        raise ScheduleError(f"the issue of {day.isoformat()} is already done ({run.state}); choose a later date")
-    others = [e.at for e in calendar.scheduled_on(engine, day) if e.slug != slug]
-    slot_at = slots.daily_time(settings, others + [at])
-    instant = slots.send_instant(day, slot_at, slots.zone(settings))
-    if instant <= clock.now():
-        raise ScheduleError(f"the send time {slot_at:%H:%M} on {day.isoformat()} has passed; "
-                            "use a later --at or another date")
-
-
-def _at_text(at: str | None) -> str | None:
-    """``--at`` as the calendar stores it (HH:MM), or None when not given."""
-    return f"{slots.parse_hhmm(at, '--at'):%H:%M}" if at else None
+def _warn(change) -> None:
+    for warning in change.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @click.group("schedule")
@@ -119,20 +52,13 @@ def schedule_group() -> None:
 @click.pass_obj
 def add(obj, slug: str, on: str, at: str | None) -> None:
     """Put an article on the calendar."""
-    from pipeline.scheduling.plan import refuse_if_reached
-
     settings = obj.settings()
     day = slots.parse_day(on, "--on")
-    at_text = _at_text(at)
-    _check_slug(obj.content_dir, slug, day)
     engine = _engine(settings)
-    refuse_if_reached(engine, slug)
-    _check_day(engine, settings, day, at_text)
-    before = view.day_time(engine, settings, day)
-    entry = calendar.add_entry(engine, slug, day, at_text)
-    slot = schedule.planned_slot(engine, settings, day, "daily")
-    click.echo(f"scheduled {entry.slug} on {day.isoformat()} at {view.wall(slot, settings)}")
-    view.say_what_changes(engine, settings, slug, day, at_text, before)
+    change = editing.add_article(engine, settings, obj.content_dir, slug, day, at, actor=operator())
+    _warn(change)
+    click.echo(f"scheduled {change.entry.slug} on {day.isoformat()} at {view.wall(change.slot, settings)}")
+    view.say_what_changes(engine, settings, slug, day, change.entry.at, change.before)
 
 
 @schedule_group.command("move")
@@ -145,22 +71,13 @@ def move(obj, slug: str, to: str, at: str | None) -> None:
 
     An article whose send has started (it may have reached someone) is not moved:
     its issue is finished with `newsletter send --resume --date D` instead."""
-    from pipeline.scheduling.plan import refuse_if_reached
-
     settings = obj.settings()
     day = slots.parse_day(to, "--to")
-    at_text = _at_text(at)
-    _check_slug(obj.content_dir, slug, day)
     engine = _engine(settings)
-    refuse_if_reached(engine, slug)
-    current = calendar.entries(engine, slug=slug, states=calendar.MOVABLE)
-    keep = at_text is None
-    _check_day(engine, settings, day, at_text if not keep else (current[0].at if current else None), slug)
-    before = view.day_time(engine, settings, day)
-    entry = calendar.move_entry(engine, slug, day, at_text, keep_time=keep)
-    slot = schedule.planned_slot(engine, settings, day, "daily")
-    click.echo(f"moved {entry.slug} to {day.isoformat()} at {view.wall(slot, settings)}")
-    view.say_what_changes(engine, settings, slug, day, entry.at, before)
+    change = editing.move_article(engine, settings, obj.content_dir, slug, day, at, actor=operator())
+    _warn(change)
+    click.echo(f"moved {change.entry.slug} to {day.isoformat()} at {view.wall(change.slot, settings)}")
+    view.say_what_changes(engine, settings, slug, day, change.entry.at, change.before)
 
 
 @schedule_group.command("cancel")
@@ -171,12 +88,8 @@ def cancel(obj, slug: str) -> None:
 
     An article whose send has started is not cancelled: its issue is finished with
     `newsletter send --resume --date D` instead."""
-    from pipeline.scheduling.plan import refuse_if_reached
-
     settings = obj.settings()
-    engine = _engine(settings)
-    refuse_if_reached(engine, slug)
-    entry = calendar.cancel_entry(engine, slug)
+    entry = editing.cancel_article(_engine(settings), slug, actor=operator()).entry
     click.echo(f"cancelled {entry.slug} (was on {entry.day.isoformat()})")
 
 
@@ -225,10 +138,8 @@ def pause(obj, until: str | None) -> None:
     """Stop sending (until a date, or until `newsletter resume`), listing the sends it skips."""
     settings = obj.settings()
     day = slots.parse_day(until, "--until") if until else None
-    if day is not None and day <= slots.today(settings):
-        raise ScheduleError(f"--until {day.isoformat()} is not in the future")
     engine = _engine(settings)
-    calendar.set_pause(engine, True, day)
+    editing.pause(engine, settings, day, actor=operator())
     click.echo(f"paused: no issue goes out {'before ' + day.isoformat() if day else 'until `newsletter resume`'}")
     skips = view.coming_skips(engine, settings, _library(obj.content_dir), day)
     if skips:
@@ -263,8 +174,7 @@ def resume(obj) -> None:
     engine = _engine(settings)
     from pipeline.delivery import stops
 
-    was = calendar.get_pause(engine)
-    calendar.set_pause(engine, False)
+    was = editing.resume(engine, actor=operator())
     released = stops.release(engine)
     if not was.paused and not released:
         click.echo("was not paused; nothing changed")

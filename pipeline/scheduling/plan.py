@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Collection
 
@@ -45,7 +45,8 @@ from pipeline.delivery import ledger
 from pipeline.scheduling.calendar import Entry, Run
 from pipeline.rendering.compose import compose_issue, weekly_issue
 from pipeline.database import transaction
-from pipeline.errors import ContentError, ScheduleError
+from pipeline.errors import ContentError, ReviewError, ScheduleError
+from pipeline.review import reviews
 from pipeline.rendering.issue import Issue, issue_key
 from pipeline.settings import Settings
 
@@ -87,18 +88,48 @@ class DayPlan:
 
 
 def plan_day(engine: Engine, settings: Settings, library, day: date, kind: str = "daily", *,
-             topic: str | None = None, taken: Collection[str] = ()) -> DayPlan:
+             topic: str | None = None, taken: Collection[str] = (), override_review: str | None = None) -> DayPlan:
     """What (``day``, ``kind``) sends (see the module rules).  ``topic`` plans the issue
     for one topic's audience; ``taken`` are slugs to treat as gone already (the
     calendar listing chains the queue over the coming days with it).
 
     Raises ``ContentError`` for a calendar entry that cannot go out that day (not in
-    the library, or embargoed), ``ScheduleError`` for a weekly plan on another day.
+    the library, or embargoed), ``ScheduleError`` for a weekly plan on another day,
+    and ``ReviewError`` (a ``ScheduleError``) when ``review_required`` is on and a
+    new daily issue holds an article whose current version no reviewer approved,
+    unless ``override_review`` gives the reason to send it anyway (the caller audits it).
     """
     if kind not in calendar.KINDS:
         raise ScheduleError(f"kind must be daily or weekly, got {kind!r}")
     if kind == "weekly" and not slots.is_weekly_day(day, settings):
         raise ScheduleError(f"{day.isoformat()} is not a {settings.weekly_day}: no weekly digest goes out that day")
+    plan = _plan(engine, settings, library, day, kind, topic, taken)
+    if plan.issue is None:
+        return plan
+    if plan.source in ("calendar", "queue") and settings.review_required and not (override_review or "").strip():
+        _refuse_unreviewed(engine, plan)
+    # the issue's approved articles say "Medically reviewed by ..." (only they are looked at:
+    # `schedule list` plans many days of a library that may hold thousands of articles)
+    return replace(plan, issue=replace(plan.issue, articles=reviews.attach_articles(engine, settings,
+                                                                                   plan.issue.articles)))
+
+
+def _refuse_unreviewed(engine: Engine, plan: DayPlan) -> None:
+    """A new daily issue goes out only when each article's current version is approved."""
+    blocked = reviews.blocking(engine, plan.issue.articles)
+    if not blocked:
+        return
+    names = ", ".join(f"{b.slug} ({b.label})" for b in blocked)
+    first = blocked[0].slug
+    raise ReviewError(
+        f"the daily issue of {plan.day.isoformat()} is held, not sent: awaiting medical review: {names}; "
+        f"a reviewer approves it with "
+        f"`newsletter review approve {first} --as EMAIL` (or in the console), then the day can go "
+        f"(`newsletter send --date {plan.day.isoformat()}` by hand, or the daemon's next try)", tuple(b.slug for b in blocked))
+
+
+def _plan(engine: Engine, settings: Settings, library, day: date, kind: str, topic: str | None,
+          taken: Collection[str]) -> DayPlan:
     label = None
     if topic is not None:
         from subscribers.tokens import audience_label
@@ -324,6 +355,7 @@ class Row:
     paused: bool
     plan: DayPlan | None = None
     problem: str | None = None  # the plan could not be made (content error)
+    awaiting_review: tuple[str, ...] = ()  # articles whose current version no reviewer approved yet
 
 
 def upcoming(engine: Engine, settings: Settings, days: int = 14, library=None) -> list[Row]:
@@ -334,14 +366,19 @@ def upcoming(engine: Engine, settings: Settings, days: int = 14, library=None) -
     rows = []
     for slot, day_entries, run, paused in schedule.upcoming(engine, settings, days):
         plan = problem = None
+        awaiting: tuple[str, ...] = ()
         if library is not None and (run is None or not run.final):
             try:
                 plan = plan_day(engine, settings, library, slot.day, slot.kind, taken=taken)
                 if plan.source == "queue":
                     taken.update(plan.slugs)
+            except ReviewError as exc:
+                awaiting = exc.slugs
+                if not day_entries:  # the queue offers it: chain the queue past it
+                    taken.update(exc.slugs)
             except (ContentError, ScheduleError) as exc:
                 problem = str(exc)
-        rows.append(Row(slot, tuple(day_entries), run, paused, plan, problem))
+        rows.append(Row(slot, tuple(day_entries), run, paused, plan, problem, awaiting))
     return rows
 
 

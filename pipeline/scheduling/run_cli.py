@@ -194,7 +194,7 @@ class Daemon:
         mail = MailWorker(self.engine, self.settings).start()  # transactional mail (sign-ups): the queue
         try:
             if web:
-                _serve_web(self.settings, self.engine, host, port, received, root_path)
+                _serve_web(self.settings, self.engine, host, port, received, root_path, self.content_dir)
             else:
                 _wait_for_signal(received)
         finally:
@@ -214,9 +214,10 @@ def _noting(received: list[str], then=None):
 
 
 def _serve_web(settings: Settings, engine: Engine, host: str, port: int, received: list[str],
-               root_path: str | None = None) -> None:
+               root_path: str | None = None, content_dir: Path | None = None) -> None:
     import uvicorn
 
+    from pipeline.console.app import create_console
     from pipeline.web.app import create_app, root_path_for
     from pipeline.web.http import forwarded_allow_ips
 
@@ -227,7 +228,8 @@ def _serve_web(settings: Settings, engine: Engine, host: str, port: int, receive
         signal.signal(signum, _noting(received))
     # the same uvicorn settings as `newsletter serve`: no Server header, the same root path;
     # the daemon sends the mail queue itself (mail_worker=False)
-    uvicorn.Server(uvicorn.Config(create_app(settings, engine, mail_worker=False), host=host, port=port,
+    uvicorn.Server(uvicorn.Config(create_app(settings, engine, mail_worker=False,
+                                             admin=create_console(settings, engine, content_dir or "content")), host=host, port=port,
                                   log_level="info", access_log=False, server_header=False, proxy_headers=True,
                                   forwarded_allow_ips=forwarded_allow_ips(settings),
                                   root_path=root_path_for(settings, root_path))).run()

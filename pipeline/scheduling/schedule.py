@@ -291,6 +291,8 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
         summary = problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
         return calendar.finish_run(engine, day, kind, holder, "content-error", error=summary)
     assert library is not None
+    from pipeline.review.reviews import attach
+    library = attach(engine, library)  # its pages say "Medically reviewed by ..." where approved
     try:
         plan = plan_day(engine, settings, library, day, kind)  # the one decider
         if plan.issue is None:

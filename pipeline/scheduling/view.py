@@ -59,10 +59,13 @@ def articles_text(row) -> str:
         so_far = " (so far)" if row.slot.instant > clock.now() else ""
         return f"weekly digest: {', '.join(row.plan.slugs)}{so_far}" if row.plan.sends else \
             f"weekly digest: nothing sent this week{' yet' if so_far else ''}"
+    awaiting = f"; awaiting review: {', '.join(row.awaiting_review)}" if row.awaiting_review else ""
     if any(e.state in ("scheduled", "failed") for e in row.entries):
-        return entries_text(row.entries) + (f"; content error: {row.problem}" if row.problem else "")
+        return entries_text(row.entries) + (f"; content error: {row.problem}" if row.problem else "") + awaiting
     if row.problem:
         return f"content error: {row.problem}"
+    if row.awaiting_review:
+        return f"(queue) {row.awaiting_review[0]}{awaiting}"
     if row.plan is not None and row.plan.source == "queue":
         return f"(queue) {row.plan.slugs[0]}"
     if row.entries:
@@ -73,10 +76,12 @@ def articles_text(row) -> str:
 
 
 def state_text(row) -> str:
-    if row.run is not None:
+    if row.run is not None and (row.run.final or not row.awaiting_review):
         return row.run.state
     if row.paused:
         return "paused"
+    if row.awaiting_review:
+        return "awaiting review"
     if row.slot.kind == "daily" and row.problem is None and (row.plan is None or not row.plan.sends) \
             and not any(e.state in ("scheduled", "failed") for e in row.entries):
         return "nothing due"

@@ -70,6 +70,8 @@ def build(obj, out: Path | None, day: datetime | None) -> None:
         except ContentError:
             out = None  # check_library reports it, with every other problem
     library = load_checked(obj.content_dir, out / CACHE_DIR if out is not None else None)
+    from pipeline.review.reviews import attach_from_settings
+    library = attach_from_settings(library)  # "Medically reviewed by ..." on approved articles' pages
     out = out or Path(library.settings.public_dir)
     report = BuildReport((), ())
     as_of = None

@@ -24,11 +24,13 @@ from pipeline.web.service import TEMPLATES, WebService
 
 def create_app(settings: Settings, engine: Engine | None = None, *, send: Callable | None = None,
                public_dir: Path | str | None = None, static_app: ASGIApp | None = None,
-               rate_per_minute: float | None = None, mail_worker: bool = True) -> ASGIApp:
+               rate_per_minute: float | None = None, mail_worker: bool = True,
+               admin: ASGIApp | None = None) -> ASGIApp:
     """The web service.  ``send(settings, EmailMessage)`` defaults to
     ``pipeline.mail.transport.send_single``; ``static_app`` to ``StaticSite(public_dir)``.
     With ``mail_worker`` the app sends the mail queue from a background thread
-    (started with the app, or at the first mail queued)."""
+    (started with the app, or at the first mail queued).  ``admin`` (the editorial
+    console, ``pipeline.console.app.create_console``) is mounted at ``/admin``."""
     from pipeline.database import open_database
     from pipeline.site.static_files import StaticSite
     from pipeline.mail.transport import send_single
@@ -69,6 +71,8 @@ def create_app(settings: Settings, engine: Engine | None = None, *, send: Callab
         Route("/readyz", service.readyz, methods=["GET"]),
         Mount("/webhooks", routes=webhooks.routes(settings, engine)),  # relays' bounce and complaint events
     ]
+    if admin is not None:
+        routes.append(Mount("/admin", app=admin))
     @asynccontextmanager
     async def lifespan(_app):
         service.start_worker()  # mail queued before a restart goes out now
@@ -126,7 +130,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, root_path: str
 
     settings = ctx.obj.settings()
     root = root_path_for(settings, root_path)
-    app = create_app(settings)
+    app = create_app(settings, admin=ctx.obj.console(settings))
     uvicorn.run(app, host=host or settings.web_host, port=port or settings.web_port, proxy_headers=True,
                 forwarded_allow_ips=forwarded_allow_ips(settings),
                 server_header=False, root_path=root, log_level="info")

@@ -1,0 +1,1 @@
+"""Staff accounts, their sign-ins and the audit log (the editorial console's people)."""
