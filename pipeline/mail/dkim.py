@@ -267,22 +267,29 @@ class DkimSigner:
 
 
 def _signature_head(algorithm: bytes, domain: bytes, selector: bytes, stamp: bytes, h: bytes, bh: bytes) -> bytes:
-    """The DKIM-Signature value up to ``b=`` (folded; relaxed canonicalisation unfolds it again)."""
-    hline = b""
-    parts = []
-    for name in h.split(b":"):  # h= folded at colons, lines of at most ~72 characters
-        if hline and len(hline) + len(name) > 70:
-            parts.append(hline + b":")
-            hline = name
+    """The DKIM-Signature value up to ``b=``, folded to lines of at most 78 characters (between tags, and
+    after a colon of h=); relaxed canonicalisation unfolds it again.  ``b=`` starts a line of its own."""
+    items = [(b"v=1;", b" "), (b"a=" + algorithm + b";", b" "), (b"c=relaxed/relaxed;", b" "),
+             (b"d=" + domain + b";", b" "), (b"s=" + selector + b";", b" "), (b"t=" + stamp + b";", b" ")]
+    names = h.split(b":")
+    items += [(b"h=" if i == 0 else b"") + name + (b":" if i < len(names) - 1 else b";") for i, name in enumerate(names)]
+    items[6:] = [(text, b" " if i == 0 else b"") for i, text in enumerate(items[6:])]
+    items.append((b"bh=" + bh + b";", b" "))
+    out, width = b"", len(b"DKIM-Signature:")
+    for text, sep in items:
+        if width + len(sep) + len(text) > 78:
+            out += b"\r\n " + text
+            width = 1 + len(text)
         else:
-            hline = hline + b":" + name if hline else name
-    parts.append(hline)
-    return (b" v=1; a=" + algorithm + b"; c=relaxed/relaxed; d=" + domain + b"; s=" + selector + b";\r\n t="
-            + stamp + b"; h=" + b"\r\n ".join(parts) + b";\r\n bh=" + bh + b";\r\n ")
+            out += sep + text
+            width += len(sep) + len(text)
+    return out + b"\r\n "
 
 
 def _fold_b(value: bytes) -> bytes:
-    return b"\r\n ".join(value[i:i + 72] for i in range(0, len(value), 72))
+    """The b= value after a line's " b=": 75 characters, then 77 a line."""
+    chunks = [value[:75]] + [value[i:i + 77] for i in range(75, len(value), 77)]
+    return b"\r\n ".join(c for c in chunks if c)
 
 
 def dkim_signer(settings) -> DkimSigner | None:
