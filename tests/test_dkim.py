@@ -203,6 +203,23 @@ def test_ed25519_dual_signature_verifies_alongside_rsa(settings, keys):
     assert verify_all(dkim_signer(env).sign(b"From: a@my.klarity.health\r\n\r\nx\r\n"), dns) == [True, True]
 
 
+def test_signing_never_runs_dkimpys_pure_python_rsa(settings, keys, monkeypatch):
+    """The RSA arithmetic is OpenSSL's (through cryptography); dkimpy's Python RSA, 7-9.5 ms a message, is unused."""
+    import dkim as dkimpy
+    import dkim.crypto
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("dkimpy's pure-Python RSA was used")
+
+    monkeypatch.setattr(dkim.crypto, "RSASSA_PKCS1_v1_5_sign", refuse)
+    monkeypatch.setattr(dkimpy, "RSASSA_PKCS1_v1_5_sign", refuse)
+    s = signing_settings(settings, keys)
+    data = dkim_signer(s).sign(MessageTemplate(small_rendered(), s).render(
+        to=recipient("reader@example.com", "Amy"), personal=Personal(UNSUB, PREFS, "Hello Amy,"),
+        message_id="<a.3@my.klarity.health>"))
+    assert verify_all(data, keys[2]) == [True]
+
+
 # -- batches across processes, in a real send ----------------------------------------------------------
 
 def test_a_batch_signed_in_worker_processes_verifies_and_survives_a_dead_worker(settings, keys):

@@ -35,6 +35,7 @@ DKIM_HEADERS = (b"From", b"To", b"Subject", b"Date", b"Message-ID", b"List-Unsub
 # Named once more than they occur ("oversigned"), so nobody on the way can add a second one unseen.
 OVERSIGNED = frozenset({b"from", b"to", b"subject", b"date", b"message-id", b"list-unsubscribe",
                         b"list-unsubscribe-post", b"reply-to"})
+_SIGNED = tuple(h.lower() for h in DKIM_HEADERS)
 MIN_RSA_BITS = 1024  # RFC 8301: verifiers need not accept shorter keys
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +92,18 @@ def split_message(data: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
     return fields, body
 
 
+_CANONICAL: dict[tuple[bytes, bytes], bytes] = {}  # header lines repeat across an issue's messages
+
+
+def _canonical(name: bytes, value: bytes) -> bytes:
+    line = _CANONICAL.get((name, value))
+    if line is None:
+        if len(_CANONICAL) > 4096:  # per-recipient lines never repeat: keep the memo small
+            _CANONICAL.clear()
+        line = _CANONICAL[(name, value)] = relaxed_header(name, value)
+    return line
+
+
 def _select(fields: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes]]:
     """(the h= names, the canonical header lines they select), per RFC 6376 5.4.2: a name listed
     n times selects its last n instances, bottom up; names beyond the instances select nothing."""
@@ -98,12 +111,10 @@ def _select(fields: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes]
     for name, value in fields:
         by_name.setdefault(name.strip().lower(), []).append((name, value))
     names, lines = [], []
-    for wanted in DKIM_HEADERS:
-        key = wanted.lower()
-        found = by_name.get(key, [])
-        for name, value in reversed(found):
+    for key in _SIGNED:
+        for name, value in reversed(by_name.get(key, ())):
             names.append(key)
-            lines.append(relaxed_header(name, value))
+            lines.append(_canonical(name, value))
         if key in OVERSIGNED:
             names.append(key)
     return names, lines

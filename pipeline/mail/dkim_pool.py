@@ -43,4 +43,4 @@ class SigningPool:
             return None
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)  # idle workers exit at once
