@@ -230,9 +230,13 @@ def test_a_batch_signed_in_worker_processes_verifies_and_survives_a_dead_worker(
                                    message_id=f"<b.{i}@my.klarity.health>") for i in range(6)]
 
     async def run():
-        first = await signer.sign_batch(messages[:3])
+        first = await signer.sign_batch(messages[:2])
         workers = list(signer._pool._executor._processes.values())
         assert workers and all(p.pid != os.getpid() for p in workers)
+        for p in workers:  # Ctrl-C at the terminal reaches the workers too: they leave stopping to the sender
+            os.kill(p.pid, signal.SIGINT)
+        first += await signer.sign_batch(messages[2:3])
+        assert all(p.is_alive() for p in workers) and signer.processes == 2
         for p in workers:
             os.kill(p.pid, signal.SIGKILL)
             p.join(5)

@@ -9,12 +9,14 @@ and only the headers (about 500 bytes a message) travel back.
 
 The workers are started with ``spawn``, so they inherit no database connections,
 sockets or threads from the sender.  If a worker dies, ``signatures`` answers None
-and the caller signs in its own process.
+and the caller signs in its own process.  Workers ignore SIGINT: a Ctrl-C reaches the
+whole process group, and stopping is the sender's decision (at a batch boundary).
 """
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -23,6 +25,8 @@ _signer = None  # the worker's own DkimSigner
 
 def _start(keys) -> None:
     global _signer
+    # Ctrl-C reaches the whole process group; the sender decides how to stop (at a batch boundary), not its workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from pipeline.mail.dkim import DkimSigner
     _signer = DkimSigner.from_keys(keys)
 
@@ -39,7 +43,7 @@ class SigningPool:
     async def signatures(self, messages: list[bytes], stamp: int) -> list[bytes | str] | None:
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, _sign, messages, stamp)
-        except BrokenProcessPool:
+        except (BrokenProcessPool, OSError, RuntimeError):  # a worker died, or the pool is shut down
             return None
 
     def close(self) -> None:
