@@ -25,7 +25,7 @@ from pipeline.database import open_database
 from pipeline.delivery.deliver import send_issue
 from pipeline.delivery.message import MessageTemplate, build_message, recipient
 from pipeline.errors import DeliveryError
-from pipeline.mail.dkim import DkimSigner, dkim_signer, relaxed_body, relaxed_header, split_message
+from pipeline.mail.dkim import dkim_signer, relaxed_body, relaxed_header, split_message
 from pipeline.rendering.issue import Personal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -288,6 +288,8 @@ def test_unusable_keys_and_selectors_are_one_clear_error(settings, keys, tmp_pat
         (dict(dkim_selector="news\r\nBcc: victim@example.net"), "not a plain DNS name"),
         (dict(dkim_domain="klarity.health;s=evil"), "not a plain DNS name"),
         (dict(dkim_ed25519_selector="edge"), "no Ed25519 key"),
+        (dict(dkim_selector="", dkim_ed25519_selector="edge", dkim_ed25519_private_key_path=str(ed_path)),
+         "RSA signing is off"),
         (dict(dkim_ed25519_selector="edge", dkim_ed25519_private_key_path=str(rsa_path)), "not an Ed25519"),
     ]
     for change, words in cases:

@@ -305,10 +305,11 @@ def _fold_b(value: bytes) -> bytes:
 
 def dkim_signer(settings) -> DkimSigner | None:
     """A signer when ``dkim_selector`` and a key are set, else None."""
-    if not settings.dkim_selector:
-        return None
-    key = dkim_key(settings)
+    key = dkim_key(settings) if settings.dkim_selector else None
     if key is None:
+        if settings.dkim_ed25519_selector:  # receivers that ignore Ed25519 would see no signature at all
+            raise DeliveryError("dkim_ed25519_selector is set but RSA signing is off: the Ed25519 signature "
+                                "comes in addition to the RSA one (set dkim_selector and DKIM_PRIVATE_KEY)")
         return None
     ed_pem = ed25519_key(settings) if settings.dkim_ed25519_selector else None
     if settings.dkim_ed25519_selector and ed_pem is None:
