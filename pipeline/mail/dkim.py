@@ -23,7 +23,7 @@ import base64
 import hashlib
 import re
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import clock
@@ -182,9 +182,9 @@ class SigningKeys:
     """What a signer needs, in a form that can be sent to another process (PEM bytes, not key objects)."""
     selector: str
     domain: str
-    rsa_pem: bytes
+    rsa_pem: bytes = field(repr=False)  # a repr in a log or a traceback never shows a key
     ed25519_selector: str = ""
-    ed25519_pem: bytes = b""
+    ed25519_pem: bytes = field(default=b"", repr=False)
 
 
 class DkimSigner:
