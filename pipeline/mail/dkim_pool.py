@@ -8,7 +8,10 @@ through the pool's pipe, never written anywhere); a batch costs one round trip,
 and only the headers (about 500 bytes a message) travel back.
 
 The workers are started with ``spawn``, so they inherit no database connections,
-sockets or threads from the sender.  If a worker dies, ``signatures`` answers None
+sockets or threads from the sender (like any spawned pool, they import the main
+module again: our entry points, ``newsletter`` and the benches, guard theirs with
+``if __name__ == "__main__"``).  Handing a batch over costs the sender about 0.1 ms
+a 70 KB message (the pipe), against about 0.47 ms to sign it.  If a worker dies, ``signatures`` answers None
 and the caller signs in its own process.  Workers ignore SIGINT: a Ctrl-C reaches the
 whole process group, and stopping is the sender's decision (at a batch boundary).
 """
