@@ -269,6 +269,19 @@ def test_a_signed_smtp_send_reaches_everyone_once_and_every_message_verifies(db_
         assert message_from_bytes(data, policy=policy.default)["To"].addresses[0].addr_spec == r.rcpt_tos[0]
 
 
+def test_a_signed_outbox_send_verifies_too(db_url, settings, keys, tmp_path):
+    from pipeline.mail.transport import Outbox
+
+    engine = open_database(db_url)
+    s = signing_settings(settings, keys, transport="outbox", outbox_dir=str(tmp_path / "outbox"),
+                         secret_key="dkim-test-secret", delivery_batch_size=4)
+    add_subscribers(engine, s, 6, name="陳大文")
+    summary = send_issue(engine, s, small_rendered(), progress=False)
+    assert summary.sent == 6
+    messages = Outbox(s.outbox_dir).messages()
+    assert len(messages) == 6 and all(verify_all(m, keys[2]) == [True] for m in messages)
+
+
 # -- keys that cannot be used: one line, before anything is sent ---------------------------------------
 
 def test_unusable_keys_and_selectors_are_one_clear_error(settings, keys, tmp_path):
