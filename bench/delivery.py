@@ -1,15 +1,18 @@
-"""Delivery benchmark: our SMTP send against Postfix's smtp-source, same run, same sink.
+"""Delivery benchmark: our SMTP send against Postfix's smtp-source, same run, same sink, same message size.
 
-    .venv/bin/python bench/delivery.py                 # 100,000 recipients, 8 connections
-    .venv/bin/python bench/delivery.py --n 1000000     # memory stays flat: peak RSS is reported
-    .venv/bin/python bench/delivery.py --dkim          # the cost of signing every message
+    .venv/bin/python bench/delivery.py                   # 100,000 recipients, 8 connections, unsigned
+    .venv/bin/python bench/delivery.py --dkim            # unsigned, then DKIM-signed, each against smtp-source
+    .venv/bin/python bench/delivery.py --dkim --n 1000000
+    .venv/bin/python bench/delivery.py --dkim --signed-only --processes 0   # signing in the sending process
 
 It creates N synthetic confirmed subscribers in a fresh SQLite file, renders the
-microneedling issue, starts ``smtp-sink`` on 127.0.0.1, and runs
-``pipeline.delivery.deliver.send_issue`` (transport smtp) in a child process so its peak
-RSS can be read from ``wait4``.  Then ``smtp-source`` sends the same number of
-messages of the same size over the same number of connections to the same sink.
-It prints both rates, their ratio and our peak RSS.  See bench/README.md.
+microneedling issue and starts ``smtp-sink`` on 127.0.0.1.  Each variant (unsigned;
+with ``--dkim`` also signed, with a key generated for the run) runs
+``pipeline.delivery.deliver.send_issue`` (transport smtp) in a child process on its own
+copy of the database, so its peak RSS and CPU time can be read from ``wait4``; right
+after it, ``smtp-source`` sends N messages of that variant's size over the same number
+of connections to the same sink.  Each ratio compares two adjacent runs, so a busy
+machine weighs on both sides.  See bench/README.md.
 """
 from __future__ import annotations
 
@@ -92,7 +95,7 @@ def make_subscribers(engine, settings, n: int) -> None:
 
 
 def child(args) -> None:
-    """Runs in its own process: the send, so that its peak RSS is ours alone."""
+    """Runs in its own process: the send, so that its peak RSS and CPU time are ours alone."""
     sys.path.insert(0, str(ROOT))
     from pipeline.content.library import load_library
     from pipeline.rendering.compose import compose_issue
@@ -116,8 +119,51 @@ def child(args) -> None:
     if args.profile:
         profiler.disable()
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    import gc
+    gc.collect()  # the signer goes, and with it its worker processes (joined, so wait4 counts their CPU)
     print(json.dumps({"sent": summary.sent, "deferred": summary.deferred, "failed": summary.failed,
                       "elapsed": elapsed, "error": summary.error}))
+
+
+def timed(argv: list[str], **popen) -> tuple[subprocess.Popen, bytes, float, object]:
+    """Run ``argv``; (process, its stdout, wall seconds, rusage from wait4: the process and its children)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, **popen)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc, out, time.perf_counter() - started, usage
+
+
+def run_ours(overrides: dict, profile: bool) -> dict:
+    proc, out, _, usage = timed([sys.executable, __file__, "--child", json.dumps(overrides)]
+                                + (["--profile"] if profile else []))
+    if proc.returncode != 0:
+        raise SystemExit(f"send failed (exit {proc.returncode})")
+    result = json.loads(out)
+    result["rss_mb"] = usage.ru_maxrss / 1024  # kilobytes on Linux
+    result["cpu"] = usage.ru_utime + usage.ru_stime
+    return result
+
+
+def run_source(n: int, connections: int, size: int, port: int) -> dict:
+    proc, _, elapsed, usage = timed([SOURCE, "-d", "-s", str(connections), "-m", str(n), "-l", str(size),
+                                     f"127.0.0.1:{port}"])
+    if proc.returncode != 0:
+        raise SystemExit(f"smtp-source failed (exit {proc.returncode})")
+    return {"elapsed": elapsed, "cpu": usage.ru_utime + usage.ru_stime}
+
+
+def message_size(rendered, settings) -> int:
+    """Bytes of one message as sent (signed when the settings sign)."""
+    from pipeline.delivery.message import MessageTemplate, dkim_signer
+    from pipeline.delivery.send_loop import personal_for
+
+    data = MessageTemplate(rendered, settings).render_to("reader1@bench.example", "Zoë Brontë",
+                                                         personal=personal_for(settings, 1, "Zoë Brontë"),
+                                                         message_id=f"<bench.1@{settings.sender_domain}>")
+    signer = dkim_signer(settings)
+    return len(signer.sign(data) if signer is not None else data)
 
 
 def main() -> None:
@@ -126,8 +172,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--batch", type=int, default=None, help="delivery_batch_size (default: the setting's default)")
     parser.add_argument("--port", type=int, default=2525)
-    parser.add_argument("--dkim", action="store_true", help="sign every message (a key is generated for the run)")
-    parser.add_argument("--profile", action="store_true", help="print a cProfile of the send to stderr")
+    parser.add_argument("--dkim", action="store_true", help="also run a DKIM-signed send (a key is generated)")
+    parser.add_argument("--signed-only", action="store_true", help="with --dkim: skip the unsigned send")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="dkim_sign_processes for the signed send (default: the setting's default)")
+    parser.add_argument("--ed25519", action="store_true", help="with --dkim: add the Ed25519 second signature")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of each send to stderr")
     parser.add_argument("--skip-source", action="store_true", help="do not run smtp-source")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -139,68 +189,77 @@ def main() -> None:
     from pipeline.content.library import load_library
     from pipeline.rendering.compose import compose_issue
     from pipeline.database import open_database
-    from pipeline.delivery.message import MessageTemplate
     from pipeline.rendering.render import render_issue
 
     work = Path(tempfile.mkdtemp(prefix="bench-delivery-"))
-    db_url = f"sqlite:///{work / 'bench.db'}"
-    overrides = {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": args.port, "smtp_security": "none",
-                 "smtp_connections": args.connections, "smtp_messages_per_connection": 1_000_000,
-                 "database_url": db_url, "secret_key": "bench-secret-" + "x" * 32, "smtp_timeout": 60.0}
+    base = {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": args.port, "smtp_security": "none",
+            "smtp_connections": args.connections, "smtp_messages_per_connection": 1_000_000,
+            "secret_key": "bench-secret-" + "x" * 32, "smtp_timeout": 60.0}
     if args.batch:
-        overrides["delivery_batch_size"] = args.batch
+        base["delivery_batch_size"] = args.batch
+    variants = []
+    if not (args.dkim and args.signed_only):
+        variants.append(("unsigned", {}))
     if args.dkim:
-        overrides |= dkim_overrides(work)
+        signed = dkim_overrides(work, args.ed25519)
+        if args.processes is not None:
+            signed["dkim_sign_processes"] = args.processes
+        variants.append(("signed" + (" (RSA + Ed25519)" if args.ed25519 else ""), signed))
     library = load_library(ROOT / "content")
-    settings = library.settings.replace(**overrides)
+    settings = library.settings.replace(**base)
     rendered = render_issue(compose_issue(library, ISSUE_DATE, number=1), settings)
-    size = MessageTemplate(rendered, settings).size
-    engine = open_database(db_url)
+    first = work / "bench-0.db"
+    engine = open_database(f"sqlite:///{first}")
     t0 = time.perf_counter()
     make_subscribers(engine, settings, args.n)
-    print(f"{args.n:,} subscribers written in {time.perf_counter() - t0:.1f}s; message {size:,} bytes; "
-          f"{args.connections} connections", flush=True)
     engine.dispose()
+    for i in range(1, len(variants)):  # each send gets its own copy of the untouched database
+        shutil.copyfile(first, work / f"bench-{i}.db")
+    print(f"{args.n:,} subscribers written in {time.perf_counter() - t0:.1f}s; {args.connections} connections; "
+          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}", flush=True)
 
     sink = subprocess.Popen([SINK, "-u", "nobody", f"127.0.0.1:{args.port}", "1024"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = []
     try:
         wait_for_port(args.port)
-        ours = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(overrides)]
-                                + (["--profile"] if args.profile else []), stdout=subprocess.PIPE)
-        out = ours.stdout.read()
-        _, status, usage = os.wait4(ours.pid, 0)
-        ours.returncode = os.waitstatus_to_exitcode(status)
-        if ours.returncode != 0:
-            raise SystemExit(f"send failed (exit {ours.returncode})")
-        result = json.loads(out)
-        rss_mb = usage.ru_maxrss / 1024  # kilobytes on Linux
-        our_rate = result["sent"] / result["elapsed"]
-        print(f"ours:        {result['sent']:,} sent in {result['elapsed']:.2f}s = {our_rate:,.0f} msg/s "
-              f"(deferred {result['deferred']}, failed {result['failed']}), peak RSS {rss_mb:.0f} MB", flush=True)
-        if result["error"]:
-            print(f"  stopped early: {result['error']}")
-        if args.skip_source:
-            return
-        started = time.perf_counter()
-        subprocess.run([SOURCE, "-d", "-s", str(args.connections), "-m", str(args.n), "-l", str(size),
-                        f"127.0.0.1:{args.port}"], check=True, stdout=subprocess.DEVNULL)
-        source_elapsed = time.perf_counter() - started
-        source_rate = args.n / source_elapsed
-        print(f"smtp-source: {args.n:,} sent in {source_elapsed:.2f}s = {source_rate:,.0f} msg/s")
-        print(f"ratio ours/smtp-source: {our_rate / source_rate:.2f} (target >= 0.5); "
-              f"peak RSS {rss_mb:.0f} MB (target < 150 MB at 1,000,000)")
+        for i, (name, extra) in enumerate(variants):
+            overrides = base | extra | {"database_url": f"sqlite:///{work / f'bench-{i}.db'}"}
+            size = message_size(rendered, settings.replace(**overrides))
+            ours = run_ours(overrides, args.profile)
+            rate = ours["sent"] / ours["elapsed"]
+            print(f"{name:9} ours:        {ours['sent']:,} x {size:,} bytes in {ours['elapsed']:.2f}s = "
+                  f"{rate:,.0f} msg/s, {1000 * ours['cpu'] / max(ours['sent'], 1):.2f} ms CPU/msg (deferred "
+                  f"{ours['deferred']}, failed {ours['failed']}), peak RSS {ours['rss_mb']:.0f} MB", flush=True)
+            if ours["error"]:
+                print(f"  stopped early: {ours['error']}")
+            if args.skip_source:
+                continue
+            source = run_source(args.n, args.connections, size, args.port)
+            source_rate = args.n / source["elapsed"]
+            print(f"{name:9} smtp-source: {args.n:,} x {size:,} bytes in {source['elapsed']:.2f}s = "
+                  f"{source_rate:,.0f} msg/s, {1000 * source['cpu'] / args.n:.2f} ms CPU/msg", flush=True)
+            rows.append((name, rate, source_rate, ours["rss_mb"]))
+        for name, rate, source_rate, rss in rows:
+            print(f"ratio {name} ours/smtp-source: {rate / source_rate:.2f} (target >= 0.5); peak RSS {rss:.0f} MB "
+                  f"(target < 150 MB at 1,000,000)")
     finally:
         sink.terminate()
         sink.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def dkim_overrides(work: Path) -> dict:
-    """A throwaway 2048-bit key for the run (openssl), in the run's temporary folder."""
+def dkim_overrides(work: Path, ed25519: bool = False) -> dict:
+    """Throwaway keys for the run (openssl): RSA-2048, and Ed25519 if asked, in the run's temporary folder."""
     key = work / "dkim.pem"
-    subprocess.run(["openssl", "genrsa", "-traditional", "-out", str(key), "2048"], check=True, capture_output=True)
-    return {"dkim_selector": "bench", "dkim_private_key": key.read_text()}
+    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+    values = {"dkim_selector": "bench", "dkim_private_key": key.read_text()}
+    if ed25519:
+        ed = work / "dkim-ed25519.pem"
+        subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", str(ed)], check=True,
+                       capture_output=True)
+        values |= {"dkim_ed25519_selector": "bench-ed", "dkim_ed25519_private_key": ed.read_text()}
+    return values
 
 
 if __name__ == "__main__":

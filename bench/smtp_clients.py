@@ -1,9 +1,11 @@
 """Why pipeline.mail.transport has its own small SMTP client: the same pre-built message
 sent to smtp-sink by three clients, in one run.
 
-    .venv/bin/python bench/smtp_clients.py [--n 20000] [--connections 8]
+    .venv/bin/python bench/smtp_clients.py [--n 20000] [--connections 8] [--dkim]
 
 - ours: ``SMTPConnection.send_batch`` (asyncio Protocol, PIPELINING across messages);
+- with ``--dkim``, ours again with every message DKIM-signed (``DkimSigner.sign_batch``; a
+  key is generated for the run), in the sending process and in worker processes;
 - aiosmtplib: ``SMTP.sendmail`` on the same number of persistent connections;
 - smtplib: one connection, ``sendmail`` (the issue's "about 2,000 per second" reference).
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import smtplib
 import subprocess
 import sys
@@ -40,7 +43,7 @@ def message(settings) -> bytes:
                                                       message_id="<bench.1@my.klarity.health>")
 
 
-async def ours(settings, data: bytes, n: int, connections: int) -> int:
+async def ours(settings, data: bytes, n: int, connections: int, signer=None) -> int:
     from pipeline.mail.transport import SMTPConnection
 
     async def one(count: int) -> int:
@@ -48,6 +51,8 @@ async def ours(settings, data: bytes, n: int, connections: int) -> int:
         sent = 0
         for start in range(0, count, 20):
             batch = [("reader@bench.example", data)] * min(20, count - start)
+            if signer is not None:
+                batch = [("reader@bench.example", m) for m in await signer.sign_batch([m for _, m in batch])]
             sent += sum(o.stage == "sent" for o in await conn.send_batch(settings.sender_address, batch, dot_safe=True))
         await conn.quit()
         return sent
@@ -82,6 +87,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--port", type=int, default=2525)
+    parser.add_argument("--dkim", action="store_true", help="also ours with DKIM signing (in process, and in workers)")
+    parser.add_argument("--processes", type=int, default=max(1, (os.cpu_count() or 1) - 1),
+                        help="worker processes for the signed run (default: one per core beyond the first)")
     args = parser.parse_args()
     ensure_postfix_tools()
     from pipeline.content.library import load_library
@@ -94,9 +102,17 @@ def main() -> None:
     try:
         wait_for_port(args.port)
         print(f"{args.n:,} messages of {len(data):,} bytes, {args.connections} connections")
-        for name, run in (("ours (pipelined asyncio)", lambda: asyncio.run(ours(settings, data, args.n, args.connections))),
-                          ("aiosmtplib", lambda: asyncio.run(with_aiosmtplib(settings, data, args.n, args.connections))),
-                          ("smtplib, 1 connection", lambda: with_smtplib(settings, data, args.n // 4))):
+        runs = [("ours (pipelined asyncio)", lambda: asyncio.run(ours(settings, data, args.n, args.connections)))]
+        if args.dkim:
+            from pipeline.mail.dkim import DkimSigner
+            key = subprocess.run(["openssl", "genrsa", "2048"], check=True, capture_output=True).stdout
+            for processes in (0, args.processes):
+                signer = DkimSigner("bench", settings.sender_domain, key, processes=processes)
+                runs.append((f"ours + DKIM, {processes} workers",
+                             lambda signer=signer: asyncio.run(ours(settings, data, args.n, args.connections, signer))))
+        runs += [("aiosmtplib", lambda: asyncio.run(with_aiosmtplib(settings, data, args.n, args.connections))),
+                 ("smtplib, 1 connection", lambda: with_smtplib(settings, data, args.n // 4))]
+        for name, run in runs:
             started = time.perf_counter()
             sent = run()
             elapsed = time.perf_counter() - started

@@ -127,6 +127,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dkim_domain", "", "DKIM signing domain; defaults to the sender domain."),
     Setting("dkim_private_key", "", "DKIM private key (PEM) itself.", env="DKIM_PRIVATE_KEY", secret=True),
     Setting("dkim_private_key_path", "", "Path to the DKIM private key, outside the repository.", env="DKIM_PRIVATE_KEY_PATH"),
+    Setting("dkim_ed25519_selector", "", "Selector of a second, Ed25519 DKIM signature (RFC 8463); when set, every "
+            "message is signed with both keys (RSA first)."),
+    Setting("dkim_ed25519_private_key", "", "Ed25519 DKIM private key (PEM) itself.", env="DKIM_ED25519_PRIVATE_KEY",
+            secret=True),
+    Setting("dkim_ed25519_private_key_path", "", "Path to the Ed25519 DKIM private key, outside the repository.",
+            env="DKIM_ED25519_PRIVATE_KEY_PATH"),
+    Setting("dkim_sign_processes", -1, "Worker processes that DKIM-sign SMTP batches while the sender keeps "
+            "sending: 0 signs in the sending process; -1 (default) uses one per CPU core beyond the first.", kind=int),
     # -- secrets ---------------------------------------------------------------
     Setting("secret_key", "", "Signs subscriber tokens; changing it invalidates every link.", env="NEWSLETTER_SECRET", secret=True),
     # -- subscribers and the web service ----------------------------------------

@@ -30,10 +30,8 @@ leaves, its bytes are parsed back and must be exactly what we built
 (the only per-recipient header with free text; the other inserted values are
 checked against strict patterns).
 
-DKIM (``DkimSigner``) signs each message separately, because the body differs per
-recipient (the token URLs).  It costs an RSA signature plus dkimpy's body
-canonicalisation in Python: roughly 1-2 ms per 30 KB message, which caps one core
-at a few hundred signed messages a second (see bench/README.md).
+DKIM (``pipeline.mail.dkim.DkimSigner``) signs each message separately, because the
+body differs per recipient (the token URLs); see that module for its cost.
 """
 from __future__ import annotations
 

@@ -177,14 +177,15 @@ class SendRun:
         return []
 
     # messages ------------------------------------------------------------------------------
-    def build(self, row: ledger.Pending) -> tuple[str, bytes, str]:
+    def build(self, row: ledger.Pending, sign: bool = True) -> tuple[str, bytes, str]:
         """(envelope recipient, bytes, Message-ID); DeliveryError for a bad address
-        or anything else that stops this one message being built (recorded as failed)."""
+        or anything else that stops this one message being built (recorded as failed).
+        ``sign=False`` leaves DKIM to the caller (``_send_smtp`` signs a whole batch at once)."""
         message_id = self.message_id(row.id)
         try:
             data = self.template.render_to(row.email, row.name, message_id=message_id,
                                            personal=personal_for(self.settings, row.subscriber_id, row.name))
-            if self.signer is not None:
+            if sign and self.signer is not None:
                 data = self.signer.sign(data)
         except NewsletterError:
             raise
@@ -284,7 +285,7 @@ class SendRun:
         refused_rows, refused = [], []
         for row in batch:
             try:
-                rcpt, data, mid = self.build(row)
+                rcpt, data, mid = self.build(row, sign=False)
             except DeliveryError as exc:
                 refused_rows.append(row)
                 refused.append(_refused(str(exc)))
@@ -292,6 +293,15 @@ class SendRun:
             rows.append(row)
             messages.append((rcpt, data, verp.return_path(self.settings, "d", row.id)))  # VERP: bounces name the row
             ids.append(mid)
+        if self.signer is not None and messages:  # DKIM for the whole batch, in worker processes (mail/dkim.py)
+            signed = await self.signer.sign_batch([data for _, data in messages])
+            for i in reversed(range(len(signed))):
+                if isinstance(signed[i], str):  # this message could not be signed: refused, like a build error
+                    refused_rows.append(rows.pop(i))
+                    refused.append(_refused(signed.pop(i)))
+                    messages.pop(i)
+                    ids.pop(i)
+            messages = [(rcpt, data) for (rcpt, _), data in zip(messages, signed)]
         # MessageTemplate never starts a line with "." (and a DKIM header cannot), so no dot-stuffing scan
         guard = self.guard
 
