@@ -267,6 +267,7 @@ def test_a_signed_smtp_send_reaches_everyone_once_and_every_message_verifies(db_
         data = r.data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")  # aiosmtpd hands over the DATA as sent
         assert verify_all(data, keys[2]) == [True, True]
         assert message_from_bytes(data, policy=policy.default)["To"].addresses[0].addr_spec == r.rcpt_tos[0]
+        assert r.mail_from.startswith("bounces+")  # signing in workers keeps each message's VERP sender
 
 
 def test_a_signed_outbox_send_verifies_too(db_url, settings, keys, tmp_path):

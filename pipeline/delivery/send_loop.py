@@ -294,14 +294,14 @@ class SendRun:
             messages.append((rcpt, data, verp.return_path(self.settings, "d", row.id)))  # VERP: bounces name the row
             ids.append(mid)
         if self.signer is not None and messages:  # DKIM for the whole batch, in worker processes (mail/dkim.py)
-            signed = await self.signer.sign_batch([data for _, data in messages])
+            signed = await self.signer.sign_batch([data for _, data, _ in messages])
             for i in reversed(range(len(signed))):
                 if isinstance(signed[i], str):  # this message could not be signed: refused, like a build error
                     refused_rows.append(rows.pop(i))
                     refused.append(_refused(signed.pop(i)))
                     messages.pop(i)
                     ids.pop(i)
-            messages = [(rcpt, data) for (rcpt, _), data in zip(messages, signed)]
+            messages = [(rcpt, data, sender) for (rcpt, _, sender), data in zip(messages, signed)]
         # MessageTemplate never starts a line with "." (and a DKIM header cannot), so no dot-stuffing scan
         guard = self.guard
 
