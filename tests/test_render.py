@@ -117,7 +117,7 @@ def test_3_title_is_the_subject(rendered, doc, article):
 
 def test_4_layout_tables_are_presentation(doc):
     tables = doc.xpath("//table")
-    assert len(tables) > 10
+    assert len(tables) >= 3  # one section, one column: MJML's tables once, not per part
     for table in tables:
         assert table.get("role") == "presentation" or table.xpath(".//th"), lxml.html.tostring(table)[:200]
 
@@ -249,7 +249,7 @@ def test_8_text_contrast_on_inlined_colours(doc):
 def test_9_content_is_600px_and_single_column(rendered, doc):
     # mj-body width 600: every section is a max-width:600px block (Outlook gets width="600")
     sections = [d for d in doc.xpath("//body//div") if "max-width:600px" in (d.get("style") or "").replace(" ", "")]
-    assert len(sections) >= 8
+    assert len(sections) >= 1
     assert doc.xpath("//table[@width='600']") or "width=\"600\"" in rendered.html
     # one column per section: every column is mj-column-per-100 (full width on phones)
     columns = doc.xpath("//div[contains(@class, 'mj-column-per-')]")
@@ -287,13 +287,15 @@ def test_12_media_rules_keep_important_and_style_blocks_survive(lib, rendered, d
     before = lxml.html.document_fromstring(compile_mjml(render_mjml(issue, lib.settings, subject, preheader, rendered.web_url)))
     media_before = [m for s in before.iter("style") for m in media_blocks(s.text or "")]
     media_after = [m for s in doc.iter("style") for m in media_blocks(s.text or "")]
-    assert media_before and media_after == media_before
+    assert media_before and all(m in media_after for m in media_before)  # MJML's own blocks survive
     assert sum(m.count("!important") for m in media_after) >= 4
     ours = [m for m in media_after if ".px" in m]
     assert ours and "padding-left: 20px !important" in ours[0]
-    # the class rules clients need are still in <style>, and were also inlined
-    assert any(".prose h2" in (s.text or "") for s in doc.iter("style"))
+    # inline.css is inlined and not repeated in a <style> block; head.css is a <style> block only
+    styles = " ".join(s.text or "" for s in doc.iter("style"))
+    assert ".prose h2" not in styles and ".prose sup a" in styles and "prefers-color-scheme" in styles
     assert "font-size:23px" in (doc.xpath("//h2")[0].get("style") or "").replace(" ", "")
+    assert not any(a.get("style") for a in doc.xpath("//sup[@class='cite']/a"))  # the tap targets are in <head>
 
 
 def test_13_size_and_visible_unsubscribe_and_browser_links(rendered, doc):

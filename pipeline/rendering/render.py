@@ -19,12 +19,11 @@ footnotes.  Per-subscriber values stay as ``pipeline.rendering.issue.PLACEHOLDER
 """
 from __future__ import annotations
 
-import logging
 import re
 import unicodedata
 from datetime import date
 from functools import lru_cache
-from html import unescape
+from html import escape, unescape
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,11 @@ import lxml.html
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 from mjml import mjml2html
-from premailer import Premailer
 
 from pipeline.content import markup, plaintext
 from pipeline.content.article import Article
 from pipeline.errors import RenderError
+from pipeline.rendering import styles
 from pipeline.rendering.issue import PLACEHOLDERS, Issue, RenderedIssue
 from pipeline.settings import Settings
 
@@ -46,7 +45,7 @@ KB = 1024
 WARN_BYTES = 90 * KB  # leave headroom below Gmail's clipping
 CLIP_BYTES = 102 * KB  # Gmail clips a message whose HTML is longer than this
 WORDS_PER_MINUTE = 200
-DOCTYPE = "<!DOCTYPE html>"
+DOCTYPE = styles.DOCTYPE
 FORBIDDEN_TAGS = ("script", "form", "iframe", "object", "embed", "frame", "frameset", "base")
 
 
@@ -249,28 +248,23 @@ def compile_mjml(source: str) -> str:
         raise RenderError(f"MJML did not compile: {exc}") from None
 
 
-class _Inliner(Premailer):
-    def _style_to_basic_html_attributes(self, element, style_content, force=False):
-        # premailer copies CSS width/height into attributes; an image's attributes are its size
-        # in pixels for Outlook, while its "width:100%; height:auto" only scales it on phones
-        if element.tag != "img":
-            super()._style_to_basic_html_attributes(element, style_content, force)
+# Hidden by layout, not by colour: white text on the page colour (mj-preview's way) is the
+# "low-contrast text" spam filters score (SpamAssassin HTML_FONT_LOW_CONTRAST).
+PREHEADER_STYLE = "display:none;max-height:0;max-width:0;opacity:0;overflow:hidden;mso-hide:all"
 
 
-def inline_css(html: str) -> str:
-    inliner = _Inliner(
-        html,
-        allow_network=False,
-        strip_important=False,  # @media rules need !important to beat the inlined styles
-        keep_style_tags=True,  # clients that support <style> need the @media rules
-        remove_classes=False,
-        disable_validation=True,  # mso- properties are not CSS 2.1 but Outlook needs them
-        cssutils_logging_level=logging.CRITICAL,
-    )
-    out = inliner.transform(pretty_print=False)
-    # premailer drops the doctype (premailer issue #156); without it clients render in quirks mode
-    out = re.sub(r"^\s*<!doctype[^>]*>\s*", "", out, flags=re.I)
-    return f"{DOCTYPE}\n{out}"
+def add_preheader(html: str, preheader: str) -> str:
+    """The preheader (the inbox preview line) as the body's first element, hidden when opened."""
+    div = f'<div class="preheader" style="{PREHEADER_STYLE}">{escape(preheader, quote=False)}</div>'
+    out, count = re.subn(r"(<body\b[^>]*>)", lambda m: m.group(1) + div, html, count=1)
+    if count != 1:
+        raise RenderError("the compiled email has no <body>")
+    return out
+
+
+def inline_css(html: str, *, compact: bool = True) -> str:
+    """CSS inlined, head styles added and (``compact``) minified: ``pipeline.rendering.styles``."""
+    return styles.finish(html, compact=compact)
 
 
 def check_html(html: str, subject: str) -> None:
@@ -363,7 +357,7 @@ def render_issue(issue: Issue, settings: Settings) -> RenderedIssue:
     per-subscriber placeholders left for ``personalise``."""
     subject, preheader = subject_and_preheader(issue, settings)
     web_url = issue_url(settings, issue)
-    html = inline_css(compile_mjml(render_mjml(issue, settings, subject, preheader, web_url)))
+    html = inline_css(add_preheader(compile_mjml(render_mjml(issue, settings, subject, preheader, web_url)), preheader))
     check_html(html, subject)
     text = render_text(issue, settings, web_url, subject, preheader)
     warnings: list[str] = []
