@@ -18,6 +18,7 @@ import cssutils
 import lxml.html
 import pytest
 
+from pipeline.content import legal
 from pipeline.content.article import Article, Author, Reference
 from pipeline.rendering.compose import compose_issue, weekly_issue
 from pipeline.content.library import Library, load_library
@@ -335,11 +336,12 @@ def test_14_citations_link_to_the_numbered_references(doc, article):
 def test_15_author_disclaimer_privacy_and_publisher_footer(doc, article, lib):
     text = body_text(doc)
     s = lib.settings
-    for value in (article.author.name, article.author.credentials, article.author.bio, s.disclaimer, s.privacy_notice,
-                  s.publisher["company_name"], s.publisher["company_number"], s.publisher["vat_number"],
-                  s.publisher["phone"], s.publisher["email"], *s.publisher["registered_office"],
+    for value in (article.author.name, article.author.credentials, article.author.bio, s.disclaimer,
+                  legal.email_privacy_notice(s), s.publisher["company_name"], s.publisher["company_number"],
+                  s.publisher["vat_number"], s.publisher["phone"], s.publisher["email"], *s.publisher["registered_office"],
                   s.why_you_get_this.format(publication_name=s.publication_name), s.publication_name):
         assert words(value) in text, value
+    assert "this website" not in text  # the privacy notice in an email's words
     assert "Company number 10696687" in text and "VAT number 362 5758 74" in text
     assert "About the author" in [words(h.text_content()) for h in doc.xpath("//h2")]
 
@@ -351,7 +353,7 @@ def links_section(text: str) -> dict[int, str]:
     assert sep, "no Links list at the end of the text part"
     entries = {}
     for line in tail.strip().splitlines():
-        match = re.fullmatch(r"\[(\d+)\] (https://\S+)", line)
+        match = re.fullmatch(r"<(\d+)> (https://\S+)", line)
         assert match, f"not a footnote line: {line!r}"
         entries[int(match.group(1))] = match.group(2)
     return entries
@@ -363,17 +365,18 @@ def test_21_text_has_no_tags_and_footnoted_links(rendered, article):
     assert not re.search(r"<[A-Za-z/!][^>]*>", text), re.search(r"<[A-Za-z/!][^>]*>", text)
     links = links_section(text)
     refs = len(article.references)
-    # footnote numbers continue after the references, so [n] is never ambiguous
-    assert min(links) == refs + 1 and sorted(links) == list(range(refs + 1, refs + 1 + len(links)))
+    # links are <n> and citations [n]: two lists, each numbered from 1, never confused
+    assert sorted(links) == list(range(1, len(links) + 1))
     body, _, _ = text.rpartition("\nLinks\n")
-    marks = {int(n) for group in re.findall(r"\[(\d+(?:,\d+)*)\]", body) for n in group.split(",")}
-    assert set(links) <= marks, "every footnote is referred to"
-    assert {m for m in marks if m > refs} == set(links), "every link marker has a footnote"
+    link_marks = {int(n) for n in re.findall(r"<(\d+)>", body)}
+    cite_marks = {int(n) for group in re.findall(r"\[(\d+(?:,\d+)*)\]", body) for n in group.split(",")}
+    assert link_marks == set(links), "every link marker has a footnote, and every footnote is referred to"
+    assert cite_marks == set(range(1, refs + 1)), "every [n] is a reference"
     assert set(links.values()) >= {ARTICLE_URL, PLACEHOLDERS["unsubscribe_url"], PLACEHOLDERS["preferences_url"],
                                    rendered.web_url}
     by_url = {url: n for n, url in links.items()}
-    assert f"Unsubscribe [{by_url[PLACEHOLDERS['unsubscribe_url']]}]" in text
-    assert f"Manage your preferences [{by_url[PLACEHOLDERS['preferences_url']]}]" in text
+    assert f"Unsubscribe <{by_url[PLACEHOLDERS['unsubscribe_url']]}>" in text
+    assert f"Manage your preferences <{by_url[PLACEHOLDERS['preferences_url']]}>" in text
     # no URL in the running text except the references' own
     ref_urls = {r.url for r in article.references}
     assert set(URL_RE.findall(body)) == ref_urls
@@ -381,10 +384,10 @@ def test_21_text_has_no_tags_and_footnoted_links(rendered, article):
 
 def test_21_text_carries_every_block(rendered, article, lib):
     text = rendered.text
-    flat = words(text)
+    flat = words(re.sub(r" <\d+>", "", text))  # the legal text's links are footnoted inside it
     s = lib.settings
     for value in (article.title, article.summary, article.author.name, article.author.credentials, article.author.bio,
-                  s.disclaimer, s.privacy_notice, s.publisher["company_name"], s.publisher["company_number"],
+                  s.disclaimer, legal.email_privacy_notice(s), s.publisher["company_name"], s.publisher["company_number"],
                   s.publisher["vat_number"], s.publisher["phone"], s.publisher["email"],
                   ", ".join(s.publisher["registered_office"]),
                   s.why_you_get_this.format(publication_name=s.publication_name),
@@ -536,7 +539,7 @@ def test_hostile_article_reaches_no_output(hostile, lib):
     assert "alert('body')" not in hostile.text and "alert('title')" not in hostile.text
     assert "javascript" not in hostile.text.split("[click me](")[1].split("\n", 1)[1]  # only the inert Markdown text
     assert list(links_section(hostile.text).values())[0] == "https://ok.example/"  # the raw <a href> is footnoted
-    assert "fine link [" in hostile.text and "X-Injected: yes" not in hostile.text.splitlines()
+    assert "fine link <" in hostile.text and "X-Injected: yes" not in hostile.text.splitlines()
 
 
 def test_non_https_reference_is_text_not_a_link(lib):
@@ -590,7 +593,7 @@ def test_body_text_walker_structure_and_footnotes():
     notes = Footnotes(first=4)
     text = body_text(markdown, notes)
     assert notes.items() == [(4, "https://www.nhs.uk/conditions/")]
-    assert "Read the NHS page [4] and again [4], or https://example.org/x.\nA hard break; a citation.[2,3]" in text
+    assert "Read the NHS page <4> and again <4>, or https://example.org/x.\nA hard break; a citation.[2,3]" in text
     assert "1. First step\n2. Second step with a long line that must wrap because it is far longer than\n   the width\n   - nested bullet" in text
     assert "> Quoted text" in text and "    code line" in text and "A | B\n1 | 2" in text
     assert "* * *" in text and "Small heading\n\nEnd with inline HTML." in text
@@ -632,7 +635,7 @@ def test_two_article_digest(two_articles):
     links = links_section(rendered.text)
     assert second_url in links.values()
     number = {u: n for n, u in links.items()}[second_url]
-    assert f"Choosing a Sun Cream [{number}]" in rendered.text
+    assert f"Choosing a Sun Cream <{number}>" in rendered.text
 
 
 def test_weekly_digest_renders(two_articles):

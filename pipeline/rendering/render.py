@@ -33,7 +33,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 from mjml import mjml2html
 
-from pipeline.content import markup, plaintext
+from pipeline.content import legal, markup, plaintext
 from pipeline.content.article import Article
 from pipeline.errors import RenderError
 from pipeline.rendering import styles
@@ -174,7 +174,7 @@ def _context(issue: Issue, settings: Settings, subject: str, preheader: str, web
         "lead": _article_values(issue.lead, settings, full=True),
         "digest": [_article_values(a, settings, full=False) for a in issue.articles[1:]],
         "disclaimer": settings.disclaimer,
-        "privacy_notice": settings.privacy_notice,
+        "privacy_notice": legal.email_privacy_notice(settings),
         "terms_notice": settings.terms_notice,
         "why_you_get_this": settings.why_you_get_this.format(publication_name=settings.publication_name),
         "publisher": publisher,
@@ -207,6 +207,10 @@ def render_mjml(issue: Issue, settings: Settings, subject: str, preheader: str, 
     # sanitised by nh3 in to_html, hence Markup: autoescape must not escape it again
     body = _unlink_non_https(_unwrap_dead_links(markup.to_html(lead.body, citation_href(settings, lead), email=True)))
     context["lead"]["body_html"] = Markup(body)
+    # the legal text escaped, its phrases linked (pipeline.content.legal decides which, and where to)
+    for name in ("disclaimer", "privacy_notice", "terms_notice"):
+        context[name] = legal.html(context[name], settings)
+    context["privacy_policy"] = legal.policy_html(settings)
     try:
         return email_environment().get_template("layout.mjml").render(context)
     except jinja2.TemplateError as exc:
@@ -335,10 +339,14 @@ def render_text(issue: Issue, settings: Settings, web_url: str, subject: str = "
     for values in [context["lead"], *context["digest"]]:
         author = values["author"]
         values["author"] = _plain_values({"name": author.name, "credentials": author.credentials, "bio": author.bio})
-    # numbered after the references, so [n] is a reference or a link, never both
-    footnotes = plaintext.Footnotes(first=len(issue.lead.references) + 1)
+    # links are <n>, citations [n]: a marker is one or the other at a glance
+    footnotes = plaintext.Footnotes()
     context["footnotes"] = footnotes
     context["link"] = footnotes.mark
+    # callables, like body(): each link is numbered where the template reaches it
+    for name in ("disclaimer", "privacy_notice", "terms_notice"):
+        context[name] = (lambda text: lambda: legal.plain(text, settings, footnotes.mark))(context[name])
+    context["privacy_policy"] = lambda: legal.policy_plain(settings, footnotes.mark)
     # a callable, so the body's links are numbered in reading order with the template's
     context["body"] = lambda: plaintext.body_text(issue.lead.body, footnotes)
     try:
