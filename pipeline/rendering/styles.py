@@ -131,8 +131,9 @@ def _compact_style(match: re.Match) -> str:
     return f'{match.group(1)}"{value}"'
 
 
-# one token: a <pre> or <style> element, a comment, a tag, or text between them
-_TOKENS = re.compile(r"(<pre\b.*?</pre>|<style\b[^>]*>.*?</style>|<!--.*?-->|<[^>]+>)", re.S | re.I)
+# one token: a <pre>, <title> or <style> element, a comment, a tag, or text between them
+_TOKENS = re.compile(r"(<pre\b.*?</pre>|<title\b.*?</title>|<style\b[^>]*>.*?</style>|<!--.*?-->|<[^>]+>)",
+                     re.S | re.I)
 _STYLE_ATTR = re.compile(r'(\sstyle=)"([^"]*)"')
 
 
@@ -140,7 +141,7 @@ def minify_html(html: str) -> str:
     """Whitespace runs become one space (a newline when they held one: lines stay short for
     quoted-printable), style attributes lose their spaces, ``<style>`` blocks are minified.
     Nothing that renders changes: a run of whitespace renders as one space wherever it does at
-    all, and ``<pre>`` is left alone."""
+    all, and ``<pre>`` and ``<title>`` are left alone."""
     out = []
     for i, piece in enumerate(_TOKENS.split(html)):
         if not piece:
@@ -151,7 +152,7 @@ def minify_html(html: str) -> str:
             head, _, rest = piece.partition(">")
             css, _, _ = rest.rpartition("</")
             out.append(f"{head}>{minify_css(css)}</style>")
-        elif piece.startswith("<!--") or piece[:4].lower() == "<pre":
+        elif piece.startswith("<!--") or piece[:4].lower() == "<pre" or piece[:6].lower() == "<title":
             out.append(piece)
         else:
             out.append(_STYLE_ATTR.sub(_compact_style, piece))
