@@ -4,16 +4,17 @@ Once per issue, never per subscriber:
 
 1. Jinja2 renders the MJML templates in ``templates/email/`` (autoescape on,
    ``StrictUndefined``); article bodies come from ``pipeline.content.markup.to_html``,
-   already sanitised by nh3.
+   already sanitised by nh3, and the legal text's links from ``pipeline.content.legal``.
 2. mjml-python compiles them with ``fonts={}`` (no Google Fonts) and a system
-   font stack; ``<mjml lang=... dir="ltr">`` gives the ``<html>`` attributes.
-3. premailer inlines the CSS with ``allow_network=False``, ``strip_important=False``
-   and ``keep_style_tags=True`` (the ``@media`` rules keep their ``!important``);
-   premailer drops the doctype, so ``<!DOCTYPE html>`` is put back.
+   font stack; ``<mjml lang=... dir="ltr">`` gives the ``<html>`` attributes.  The
+   preheader goes first in ``<body>``, hidden by layout, not by colour.
+3. ``pipeline.rendering.styles`` inlines ``inline.css`` with premailer, adds ``head.css``
+   (phones, dark mode, the body's typography) as one ``<style>`` block, minifies, and
+   puts back the ``<!DOCTYPE html>`` premailer drops.
 4. The result is checked (doctype, lang, one h1, https links, no script...) and a
    failure is a ``RenderError``, so a broken email is never handed to delivery.
 
-The text part comes from ``templates/text/issue.txt`` with links as numbered
+The text part comes from ``templates/text/issue.txt`` with links as ``<n>``
 footnotes.  Per-subscriber values stay as ``pipeline.rendering.issue.PLACEHOLDERS`` for
 ``personalise`` to fill in.
 """
