@@ -70,7 +70,8 @@ SETTINGS: tuple[Setting, ...] = (
             "empty: the phrase is plain text and `newsletter check` warns."),
     Setting("email_privacy_notice", "",
             "The privacy notice as emails show it; empty: privacy_notice with \"to this website\" read as "
-            "\"to us\" (an email is not a website). Pages and feeds always show privacy_notice word for word."),
+            "\"to us\" and any other \"this website\" as \"our website\" (an email is not a website). Pages and "
+            "feeds always show privacy_notice word for word."),
     Setting("publisher", REQUIRED,
             "Legal footer: company_name, registered_office (lines), vat_number, company_number, phone, email."),
     Setting("why_you_get_this", "You are receiving this email because you subscribed to {publication_name}.",

@@ -102,6 +102,13 @@ def test_privacy_notice_in_an_email_does_not_say_this_website(library, tmp_path,
     assert " ".join(settings.privacy_notice.split()) in " ".join(page.text_content().split())
 
 
+def test_other_uses_of_this_website_read_as_our_website(content_dir):
+    set_setting(content_dir, "privacy_notice", "Data you provide to this website stays with us. Cookies on This Website: none.")
+    rendered = issue_of(load_library(content_dir))
+    flat = " ".join(rendered.text.split())
+    assert "Data you provide to us stays with us. Cookies on our website: none." in flat
+
+
 def test_email_privacy_notice_setting_is_used_word_for_word(content_dir):
     set_setting(content_dir, "email_privacy_notice", "We keep your address only to send you this newsletter – £0, no catch.")
     rendered = issue_of(load_library(content_dir))

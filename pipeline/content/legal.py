@@ -40,8 +40,9 @@ PHRASES = (
 # the sentence of ours that links the privacy policy after the privacy notice
 POLICY_SENTENCE = "Our privacy policy says what we keep, why, and for how long."
 LEGAL_SETTINGS = ("disclaimer", "terms_notice", "privacy_notice")
-# "this website" inside an email: the publisher's notice, as an email reader would read it
-_WEBSITE = re.compile(r"\b(?:to|on|through|via) this website\b", re.I)
+# "this website" inside an email: information is given "to us"; elsewhere the site is "our website"
+_TO_WEBSITE = re.compile(r"\bto this website\b", re.I)
+_WEBSITE = re.compile(r"\bthis website\b", re.I)
 
 
 def _pattern(phrase: Phrase) -> re.Pattern:
@@ -64,12 +65,12 @@ def url_for(phrase: Phrase, settings: Settings) -> str | None:
 
 def email_privacy_notice(settings: Settings) -> str:
     """The privacy notice as an email shows it: ``email_privacy_notice`` when set, else the
-    publisher's notice with "to this website" read as "to us" (the words on the web pages
-    stay exactly as the publisher wrote them)."""
+    publisher's notice with "to this website" read as "to us" and any other "this website" as
+    "our website" (the words on the web pages stay exactly as the publisher wrote them)."""
     own = settings.get("email_privacy_notice") or ""
     if own.strip():
         return own
-    return _WEBSITE.sub("to us", settings.privacy_notice)
+    return _WEBSITE.sub("our website", _TO_WEBSITE.sub("to us", settings.privacy_notice))
 
 
 def _pieces(text: str, settings: Settings) -> Iterable[tuple[str, str | None]]:
