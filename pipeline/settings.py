@@ -62,6 +62,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("disclaimer", REQUIRED, "Medical disclaimer, shown in every email, page and feed item."),
     Setting("privacy_notice", REQUIRED, "Privacy notice, shown in every email, page and feed item."),
     Setting("terms_notice", "", "Publisher's statement on how health information is presented."),
+    Setting("editorial_standards_url", "",
+            "https page that \"editorial standards\" in the legal text links to (emails, pages, feed items); "
+            "empty: the phrase is plain text and `newsletter check` warns."),
+    Setting("terms_url", "",
+            "https page that \"terms and conditions\" in the legal text links to (emails, pages, feed items); "
+            "empty: the phrase is plain text and `newsletter check` warns."),
+    Setting("email_privacy_notice", "",
+            "The privacy notice as emails show it; empty: privacy_notice with \"to this website\" read as "
+            "\"to us\" and any other \"this website\" as \"our website\" (an email is not a website). Pages and "
+            "feeds always show privacy_notice word for word."),
     Setting("publisher", REQUIRED,
             "Legal footer: company_name, registered_office (lines), vat_number, company_number, phone, email."),
     Setting("why_you_get_this", "You are receiving this email because you subscribed to {publication_name}.",
@@ -151,7 +161,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("consent_version", "2026-03-01",
             "Version of the consent wordings (consent_wording, topics_consent_wording); change it whenever either changes."),
     Setting("privacy_policy_url", "",
-            "The privacy policy linked from the sign-up form; empty: /privacy-policy on base_url's host."),
+            "The privacy policy linked from the sign-up form and after the privacy notice in emails, pages and "
+            "feed items; empty: /privacy-policy on base_url's host."),
     Setting("subscribe_rate_per_minute", 5, "Sign-up form posts allowed per IPv4 address or IPv6 /64 per minute, "
             "counted in the database (0 turns the per-IP limits off).", kind=int),
     Setting("subscribe_rate_per_hour", 30, "Sign-up form posts allowed per IPv4 address or IPv6 /64 per hour.", kind=int),

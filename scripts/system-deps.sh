@@ -2,6 +2,7 @@
 # Installs the Debian packages the test suite needs, only when they are missing.
 # chromium: browser tests (driven by Playwright with executablePath=/usr/bin/chromium)
 # postgresql: the store suite also runs against a real PostgreSQL server it starts itself
+# spamassassin: tests/test_email_clients.py scores the finished email with `spamassassin -L -t`
 set -euo pipefail
 
 # axe-core: the accessibility rules tests/test_site_browser.py injects into Chromium. From the npm
@@ -26,6 +27,7 @@ fi
 # test runs a throwaway Dovecot (neither is started as a system service by the tests)
 command -v postfix >/dev/null 2>&1 || [ -x /usr/sbin/postfix ] || need+=(postfix)
 command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || need+=(dovecot-imapd)
+command -v spamassassin >/dev/null 2>&1 || need+=(spamassassin)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "missing Debian packages: ${need[*]} (run as root or: sudo apt-get install ${need[*]}); those tests will be skipped" >&2

@@ -84,7 +84,7 @@ def test_newsletter_send_of_a_typographic_title_reaches_a_real_smtp_server(env, 
         assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
         assert OPAQUE.fullmatch(msg["Message-ID"])
     assert [(a.display_name, a.addr_spec) for a in zoe["To"].addresses] == [("Zoë O’Brien 山田 😀", "zoe@example.com")]
-    assert "Hello Zoë O’Brien 山田 😀," in zoe.get_body(("plain",)).get_content()
+    assert "Hello Zoë," in zoe.get_body(("plain",)).get_content()
     assert [(a.display_name, a.addr_spec) for a in eve["To"].addresses] == [("", "sub1@example.com")]
     assert eve["Reply-To"] is None and "Account locked" not in eve.get_body(("html",)).get_content()
     # the ledger keeps the Message-ID each message went out with

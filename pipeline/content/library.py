@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from pipeline import clock
-from pipeline.content import markup
+from pipeline.content import legal, markup
 from pipeline.content.body_check import check_body, citation_lines, is_absolute_http_url
 from pipeline.content.article import Article, Author, Reference
 from pipeline.content.cache import ContentCache
@@ -199,6 +199,8 @@ def _check_site(settings: Settings, out: _Collector) -> None:
         out.error(path, lines.get("base_url"), f"base_url must be an absolute https URL, got {base_url!r}")
     if not isinstance(settings.topics, dict):
         out.error(path, lines.get("topics"), "topics must be a mapping of topic id -> {name, sensitive}")
+    for names, message in legal.problems(settings):
+        out.warning(path, next((lines[n] for n in names if n in lines), None), message)
 
 
 def _load_author(path: Path, out: _Collector) -> Author | None:

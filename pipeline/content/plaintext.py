@@ -3,7 +3,7 @@
 A walker over ``pipeline.content.markup.tokens``: headings are underlined, paragraphs
 and list items are wrapped at 78 characters (a URL is never broken, so a line
 holding one may be longer), citations stay as ``[1,2]`` markers pointing to
-the numbered references, and links become numbered footnotes collected by a
+the numbered references, and links become ``<n>`` footnotes collected by a
 ``Footnotes`` object that the text template lists at the end.  Raw HTML in
 an article never reaches the text: tags are dropped and ``<script>``/``<style>``
 content with them.
@@ -30,11 +30,11 @@ _RAW_LINK_CLOSE = re.compile(r"<\s*/\s*a\s*>", re.I)
 
 
 class Footnotes:
-    """Numbered link footnotes in order of first appearance.
+    """Numbered link footnotes in order of first appearance, marked ``<n>``.
 
-    Numbering starts after the article's references (``first``), so every ``[n]``
-    in the text means one thing: a reference when n is at most the number of
-    references, otherwise an entry of the "Links" list.
+    Citations are ``[n]`` and links ``<n>``, so a marker says which list it points
+    to (the references or the "Links" list) without counting. ``first`` is the first
+    number (1 unless a caller continues another list).
     """
 
     def __init__(self, first: int = 1):
@@ -43,7 +43,7 @@ class Footnotes:
 
     def mark(self, url: str) -> str:
         number = self._numbers.setdefault(url, self.first + len(self._numbers))
-        return f"[{number}]"
+        return f"<{number}>"
 
     def items(self) -> list[tuple[int, str]]:
         return [(n, url) for url, n in self._numbers.items()]

@@ -17,7 +17,8 @@ from pipeline.delivery import ledger
 from pipeline.errors import DeliveryError, NewsletterError
 from pipeline.mail import verp
 from pipeline.mail.failures import is_policy_refusal
-from pipeline.mail.headers import MessageIds, display_name
+from pipeline.mail.headers import MessageIds
+from pipeline.rendering.greeting import greeting as greeting_line
 from pipeline.rendering.issue import Personal
 from pipeline.delivery.message import DkimSigner, MessageTemplate
 from pipeline.delivery.send_guard import LEASE_LOST, SendGuard
@@ -33,9 +34,9 @@ CONNECT_TRIES = 5
 # -- what a message needs per recipient ---------------------------------------------
 
 def greeting(name: str | None) -> str:
-    """The greeting line; a name that breaks the name rule (stored before it) is left out."""
-    name = display_name(name)
-    return f"Hello {name}," if name else "Hello,"
+    """The greeting line, by first name (``pipeline.rendering.greeting``); a name that breaks the
+    name rule (stored before it) is left out."""
+    return greeting_line(name)
 
 
 def personal_for(settings, subscriber_id: int, name: str | None = None) -> Personal:

@@ -4,27 +4,27 @@ Once per issue, never per subscriber:
 
 1. Jinja2 renders the MJML templates in ``templates/email/`` (autoescape on,
    ``StrictUndefined``); article bodies come from ``pipeline.content.markup.to_html``,
-   already sanitised by nh3.
+   already sanitised by nh3, and the legal text's links from ``pipeline.content.legal``.
 2. mjml-python compiles them with ``fonts={}`` (no Google Fonts) and a system
-   font stack; ``<mjml lang=... dir="ltr">`` gives the ``<html>`` attributes.
-3. premailer inlines the CSS with ``allow_network=False``, ``strip_important=False``
-   and ``keep_style_tags=True`` (the ``@media`` rules keep their ``!important``);
-   premailer drops the doctype, so ``<!DOCTYPE html>`` is put back.
+   font stack; ``<mjml lang=... dir="ltr">`` gives the ``<html>`` attributes.  The
+   preheader goes first in ``<body>``, hidden by layout, not by colour.
+3. ``pipeline.rendering.styles`` inlines ``inline.css`` with premailer, adds ``head.css``
+   (phones, dark mode, the body's typography) as one ``<style>`` block, minifies, and
+   puts back the ``<!DOCTYPE html>`` premailer drops.
 4. The result is checked (doctype, lang, one h1, https links, no script...) and a
    failure is a ``RenderError``, so a broken email is never handed to delivery.
 
-The text part comes from ``templates/text/issue.txt`` with links as numbered
+The text part comes from ``templates/text/issue.txt`` with links as ``<n>``
 footnotes.  Per-subscriber values stay as ``pipeline.rendering.issue.PLACEHOLDERS`` for
 ``personalise`` to fill in.
 """
 from __future__ import annotations
 
-import logging
 import re
 import unicodedata
 from datetime import date
 from functools import lru_cache
-from html import unescape
+from html import escape, unescape
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,11 @@ import lxml.html
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup
 from mjml import mjml2html
-from premailer import Premailer
 
-from pipeline.content import markup, plaintext
+from pipeline.content import legal, markup, plaintext
 from pipeline.content.article import Article
 from pipeline.errors import RenderError
+from pipeline.rendering import styles
 from pipeline.rendering.issue import PLACEHOLDERS, Issue, RenderedIssue
 from pipeline.settings import Settings
 
@@ -46,7 +46,7 @@ KB = 1024
 WARN_BYTES = 90 * KB  # leave headroom below Gmail's clipping
 CLIP_BYTES = 102 * KB  # Gmail clips a message whose HTML is longer than this
 WORDS_PER_MINUTE = 200
-DOCTYPE = "<!DOCTYPE html>"
+DOCTYPE = styles.DOCTYPE
 FORBIDDEN_TAGS = ("script", "form", "iframe", "object", "embed", "frame", "frameset", "base")
 
 
@@ -178,7 +178,7 @@ def _context(issue: Issue, settings: Settings, subject: str, preheader: str, web
         "lead": _article_values(issue.lead, settings, full=True),
         "digest": [_article_values(a, settings, full=False) for a in issue.articles[1:]],
         "disclaimer": settings.disclaimer,
-        "privacy_notice": settings.privacy_notice,
+        "privacy_notice": legal.email_privacy_notice(settings),
         "terms_notice": settings.terms_notice,
         "why_you_get_this": settings.why_you_get_this.format(publication_name=settings.publication_name),
         "publisher": publisher,
@@ -211,6 +211,10 @@ def render_mjml(issue: Issue, settings: Settings, subject: str, preheader: str, 
     # sanitised by nh3 in to_html, hence Markup: autoescape must not escape it again
     body = _unlink_non_https(_unwrap_dead_links(markup.to_html(lead.body, citation_href(settings, lead), email=True)))
     context["lead"]["body_html"] = Markup(body)
+    # the legal text escaped, its phrases linked (pipeline.content.legal decides which, and where to)
+    for name in ("disclaimer", "privacy_notice", "terms_notice"):
+        context[name] = legal.html(context[name], settings)
+    context["privacy_policy"] = legal.policy_html(settings)
     try:
         return email_environment().get_template("layout.mjml").render(context)
     except jinja2.TemplateError as exc:
@@ -252,28 +256,23 @@ def compile_mjml(source: str) -> str:
         raise RenderError(f"MJML did not compile: {exc}") from None
 
 
-class _Inliner(Premailer):
-    def _style_to_basic_html_attributes(self, element, style_content, force=False):
-        # premailer copies CSS width/height into attributes; an image's attributes are its size
-        # in pixels for Outlook, while its "width:100%; height:auto" only scales it on phones
-        if element.tag != "img":
-            super()._style_to_basic_html_attributes(element, style_content, force)
+# Hidden by layout, not by colour: white text on the page colour (mj-preview's way) is the
+# "low-contrast text" spam filters score (SpamAssassin HTML_FONT_LOW_CONTRAST).
+PREHEADER_STYLE = "display:none;max-height:0;max-width:0;opacity:0;overflow:hidden;mso-hide:all"
 
 
-def inline_css(html: str) -> str:
-    inliner = _Inliner(
-        html,
-        allow_network=False,
-        strip_important=False,  # @media rules need !important to beat the inlined styles
-        keep_style_tags=True,  # clients that support <style> need the @media rules
-        remove_classes=False,
-        disable_validation=True,  # mso- properties are not CSS 2.1 but Outlook needs them
-        cssutils_logging_level=logging.CRITICAL,
-    )
-    out = inliner.transform(pretty_print=False)
-    # premailer drops the doctype (premailer issue #156); without it clients render in quirks mode
-    out = re.sub(r"^\s*<!doctype[^>]*>\s*", "", out, flags=re.I)
-    return f"{DOCTYPE}\n{out}"
+def add_preheader(html: str, preheader: str) -> str:
+    """The preheader (the inbox preview line) as the body's first element, hidden when opened."""
+    div = f'<div class="preheader" style="{PREHEADER_STYLE}">{escape(preheader, quote=False)}</div>'
+    out, count = re.subn(r"(<body\b[^>]*>)", lambda m: m.group(1) + div, html, count=1)
+    if count != 1:
+        raise RenderError("the compiled email has no <body>")
+    return out
+
+
+def inline_css(html: str, *, compact: bool = True) -> str:
+    """CSS inlined, head styles added and (``compact``) minified: ``pipeline.rendering.styles``."""
+    return styles.finish(html, compact=compact)
 
 
 def check_html(html: str, subject: str) -> None:
@@ -344,10 +343,14 @@ def render_text(issue: Issue, settings: Settings, web_url: str, subject: str = "
     for values in [context["lead"], *context["digest"]]:
         author = values["author"]
         values["author"] = _plain_values({"name": author.name, "credentials": author.credentials, "bio": author.bio})
-    # numbered after the references, so [n] is a reference or a link, never both
-    footnotes = plaintext.Footnotes(first=len(issue.lead.references) + 1)
+    # links are <n>, citations [n]: a marker is one or the other at a glance
+    footnotes = plaintext.Footnotes()
     context["footnotes"] = footnotes
     context["link"] = footnotes.mark
+    # callables, like body(): each link is numbered where the template reaches it
+    for name in ("disclaimer", "privacy_notice", "terms_notice"):
+        context[name] = (lambda text: lambda: legal.plain(text, settings, footnotes.mark))(context[name])
+    context["privacy_policy"] = lambda: legal.policy_plain(settings, footnotes.mark)
     # a callable, so the body's links are numbered in reading order with the template's
     context["body"] = lambda: plaintext.body_text(issue.lead.body, footnotes)
     try:
@@ -366,7 +369,7 @@ def render_issue(issue: Issue, settings: Settings) -> RenderedIssue:
     per-subscriber placeholders left for ``personalise``."""
     subject, preheader = subject_and_preheader(issue, settings)
     web_url = issue_url(settings, issue)
-    html = inline_css(compile_mjml(render_mjml(issue, settings, subject, preheader, web_url)))
+    html = inline_css(add_preheader(compile_mjml(render_mjml(issue, settings, subject, preheader, web_url)), preheader))
     check_html(html, subject)
     text = render_text(issue, settings, web_url, subject, preheader)
     warnings: list[str] = []

@@ -36,7 +36,7 @@ import jinja2
 from feedgen.feed import FeedGenerator
 
 from pipeline import clock
-from pipeline.content import markup
+from pipeline.content import legal, markup
 from pipeline.content.article import Article
 from pipeline.content.library import Library
 from pipeline.corrections.notices import ArticleNotices
@@ -237,6 +237,9 @@ def web_templates() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters["long_date"] = long_date
+    # the legal text's phrases linked where settings give their pages (one decider for every output)
+    env.globals["legal_html"] = legal.html
+    env.globals["privacy_policy_html"] = legal.policy_html
     return env
 
 
