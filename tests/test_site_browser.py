@@ -46,7 +46,7 @@ def site(content_dir, tmp_path, frozen):
                        "More detail.[^2]\n")
     library = load_library(content_dir)
     out = tmp_path / "public"
-    publish_issue(sample_issue(library, date(2026, 3, 2), 1, ("microneedling",)), out)
+    publish_issue(sample_issue(library, date(2026, 3, 2), 1, ("microneedling",)), out, settings=library.settings)
     build_site(library, out)
     with serve(StaticSite(out)) as url:
         yield library, url

@@ -39,6 +39,10 @@ class Article:
     topics: tuple[str, ...] = ()
     references: tuple[Reference, ...] = ()
     updated: date | None = None
+    # a clinical review, when there is one (front matter now; the editorial console later):
+    # who reviewed the article (an author, with credentials) and on which date
+    reviewed_by: Author | None = None
+    reviewed_on: date | None = None
     source: Path | None = field(default=None, compare=False)
     body_line: int = field(default=1, compare=False)  # line of the body's first line in source
 

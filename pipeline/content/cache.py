@@ -83,7 +83,9 @@ def _article_record(article: Article) -> dict:
             "updated": article.updated.isoformat() if article.updated else None,
             "author": article.author.id, "topics": list(article.topics),
             "references": [[r.text, r.url, r.cited.isoformat() if r.cited else None] for r in article.references],
-            "body_line": article.body_line, "body_chars": len(article.body)}
+            "body_line": article.body_line, "body_chars": len(article.body),
+            "reviewed_by": article.reviewed_by.id if article.reviewed_by else None,
+            "reviewed_on": article.reviewed_on.isoformat() if article.reviewed_on else None}
 
 
 def _article_from(record: dict, body: str, source: Path, authors: dict[str, Author]) -> Article:
@@ -94,6 +96,8 @@ def _article_from(record: dict, body: str, source: Path, authors: dict[str, Auth
                    references=tuple(Reference(number=i, text=text, url=url,
                                               cited=date.fromisoformat(cited) if cited else None)
                                     for i, (text, url, cited) in enumerate(record["references"], 1)),
+                   reviewed_by=authors[record["reviewed_by"]] if record.get("reviewed_by") else None,
+                   reviewed_on=date.fromisoformat(record["reviewed_on"]) if record.get("reviewed_on") else None,
                    source=source, body_line=int(record["body_line"]))
 
 

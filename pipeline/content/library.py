@@ -26,7 +26,7 @@ from pipeline.errors import ContentError
 from pipeline.settings import Settings, load_settings
 
 ARTICLE_REQUIRED = ("title", "slug", "summary", "published", "author")
-ARTICLE_FIELDS = set(ARTICLE_REQUIRED) | {"updated", "topics", "references"}
+ARTICLE_FIELDS = set(ARTICLE_REQUIRED) | {"updated", "topics", "references", "reviewed_by", "reviewed_on"}
 AUTHOR_FIELDS = {"name", "credentials", "bio", "photo"}
 REFERENCE_FIELDS = {"text", "url", "cited"}
 PUBLISHER_FIELDS = ("company_name", "registered_office", "vat_number", "company_number", "phone", "email")
@@ -309,6 +309,8 @@ def _load_article(path: Path, authors: dict[str, Author], topics: dict | None,
             out.error(path, lines.get("author"), f"unknown author {author_id!r} (no "
                       f"{path.parent.parent / 'authors' / (author_id + '.yaml')}, or it has errors)")
 
+    reviewer, reviewed_on = _load_review(data, lines, path, authors, published, today, out)
+
     raw_topics = data.get("topics") or []
     if not isinstance(raw_topics, list):
         out.error(path, lines.get("topics"), "topics must be a list")
@@ -340,7 +342,33 @@ def _load_article(path: Path, authors: dict[str, Author], topics: dict | None,
     return Article(slug=slug, title=" ".join(str(data["title"]).split()), summary=" ".join(str(data["summary"]).split()),
                    published=published, updated=updated, author=author, body=body,
                    topics=tuple(str(t) for t in raw_topics), references=tuple(references or ()),
-                   source=path, body_line=body_line), lines.get("slug")
+                   reviewed_by=reviewer, reviewed_on=reviewed_on, source=path, body_line=body_line), lines.get("slug")
+
+
+def _load_review(data: dict, lines: dict[str, int], path: Path, authors: dict[str, Author], published: date | None,
+                 today: date | None, out: _Collector) -> tuple[Author | None, date | None]:
+    """``reviewed_by`` (an author id: the reviewer's name and credentials come from
+    authors/<id>.yaml) and ``reviewed_on`` (a date, not before ``published``, not in the
+    future): both or neither."""
+    raw_by, raw_on = data.get("reviewed_by"), data.get("reviewed_on")
+    if raw_by is None and raw_on is None:
+        return None, None
+    if raw_by is None or raw_on is None:
+        present, missing = ("reviewed_by", "reviewed_on") if raw_on is None else ("reviewed_on", "reviewed_by")
+        out.error(path, lines.get(present), f"{present} needs {missing} too (who reviewed the article, and when)")
+        return None, None
+    reviewer = authors.get(raw_by) if isinstance(raw_by, str) else None
+    if reviewer is None:
+        out.error(path, lines.get("reviewed_by"), f"unknown reviewer {raw_by!r} (reviewed_by names an author: no "
+                  f"{path.parent.parent / 'authors' / (str(raw_by) + '.yaml')}, or it has errors)")
+    reviewed_on = _as_date(raw_on)
+    if reviewed_on is None:
+        out.error(path, lines.get("reviewed_on"), f"reviewed_on must be a date (YYYY-MM-DD), got {raw_on!r}")
+    elif published and reviewed_on < published:
+        out.error(path, lines.get("reviewed_on"), "reviewed_on is earlier than published")
+    elif today and reviewed_on > today:
+        out.error(path, lines.get("reviewed_on"), f"reviewed_on {reviewed_on} is in the future (today is {today})")
+    return reviewer, reviewed_on
 
 
 def _load_references(raw: Any, path: Path, lines: dict[str, int], out: _Collector) -> list[Reference] | None:
