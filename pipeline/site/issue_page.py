@@ -7,7 +7,8 @@ keeps the email's look and drops what only makes sense in an inbox:
 - the footer's "You are receiving this email because..." (``why_you_get_this``);
 - the hidden preheader (the inbox preview line).
 
-It gains what a web page needs: a canonical link, the feeds' autodiscovery links and a
+It gains what a web page needs: a ``<meta charset>`` (the email's is lost in serialising; its
+MIME part says it), a canonical link, the feeds' autodiscovery links and a
 visible line linking them and the archive, the favicon, a ``<main>`` landmark around
 the content, and a meta description. Parsed and written with lxml, never by string
 surgery, so the result is well-formed whatever the email's markup.
@@ -89,6 +90,11 @@ def web_copy(html: str, settings: Settings, page_url: str, feeds: list[dict[str,
         for name, value in attributes.items():
             element.set(name.rstrip("_").replace("_", "-"), value)
 
+    # one <meta charset>, first (libxml2 drops an http-equiv Content-Type when it serialises):
+    # a saved copy must read as UTF-8 too
+    for old in head.xpath("meta[@charset] | meta[translate(@http-equiv, 'CONTENT-TYPE', 'content-type')='content-type']"):
+        _drop(old)
+    head.insert(0, etree.Element("meta", charset="utf-8"))
     add("link", rel="canonical", href=page_url)
     add("meta", name="description", content=description)
     add("link", rel="icon", href=settings.url(f"/{icons.FAVICON_SVG}"), type="image/svg+xml")
