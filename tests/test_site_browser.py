@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from pipeline.content.library import load_library
+from pipeline.site.cli import render_issue_for
 from pipeline.site.pages import build_site, publish_issue
 from pipeline.site.static_files import StaticSite
 
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.browser
 
 AXE_JS = Path(os.environ.get("AXE_CORE_JS", ROOT / ".venv" / "node" / "node_modules" / "axe-core" / "axe.min.js"))
 WIDTHS = (375, 1280)
-PAGES = ("/", "/articles/microneedling/")
+# the archive, an article (with a review), a topic's archive, and an issue page from a real render
+PAGES = ("/", "/articles/microneedling/", "/articles/sleep-basics/", "/topics/wellbeing/", "/issues/2026-03-03/")
 # Routes of the web service (pipeline/web/), not files of public/: the static server alone answers 404.
 WEB_SERVICE_PATHS = {"/subscribe", "/preferences", "/unsubscribe"}
 
@@ -44,9 +46,18 @@ def site(content_dir, tmp_path, frozen):
                   body="Sleep matters.[^1]\n\n## How long\n\n| Age | Hours a night, as recommended by sleep researchers |\n"
                        "| --- | --- |\n| Adults | 7 to 9 hours, every night of the week, including weekends |\n\n"
                        "More detail.[^2]\n")
+    (content_dir / "authors" / "sian-oconnor.yaml").write_text(
+        "name: Dr Siân O’Connor – 王医生\ncredentials: MBBS, MRCP (Dermatology)\nbio: Consultant dermatologist.\n",
+        encoding="utf-8")
+    sleep = content_dir / "articles" / "sleep-basics.md"
+    sleep.write_text(sleep.read_text(encoding="utf-8").replace(
+        "author: amy-murtagh\n", "author: amy-murtagh\nreviewed_by: sian-oconnor\nreviewed_on: 2026-01-10\n"),
+        encoding="utf-8")
     library = load_library(content_dir)
     out = tmp_path / "public"
     publish_issue(sample_issue(library, date(2026, 3, 2), 1, ("microneedling",)), out, settings=library.settings)
+    rendered = render_issue_for(library, date(2026, 3, 3), out)  # the real email, made a web page
+    publish_issue(rendered, out, settings=library.settings)
     build_site(library, out)
     with serve(StaticSite(out)) as url:
         yield library, url
