@@ -172,3 +172,17 @@ def test_a_public_topic_id_that_cannot_be_a_folder_is_one_clear_error(content_di
     lines = [line for line in output.splitlines() if "Well Being" in line]
     assert len(lines) == 1 and "must be lowercase letters, digits and hyphens" in lines[0], output
     assert not (out / "index.html").exists()  # nothing written
+
+
+def test_an_incremental_build_after_adding_an_old_article_equals_a_full_build(site, tmp_path):
+    content_dir, out = site
+    # an old article in a public topic: it lands on the last archive page, but page 1 lists the topic's count
+    write_article(content_dir, "old-skin", "2020-01-01", title="Old skin", topics=("skin-care",))
+    library = load_library(content_dir)
+    build_site(library, out)
+    build_site(library, tmp_path / "full", incremental=False)
+    files = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")  # noqa: E731
+                          if p.is_file() and ".cache" not in p.relative_to(root).parts}
+    incremental, full = files(out), files(tmp_path / "full")
+    assert incremental.keys() == full.keys()
+    assert [name for name in full if incremental[name] != full[name]] == []

@@ -297,7 +297,7 @@ def build_site(library: Library, public_dir: Path | str, *, as_of: date | None =
     for name, (data, key) in feeds.items():
         writer.write(name, data, key=key)
     pages = archive.paginate(views, settings)
-    listed = repr([(t.topic, t.channel.home) for t in topic_list])
+    listed = repr([(t.topic, t.channel.home, len(t.views)) for t in topic_list])  # page 1 lists them, with counts
     for page in pages:
         key = digest(archive.page_key(page, issues), listed if page.number == 1 else "")
         if not writer.fresh(page.file, key):
