@@ -84,7 +84,10 @@ class ArticleView:
 
     @cached_property
     def image(self) -> markup.Image | None:
-        """The lead image (the body's first), for feed enclosures."""
+        """The lead image (the body's first): feed enclosures, the page's Open Graph image.
+        A body without "![" has no Markdown image, and is not parsed again to learn it."""
+        if "![" not in self.article.body:
+            return None
         images = markup.images(self.article.body)
         return images[0] if images else None
 
