@@ -167,3 +167,21 @@ def test_a_real_newsletter_serve_process_gzips_and_allows_feed_readers(content_d
         page = raw_get(f"{url}/articles/microneedling/", GZIP)
         assert page.headers["content-encoding"] == "gzip" and "access-control-allow-origin" not in page.headers
         assert raw_get(f"{url}/feed.json", {**GZIP, "If-None-Match": feed.headers["etag"]}).status_code == 304
+
+
+def test_the_service_has_its_favicon_before_the_first_build(settings, tmp_path):
+    ws = subscriber_settings(settings, tmp_path, database_url=f"sqlite:///{tmp_path / 'w.db'}")
+    assert not Path(ws.public_dir, "favicon.svg").exists()
+    app = web.create_app(ws, open_database(ws.database_url), rate_per_minute=1000, mail_worker=False)
+    with serve(app) as url, httpx.Client() as client:
+        base = url + "/newsletter"
+        page = client.get(f"{base}/subscribe")
+        icons = page.text.count('rel="icon"')
+        assert page.status_code == 200 and icons == 2
+        svg = client.get(f"{base}/favicon.svg")
+        assert svg.status_code == 200 and svg.headers["content-type"].startswith("image/svg+xml")
+        assert svg.content.startswith(b"<svg ")
+        assert client.get(f"{base}/favicon.svg", headers={"If-None-Match": svg.headers["etag"]}).status_code == 304
+        png = client.get(f"{base}/icon-64.png")
+        assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+        assert client.get(f"{base}/icon-65.png").status_code == 404

@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from pipeline.site import icons
 from pipeline.site.feeds import FEEDS
 
 # By file name first (the feeds), then by extension.
@@ -187,6 +188,8 @@ class StaticSite:
             index = target / INDEX
             target = index if index.is_file() else None
         if target is None or not target.is_file():
+            if url_path.strip("/") in icons.FILES:
+                return self._builtin_icon(method, url_path.strip("/"), headers)
             return self._not_found(method)
         response = self._file(method, target, headers)
         if is_feed(url_path):
@@ -210,6 +213,20 @@ class StaticSite:
             validators["Content-Encoding"] = "gzip"
         response = Response(b"" if method == "HEAD" else body, status_code=status,
                             headers=validators, media_type=content_type)
+        if method == "HEAD":
+            response.headers["Content-Length"] = str(len(body))
+        return response
+
+    def _builtin_icon(self, method: str, name: str, headers) -> Response:
+        """An icon ``newsletter build`` has not written yet: the same bytes, from the code, so the
+        web service's own pages have their favicon before the first build."""
+        body = icons.file(name)
+        etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+        validators = {"ETag": etag, **COMMON_HEADERS}
+        if etag in _etags(headers.get("if-none-match") or ""):
+            return Response(status_code=304, headers=validators)
+        response = Response(b"" if method == "HEAD" else body, headers=validators,
+                            media_type=media_type(Path(name)))
         if method == "HEAD":
             response.headers["Content-Length"] = str(len(body))
         return response
