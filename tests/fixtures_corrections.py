@@ -104,6 +104,6 @@ def send_issue_of(world: World, slugs: tuple[str, ...], on: date = date(2026, 3,
     settings = settings or library.settings
     issue = compose_issue(library, on, number=1, scheduled=list(slugs))
     rendered = render_issue(issue, settings)
-    publish_issue(rendered, world.public)
+    publish_issue(rendered, world.public, settings=world.settings())
     remember(world.engine(), issue.articles, ISSUE)  # as `newsletter send` and the daemon do
     return send_issue(world.engine(), settings, rendered, progress=False), rendered

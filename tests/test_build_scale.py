@@ -18,6 +18,9 @@ from pipeline.site import feeds
 from pipeline.content import markup
 from pipeline.content.library import check_library, load_library
 from pipeline.site.feeds import render_feeds
+from pipeline.site import topics, views
+from pipeline.site.archive import page_size
+from pipeline.site.feeds import public_articles
 from pipeline.site.pages import build_site
 
 from conftest import ROOT
@@ -51,13 +54,36 @@ def big(tmp_path_factory) -> Path:
     return content
 
 
+def topic_files(content: Path) -> tuple[int, dict[str, list[str]]]:
+    """How many files the public topics add (pages and three feeds each), and each topic's
+    slugs, newest first (their position gives the topic archive page of an article)."""
+    library = load_library(content)
+    archives = topics.topic_archives(library.settings, public_articles(library, synthetic.last_day(N)))
+    count = sum(math.ceil(len(a.views) / page_size(library.settings)) + 3 for a in archives)
+    return count, {a.topic.id: [v.article.slug for v in a.views] for a in archives}
+
+
+def instants(content: Path) -> dict[str, tuple]:
+    library = load_library(content)
+    return {v.article.slug: (v.published_at, v.updated_at) for v in public_articles(library, synthetic.last_day(N))}
+
+
+def moved(before: dict, after: dict, edited: str) -> set[str]:
+    """The pages of the other articles whose instants an edit moved (same-day neighbours: the
+    n-th in slug order is n seconds after the send time); their pages show them."""
+    return {f"articles/{slug}/index.html" for slug in after if slug != edited and before.get(slug) != after[slug]}
+
+
 def test_incremental_build_of_a_thousand_articles(big, tmp_path):
     content = tmp_path / "content"
     shutil.copytree(big, content)
     out = tmp_path / "public"
     cold, cold_cpu = build(content, out)
     pages = math.ceil(N / 50)
-    assert len(cold.written) == N + pages + 6  # articles, archive pages, 3 feeds, sitemap, robots.txt, 404
+    extra, by_topic = topic_files(content)
+    assert len(by_topic) == 2  # skin-care and wellbeing; hair-loss and skin-conditions are sensitive
+    # articles, archive pages, 3 feeds, sitemap, robots.txt, 404, 5 icons, the topics' pages and feeds
+    assert len(cold.written) == N + pages + 6 + 5 + extra
     assert (out / "page" / str(pages) / "index.html").is_file() and not (out / "page" / str(pages + 1)).exists()
     before = outputs(out)
 
@@ -72,19 +98,30 @@ def test_incremental_build_of_a_thousand_articles(big, tmp_path):
     slug = f"article-{newest:05d}"
     text = synthetic.article_text(newest, edit=1).replace("\ntitle: ", "\ntitle: Corrected – ", 1)
     text = text.replace("\nauthor: ", f"\nupdated: {synthetic.last_day(N).isoformat()}\nauthor: ", 1)
+    before = instants(content)
     (content / "articles" / f"{slug}.md").write_text(text, encoding="utf-8")
     edit, _ = build(content, out)
-    assert set(edit.written) == {f"articles/{slug}/index.html", "feed.xml", "atom.xml", "feed.json", "index.html"}
+    neighbours = moved(before, instants(content), slug)
+    own = [t for t, slugs in by_topic.items() if slug in slugs]
+    assert set(edit.written) == {f"articles/{slug}/index.html", "feed.xml", "atom.xml", "feed.json", "index.html",
+                                 *(f"topics/{t}/{name}" for t in own
+                                   for name in ("index.html", "feed.xml", "atom.xml", "feed.json")), *neighbours}
     assert "Corrected (1)" in (out / "articles" / slug / "index.html").read_text(encoding="utf-8")
 
     # an old article (not in the feeds) on archive page 7: its page, that archive page, the sitemap
     old = N - 1 - 6 * 50 - 3
     slug = f"article-{old:05d}"
     path = content / "articles" / f"{slug}.md"
+    before = instants(content)
     path.write_text(path.read_text(encoding="utf-8").replace("\ntitle: ", "\ntitle: Revised – ", 1)
                     .replace("\nauthor: ", "\nupdated: 2024-01-01\nauthor: ", 1), encoding="utf-8")
     edit, _ = build(content, out)
-    assert set(edit.written) == {f"articles/{slug}/index.html", "page/7/index.html", "sitemap.xml"}
+    topic_pages = {f"topics/{t}/page/{slugs.index(slug) // 50 + 1}/index.html" for t, slugs in by_topic.items()
+                   if slug in slugs}
+    neighbours = moved(before, instants(content), slug)
+    assert neighbours  # 2024-01-01 is another article's publication day: one of them moves by a second
+    assert set(edit.written) == {f"articles/{slug}/index.html", "page/7/index.html", "sitemap.xml", *topic_pages,
+                                 *neighbours}
 
     # every file is what a full, non-incremental build into an empty folder gives
     library = load_library(content)
@@ -101,7 +138,7 @@ def test_a_template_change_rebuilds_everything(big, tmp_path, monkeypatch):
     base = templates / "web" / "base.html"
     base.write_text(base.read_text(encoding="utf-8").replace("<body>", "<body data-build=\"2\">"),
                     encoding="utf-8")
-    monkeypatch.setattr(feeds, "TEMPLATES", templates / "web")
+    monkeypatch.setattr(views, "TEMPLATES", templates / "web")
     monkeypatch.setattr("pipeline.site.pages.TEMPLATES", templates / "web")
     feeds.web_templates.cache_clear()
     try:
@@ -109,7 +146,8 @@ def test_a_template_change_rebuilds_everything(big, tmp_path, monkeypatch):
     finally:
         feeds.web_templates.cache_clear()
     pages = {name for name in first.written if name.endswith(".html")}
-    assert pages <= set(second.written) and len(pages) == N + math.ceil(N / 50) + 1
+    topic_pages = sum(math.ceil(len(slugs) / 50) for slugs in topic_files(big)[1].values())
+    assert pages <= set(second.written) and len(pages) == N + math.ceil(N / 50) + 1 + topic_pages
     assert 'data-build="2"' in (out / "articles" / "article-00000" / "index.html").read_text(encoding="utf-8")
 
 
@@ -153,7 +191,9 @@ def test_paginated_archive_sitemap_and_robots(content_dir, tmp_path, frozen):
     ns = {"s": "http://www.sitemaps.org/schemas/sitemap/0.9"}
     locs = sitemap.xpath("//s:loc/text()", namespaces=ns)
     assert locs[:3] == [f"{BASE}/", f"{BASE}/page/2/", f"{BASE}/page/3/"]
-    assert f"{BASE}/articles/extra-3/" in locs and len(locs) == 3 + 5
+    # then the topic's archive pages (every article here is in wellbeing but the fixture's one)
+    assert locs[3:5] == [f"{BASE}/topics/skin-care/", f"{BASE}/topics/wellbeing/"]
+    assert f"{BASE}/articles/extra-3/" in locs and len(locs) == 3 + 1 + 2 + 5
     assert all(loc.startswith(f"{BASE}/") for loc in locs)
     assert (out / "robots.txt").read_text() == f"User-agent: *\nAllow: /\nSitemap: {BASE}/sitemap.xml\n"
 

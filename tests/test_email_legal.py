@@ -84,7 +84,7 @@ def test_the_article_page_and_every_feed_item_link_them(library, tmp_path, froze
 def test_the_issue_page_is_the_email_with_its_links(library, tmp_path):
     from pipeline.site.pages import publish_issue
 
-    publish_issue(issue_of(library), tmp_path)
+    publish_issue(issue_of(library), tmp_path, settings=library.settings)
     page = (tmp_path / "issues" / "2026-03-03" / "index.html").read_text(encoding="utf-8")
     assert phrase_links(page) == PHRASES
 

@@ -126,7 +126,7 @@ def test_plan_day_refuses_an_unapproved_issue_until_it_is_approved(day):
     assert overridden.slugs == ("microneedling",) and overridden.issue.lead.reviewed_by is None
     approve(day)
     plan = plan_day(day.engine, day.settings, library, DAY)
-    assert plan.issue.lead.reviewed_by == f"{REVIEWER}, {CREDENTIALS}"
+    assert str(plan.issue.lead.reviewed_by) == f"{REVIEWER}, {CREDENTIALS}"
     assert plan.issue.lead.reviewed_on == date(2026, 3, 2)
     # sign-off off: no refusal
     assert plan_day(day.engine, day.settings.replace(review_required=False), library, DAY).sends

@@ -87,13 +87,16 @@ def test_article_page_has_everything_the_email_has(public, library):
     for value in ("Klarity / Managed Self Ltd", "10696687", "362 5758 74", "Bournemouth BH4 8DT",
                   "library@my.klarity.health"):
         assert value in footer
-    assert not doc.xpath("//script") and not doc.xpath("//link[@rel='stylesheet']")
+    # no script runs: the one <script> is JSON-LD data (tests/test_site_meta.py parses it)
+    assert doc.xpath("//script/@type") == ["application/ld+json"] and not doc.xpath("//link[@rel='stylesheet']")
 
 
 def test_article_page_links_its_feeds_and_canonical_url(public):
     doc = page(public / "articles" / "microneedling" / "index.html")
-    alternates = {link.get("type"): link.get("href") for link in doc.xpath("//head/link[@rel='alternate']")}
-    assert alternates == {media: f"{BASE}/{name}" for name, media in FEED_TYPES.items()}
+    alternates = [(link.get("type"), link.get("href")) for link in doc.xpath("//head/link[@rel='alternate']")]
+    # the site's feeds, then those of the article's public topic
+    assert alternates == [(media, f"{BASE}/{name}") for name, media in FEED_TYPES.items()] + \
+        [(media, f"{BASE}/topics/skin-care/{name}") for name, media in FEED_TYPES.items()]
     assert doc.xpath("//head/link[@rel='canonical']/@href") == [f"{BASE}/articles/microneedling/"]
     times = doc.xpath("//time/@datetime")
     assert times == ["2023-02-17T07:00:00+00:00"]
@@ -117,7 +120,8 @@ def test_withdrawn_article_page_is_removed(content_dir, tmp_path, frozen):
     assert (out / "articles" / "withdrawn" / "index.html").exists()
     path.unlink()
     report = build_site(load_library(content_dir), out)
-    assert report.removed == ("articles/withdrawn",)
+    # its topic (wellbeing) has no other article, so its page and feeds go too
+    assert report.removed == ("articles/withdrawn", "topics/wellbeing")
     assert not (out / "articles" / "withdrawn").exists()
     assert "withdrawn" not in (out / "index.html").read_text()
 
@@ -128,8 +132,8 @@ def test_archive_lists_issues_and_articles_newest_first(content_dir, tmp_path, f
     write_article(content_dir, "sleep-basics", "2024-05-20", title="Sleep basics")
     library = load_library(content_dir)
     out = tmp_path / "public"
-    publish_issue(sample_issue(library, date(2026, 2, 27), 1, ("microneedling",)), out)
-    publish_issue(sample_issue(library, date(2026, 3, 2), 2, ("sleep-basics",)), out)
+    publish_issue(sample_issue(library, date(2026, 2, 27), 1, ("microneedling",)), out, settings=library.settings)
+    publish_issue(sample_issue(library, date(2026, 3, 2), 2, ("sleep-basics",)), out, settings=library.settings)
     build_site(library, out)
     doc = page(out / "index.html")
     issues = doc.xpath("//section[@aria-labelledby='issues']//li")
@@ -147,7 +151,7 @@ def test_archive_lists_issues_and_articles_newest_first(content_dir, tmp_path, f
 def test_published_issue_page_has_no_subscriber_data(tmp_path, library, frozen):
     out = tmp_path / "public"
     rendered = sample_issue(library, date(2026, 3, 2), 7, ("microneedling",))
-    report = publish_issue(rendered, out)
+    report = publish_issue(rendered, out, settings=library.settings)
     assert report.written == ("issues/2026-03-02/index.html", "issues/2026-03-02/issue.json")
     html = (out / "issues" / "2026-03-02" / "index.html").read_text()
     for placeholder in PLACEHOLDERS.values():
@@ -165,7 +169,7 @@ def test_published_issue_page_has_no_subscriber_data(tmp_path, library, frozen):
 
 def test_published_issue_stays_in_the_archive_across_builds(tmp_path, library, frozen):
     out = tmp_path / "public"
-    publish_issue(sample_issue(library, date(2026, 3, 2), 1, ("microneedling",)), out)
+    publish_issue(sample_issue(library, date(2026, 3, 2), 1, ("microneedling",)), out, settings=library.settings)
     build_site(library, out)
     first = snapshot(out)
     frozen.advance(days=3)
@@ -179,7 +183,7 @@ def test_issue_with_a_foreign_web_url_is_refused(tmp_path, library):
     rendered = sample_issue(library, date(2026, 3, 2), 1, ("microneedling",))
     rendered = type(rendered)(**{**rendered.__dict__, "web_url": "https://elsewhere.example/x/"})
     with pytest.raises(RenderError, match="web_url"):
-        publish_issue(rendered, tmp_path / "public")
+        publish_issue(rendered, tmp_path / "public", settings=library.settings)
 
 
 def test_malformed_issue_record_names_the_file(tmp_path, library, frozen):
@@ -197,10 +201,12 @@ def test_malformed_issue_record_names_the_file(tmp_path, library, frozen):
 def test_rebuild_without_changes_is_byte_identical_and_keeps_mtimes(public, library, frozen):
     first = snapshot(public)
     assert set(first) == {"404.html", "index.html", "feed.xml", "atom.xml", "feed.json", "sitemap.xml",
-                          "robots.txt", "articles/microneedling/index.html"}
+                          "robots.txt", "articles/microneedling/index.html", "favicon.svg", "icon-64.png",
+                          "icon-144.png", "icon-512.png", "logo.png", "topics/skin-care/index.html",
+                          "topics/skin-care/feed.xml", "topics/skin-care/atom.xml", "topics/skin-care/feed.json"}
     frozen.advance(days=1, hours=3)
     report = build_site(library, public)
-    assert report.written == () and len(report.unchanged) == 8
+    assert report.written == () and len(report.unchanged) == len(first)
     assert snapshot(public) == first  # bytes and mtimes
 
 
@@ -233,9 +239,9 @@ def test_build_command_writes_then_reports_nothing_changed(content_dir, tmp_path
     runner = CliRunner()
     first = runner.invoke(cli, ["--content", str(content_dir), "build", "--out", str(out)])
     assert first.exit_code == 0, first.output
-    assert f"wrote {out / 'feed.xml'}" in first.output and "8 written, 0 unchanged" in first.output
+    assert f"wrote {out / 'feed.xml'}" in first.output and "17 written, 0 unchanged" in first.output
     second = runner.invoke(cli, ["--content", str(content_dir), "build", "--out", str(out)])
-    assert second.exit_code == 0 and "0 written, 8 unchanged, 0 removed" in second.output
+    assert second.exit_code == 0 and "0 written, 17 unchanged, 0 removed" in second.output
 
 
 def test_build_fails_on_a_library_error_and_writes_nothing(content_dir, tmp_path):
@@ -293,7 +299,8 @@ def test_served_content_types(server, public):
 
 def test_etag_last_modified_and_conditional_get(server, public):
     path = public / "atom.xml"
-    with httpx.Client(base_url=server) as client:
+    # the identity representation (the gzip one, with its own ETag: tests/test_web_gzip.py)
+    with httpx.Client(base_url=server, headers={"Accept-Encoding": "identity"}) as client:
         response = client.get("/atom.xml")
         etag = response.headers["etag"]
         assert etag == f'"{hashlib.sha256(path.read_bytes()).hexdigest()[:32]}"'  # strong: no W/
@@ -318,7 +325,7 @@ def test_etag_last_modified_and_conditional_get(server, public):
 
 
 def test_directories_redirects_head_methods_and_404(server, public):
-    with httpx.Client(base_url=server) as client:
+    with httpx.Client(base_url=server, headers={"Accept-Encoding": "identity"}) as client:
         redirect = client.get("/articles/microneedling")
         assert redirect.status_code == 301 and redirect.headers["location"] == "/articles/microneedling/"
         head = client.head("/feed.xml")

@@ -6,7 +6,7 @@ fonts, scripts or images)."""
 from __future__ import annotations
 
 import os
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 from urllib.parse import urldefrag
 
@@ -14,17 +14,20 @@ import httpx
 import pytest
 
 from pipeline.content.library import load_library
+from pipeline.site.cli import render_issue_for
 from pipeline.site.pages import build_site, publish_issue
 from pipeline.site.static_files import StaticSite
 
 from conftest import ROOT, missing
 from fixtures_site import sample_issue, serve, write_article
+from test_site_meta import signed_off
 
 pytestmark = pytest.mark.browser
 
 AXE_JS = Path(os.environ.get("AXE_CORE_JS", ROOT / ".venv" / "node" / "node_modules" / "axe-core" / "axe.min.js"))
 WIDTHS = (375, 1280)
-PAGES = ("/", "/articles/microneedling/")
+# the archive, an article (with a review), a topic's archive, and an issue page from a real render
+PAGES = ("/", "/articles/microneedling/", "/articles/sleep-basics/", "/topics/wellbeing/", "/issues/2026-03-03/")
 # Routes of the web service (pipeline/web/), not files of public/: the static server alone answers 404.
 WEB_SERVICE_PATHS = {"/subscribe", "/preferences", "/unsubscribe"}
 
@@ -38,15 +41,19 @@ def axe_source() -> str:
 
 
 @pytest.fixture
-def site(content_dir, tmp_path, frozen):
+def site(content_dir, tmp_path, frozen, monkeypatch):
     # a table in an article body, and a second article, so the archive has a list
     write_article(content_dir, "sleep-basics", "2024-05-20", title="Sleep basics",
                   body="Sleep matters.[^1]\n\n## How long\n\n| Age | Hours a night, as recommended by sleep researchers |\n"
                        "| --- | --- |\n| Adults | 7 to 9 hours, every night of the week, including weekends |\n\n"
                        "More detail.[^2]\n")
-    library = load_library(content_dir)
+    # a reviewed article: a reviewer's sign-off, as the build reads it from the database
+    library = signed_off(load_library(content_dir), tmp_path, monkeypatch, "sleep-basics",
+                         datetime(2026, 1, 10, 9, 0, tzinfo=timezone.utc))
     out = tmp_path / "public"
-    publish_issue(sample_issue(library, date(2026, 3, 2), 1, ("microneedling",)), out)
+    publish_issue(sample_issue(library, date(2026, 3, 2), 1, ("microneedling",)), out, settings=library.settings)
+    rendered = render_issue_for(library, date(2026, 3, 3), out)  # the real email, made a web page
+    publish_issue(rendered, out, settings=library.settings)
     build_site(library, out)
     with serve(StaticSite(out)) as url:
         yield library, url

@@ -29,6 +29,19 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class Reviewer:
+    """The clinician who signed an article version off, as they were when they did."""
+
+    name: str
+    credentials: str = ""
+    bio: str = ""
+    photo: str | None = None
+
+    def __str__(self) -> str:  # "NAME, CREDENTIALS": the "Medically reviewed by" line
+        return f"{self.name}, {self.credentials}" if self.credentials else self.name
+
+
+@dataclass(frozen=True)
 class Article:
     slug: str
     title: str
@@ -41,8 +54,9 @@ class Article:
     updated: date | None = None
     source: Path | None = field(default=None, compare=False)
     body_line: int = field(default=1, compare=False)  # line of the body's first line in source
-    # medical sign-off of this version (pipeline.review.reviews.attach): "NAME, CREDENTIALS" and the date
-    reviewed_by: str | None = None
+    # medical sign-off of this version, and only that (pipeline.review.reviews.attach sets them from the
+    # review table; front matter cannot claim a review): who approved it and on which date
+    reviewed_by: "Reviewer | None" = None
     reviewed_on: date | None = None
 
     @property

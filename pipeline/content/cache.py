@@ -25,7 +25,7 @@ from typing import Any
 
 from pipeline.content.article import Article, Author, Reference
 
-FORMAT = 1
+FORMAT = 2  # 2: no review in the record (reviews come from the database)
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # all of pipeline/: a code change anywhere rebuilds
 
 

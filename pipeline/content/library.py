@@ -27,6 +27,8 @@ from pipeline.settings import Settings, load_settings
 
 ARTICLE_REQUIRED = ("title", "slug", "summary", "published", "author")
 ARTICLE_FIELDS = set(ARTICLE_REQUIRED) | {"updated", "topics", "references"}
+# a review is a reviewer's decision in the database (pipeline.review), never a claim in the file
+REVIEW_FIELDS = ("reviewed_by", "reviewed_on")
 AUTHOR_FIELDS = {"name", "credentials", "bio", "photo"}
 REFERENCE_FIELDS = {"text", "url", "cited"}
 PUBLISHER_FIELDS = ("company_name", "registered_office", "vat_number", "company_number", "phone", "email")
@@ -271,7 +273,11 @@ def _load_article(path: Path, authors: dict[str, Author], topics: dict | None,
     before = len([p for p in out.problems if p.level == "error"])
 
     for key in sorted(set(data) - ARTICLE_FIELDS):
-        out.error(path, lines.get(key), f"unknown front matter field {key!r}")
+        if key in REVIEW_FIELDS:
+            out.error(path, lines.get(key), f"{key} cannot be written in the article: a medical review is a "
+                      "reviewer's sign-off of this version (`newsletter review approve SLUG`, or the console)")
+        else:
+            out.error(path, lines.get(key), f"unknown front matter field {key!r}")
     for key in ARTICLE_REQUIRED:
         value = data.get(key)
         if value is None or (isinstance(value, str) and not value.strip()):

@@ -24,6 +24,7 @@ from datetime import date, datetime
 from sqlalchemy import Engine, select
 
 from pipeline import clock
+from pipeline.content.article import Reviewer
 from pipeline.database import transaction
 from pipeline.errors import StaffError
 from pipeline.staff import audit
@@ -58,13 +59,18 @@ class Review:
     slug: str
     version: str
     decision: str
-    reviewer: str  # "NAME, CREDENTIALS" as they were when they decided
+    who: Reviewer  # as they were when they decided
     comment: str | None
     at: datetime
 
+    @property
+    def reviewer(self) -> str:
+        """"NAME, CREDENTIALS"."""
+        return str(self.who)
+
     @classmethod
     def of(cls, row: ReviewRecord) -> "Review":
-        who = f"{row.reviewer_name}, {row.reviewer_credentials}" if row.reviewer_credentials else row.reviewer_name
+        who = Reviewer(row.reviewer_name, row.reviewer_credentials or "")
         return cls(row.slug, row.version, row.decision, who, row.comment, row.at)
 
 
@@ -190,7 +196,7 @@ def attach_articles(engine: Engine, settings, articles) -> tuple:
         st = found[article.slug]
         by = on = None
         if st.approved and st.review is not None:
-            by, on = st.review.reviewer, reviewed_on(st.review, settings)
+            by, on = st.review.who, reviewed_on(st.review, settings)
         if (by, on) != (article.reviewed_by, article.reviewed_on):
             article = replace(article, reviewed_by=by, reviewed_on=on)
         out.append(article)

@@ -323,7 +323,7 @@ def _publish_and_send(engine: Engine, settings: Settings, library, issue, entrie
     rendered = render_for_send(issue, settings)
     for warning in rendered.warnings:
         log.warning("%s issue of %s: %s", kind, day.isoformat(), warning)
-    publish_issue(rendered, settings.public_dir)
+    publish_issue(rendered, settings.public_dir, settings=settings)
     # incremental: rewrites only the pages the day's articles change (and the archive, feeds,
     # sitemap), so a send never waits on a rebuild of the whole library
     from pipeline.corrections.notices import site_update

@@ -1,7 +1,8 @@
 """The archive's shape: pages of ``archive_page_size`` articles, ``sitemap.xml`` and ``robots.txt``.
 
 ``index.html`` is page 1 (the issues, then the newest articles); page N is
-``page/N/index.html``. Every link, including prev/next, is derived from
+``page/N/index.html``. A public topic's archive has the same shape under its folder
+(``topics/<id>/index.html``, ``topics/<id>/page/N/index.html``; ``pipeline.site.topics``). Every link, including prev/next, is derived from
 ``base_url``, so a site served under a path prefix works. The sitemap lists the
 archive pages, every published article (``lastmod`` = its last-modified date) and
 every published issue; it stays within the protocol's 50,000-URL limit up to
@@ -26,25 +27,26 @@ class ArchivePage:
     number: int  # 1-based
     count: int  # how many pages in all
     views: tuple[ArticleView, ...]  # newest first
+    folder: str = ""  # "" for the whole archive, "topics/<id>/" for a topic's
 
     @property
     def file(self) -> str:
-        return "index.html" if self.number == 1 else f"{PAGES_DIR}/{self.number}/index.html"
+        return f"{self.folder}index.html" if self.number == 1 else f"{self.folder}{PAGES_DIR}/{self.number}/index.html"
 
 
-def page_url(settings: Settings, number: int) -> str:
-    return site_url(settings) if number == 1 else site_url(settings, f"{PAGES_DIR}/{number}/")
+def page_url(settings: Settings, number: int, folder: str = "") -> str:
+    return site_url(settings, folder) if number == 1 else site_url(settings, f"{folder}{PAGES_DIR}/{number}/")
 
 
 def page_size(settings: Settings) -> int:
     return max(int(settings.archive_page_size), 1)
 
 
-def paginate(views: list[ArticleView], settings: Settings) -> list[ArchivePage]:
+def paginate(views: list[ArticleView], settings: Settings, folder: str = "") -> list[ArchivePage]:
     """The archive pages; there is always a page 1, even with no article."""
     size = page_size(settings)
     chunks = [tuple(views[i:i + size]) for i in range(0, len(views), size)] or [()]
-    return [ArchivePage(n, len(chunks), chunk) for n, chunk in enumerate(chunks, 1)]
+    return [ArchivePage(n, len(chunks), chunk, folder) for n, chunk in enumerate(chunks, 1)]
 
 
 def page_key(page: ArchivePage, issues: list) -> str:
@@ -52,19 +54,20 @@ def page_key(page: ArchivePage, issues: list) -> str:
     the pages, and (page 1 only) the issues."""
     shown = [(v.url, v.published_at.isoformat(), v.article.title, v.article.summary, v.article.author.name)
              for v in page.views]
-    return digest(repr(shown), str(page.number), str(page.count), repr(issues) if page.number == 1 else "")
+    return digest(repr(shown), page.folder, str(page.number), str(page.count),
+                  repr(issues) if page.number == 1 else "")
 
 
 def pagination(page: ArchivePage, settings: Settings) -> dict:
     """Template values for the page's position and its prev/next links (None at either end)."""
     return {"number": page.number, "count": page.count,
-            "prev": page_url(settings, page.number - 1) if page.number > 1 else None,
-            "next": page_url(settings, page.number + 1) if page.number < page.count else None}
+            "prev": page_url(settings, page.number - 1, page.folder) if page.number > 1 else None,
+            "next": page_url(settings, page.number + 1, page.folder) if page.number < page.count else None}
 
 
 def sitemap(settings: Settings, pages: list[ArchivePage], views: list[ArticleView], issues: list) -> str:
-    """sitemap.xml (sitemaps.org 0.9): archive pages, articles, then issues."""
-    rows = [f"<url><loc>{escape(page_url(settings, p.number))}</loc></url>" for p in pages]
+    """sitemap.xml (sitemaps.org 0.9): archive pages (the topics' too), articles, then issues."""
+    rows = [f"<url><loc>{escape(page_url(settings, p.number, p.folder))}</loc></url>" for p in pages]
     rows += [f"<url><loc>{escape(v.url)}</loc><lastmod>{v.article.last_modified.isoformat()}</lastmod></url>"
              for v in views]
     rows += [f"<url><loc>{escape(i.url)}</loc><lastmod>{i.date.isoformat()}</lastmod></url>" for i in issues]

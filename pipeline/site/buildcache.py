@@ -86,5 +86,7 @@ def article_key(article: Article) -> str:
     a = article
     references = tuple((r.number, r.text, r.url, r.cited) for r in a.references)
     author = (a.author.id, a.author.name, a.author.credentials, a.author.bio, a.author.photo)
-    meta = (a.slug, a.title, a.summary, a.published, a.updated, author, a.topics, references, a.body_line)
+    reviewer = a.reviewed_by and (a.reviewed_by.id, a.reviewed_by.name, a.reviewed_by.credentials)
+    meta = (a.slug, a.title, a.summary, a.published, a.updated, author, a.topics, references, a.body_line,
+            reviewer, a.reviewed_on)
     return digest(repr(meta), a.body)

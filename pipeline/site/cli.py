@@ -84,7 +84,7 @@ def build(obj, out: Path | None, day: datetime | None) -> None:
         if rendered is None:
             click.echo(f"no issue for {issue_day}: nothing is due")
         else:
-            report += publish_issue(rendered, out)
+            report += publish_issue(rendered, out, settings=library.settings)
             click.echo(f"issue {rendered.issue.key} (number {rendered.issue.number}): {rendered.subject}")
             click.echo(f"view in browser: {rendered.web_url}")
         # the issue's articles must have pages even when it is built ahead of its day

@@ -7,7 +7,7 @@
 - ``index.html``: the archive of every issue and article, newest first;
 - ``404.html``: the page the static server shows for a missing path.
 
-``publish_issue(rendered, public_dir)`` writes ``issues/<key>/index.html``, the
+``publish_issue(rendered, public_dir, settings=...)`` writes ``issues/<key>/index.html``, the
 "view in browser" copy of a rendered issue with its per-subscriber
 placeholders filled with non-personal links, and an ``issue.json`` sidecar.
 The archive lists issues from those sidecars, so a published issue stays in
@@ -30,12 +30,14 @@ from pathlib import Path, PurePosixPath
 
 from pipeline.content.library import Library
 from pipeline.errors import ContentError, RenderError
-from pipeline.site import archive
+from pipeline.site import archive, icons, issue_page, topics
 from pipeline.site.archive import ArchivePage
 from pipeline.content.cache import digest
 from pipeline.site.buildcache import SiteManifest, article_key, build_hash
-from pipeline.site.feeds import (FEEDS, TEMPLATES, ArticleView, public_articles, render_feeds, site_url, today,
-                            web_templates)
+from pipeline.site.feeds import (FEEDS, TEMPLATES, ArticleView, channel_feeds, public_articles, site_channel,
+                                 site_url, today, web_templates)
+from pipeline.site.meta import article_jsonld, article_meta, reviewed, script_json
+from pipeline.site.topics import TopicArchive, feed_links
 from pipeline.rendering.issue import PLACEHOLDERS, Personal, RenderedIssue, personalise
 from pipeline.settings import Settings
 
@@ -47,6 +49,7 @@ NOT_FOUND_PAGE = "404.html"
 # web service where a reader identifies themselves (nothing here names a subscriber).
 PUBLIC_LINKS = {"unsubscribe_url": "unsubscribe", "preferences_url": "preferences"}
 PUBLIC_GREETING = "Hello,"
+ICONS_KEY = "icons"  # the icons depend on the code only, which is in the build hash
 
 
 # -- the one writer ------------------------------------------------------------------
@@ -161,12 +164,15 @@ def _base_url_of(rendered: RenderedIssue) -> str:
     return rendered.web_url[: -len(suffix)]
 
 
-def publish_issue(rendered: RenderedIssue, public_dir: Path | str, *, base_url: str | None = None) -> BuildReport:
+def publish_issue(rendered: RenderedIssue, public_dir: Path | str, *, settings: Settings,
+                  base_url: str | None = None) -> BuildReport:
     """Write the "view in browser" page of an issue and its ``issue.json`` sidecar.
 
     The per-subscriber placeholders become public links (``{base_url}/unsubscribe``,
     ``{base_url}/preferences``) and a plain greeting, so the page carries no token
-    and no subscriber data. ``base_url`` defaults to the one ``rendered.web_url`` is under."""
+    and no subscriber data. ``base_url`` defaults to the one ``rendered.web_url`` is under.
+    The email-only text goes and the page gets its canonical link, feed links and a
+    ``<main>`` landmark (``pipeline.site.issue_page``)."""
     base = (base_url or _base_url_of(rendered)).rstrip("/")
     issue = rendered.issue
     personal = Personal(greeting=PUBLIC_GREETING,
@@ -175,6 +181,7 @@ def publish_issue(rendered: RenderedIssue, public_dir: Path | str, *, base_url: 
     leftover = [name for name, placeholder in PLACEHOLDERS.items() if placeholder in html]
     if leftover or "personalise.invalid" in html:
         raise RenderError(f"issue {issue.key}: placeholders left in the web copy: {', '.join(leftover) or 'unknown'}")
+    html = issue_page.web_copy(html, settings, rendered.web_url, feed_links(settings), rendered.preheader)
     record = {
         "key": issue.key,
         "date": issue.date.isoformat(),
@@ -212,25 +219,32 @@ def published_issues(public_dir: Path | str) -> list[IssueRecord]:
 
 # -- pages -------------------------------------------------------------------------------
 
-def feed_links(settings: Settings) -> list[dict[str, str]]:
-    return [{"href": site_url(settings, name), "type": media_type, "title": f"{settings.publication_name} ({label})",
-             "label": label, "file": name}
-            for name, (media_type, label) in FEEDS.items()]
+def _render(template: str, settings: Settings, feeds: list[dict[str, str]] | None = None, **context) -> str:
+    return web_templates().get_template(template).render(settings=settings, feeds=feeds or feed_links(settings),
+                                                         **context)
 
 
-def _render(template: str, settings: Settings, **context) -> str:
-    return web_templates().get_template(template).render(settings=settings, feeds=feed_links(settings), **context)
-
-
-def article_page(view: ArticleView, settings: Settings) -> str:
+def article_page(view: ArticleView, settings: Settings, topic_urls: dict[str, str] | None = None) -> str:
+    """An article's page; ``topic_urls`` (topic id -> page) link its public topics and add their feeds."""
+    topic_urls = topic_urls or {}
+    feeds = feed_links(settings)
+    for topic in view.topics:
+        if topic.id in topic_urls:
+            feeds += feed_links(settings, topics.channel(settings, topic))
     template = "article_retracted.html" if view.retraction else "article.html"
-    return _render(template, settings, view=view, article=view.article, page_url=view.url)
+    return _render(template, settings, feeds=feeds, view=view, article=view.article, page_url=view.url,
+                   meta=article_meta(view, settings), jsonld=script_json(article_jsonld(view, settings)),
+                   review=reviewed(view), topic_urls=topic_urls)
 
 
-def archive_page(page: ArchivePage, issues: list[IssueRecord], settings: Settings) -> str:
+def archive_page(page: ArchivePage, issues: list[IssueRecord], settings: Settings,
+                 topic_list: list[TopicArchive] = (), topic: TopicArchive | None = None) -> str:
+    """A page of the archive, or (with ``topic``) of a topic's archive."""
     titles = {v.article.slug: v.article.title for v in page.views}
-    return _render("archive.html", settings, views=list(page.views), issues=issues, titles=titles,
-                   page_url=archive.page_url(settings, page.number), pages=archive.pagination(page, settings))
+    feeds = feed_links(settings, topic.channel) + feed_links(settings) if topic else feed_links(settings)
+    return _render("archive.html", settings, feeds=feeds, views=list(page.views), issues=issues, titles=titles,
+                   page_url=archive.page_url(settings, page.number, page.folder),
+                   pages=archive.pagination(page, settings), topic=topic, topic_list=list(topic_list))
 
 
 NOTICE_START, NOTICE_END = "<!-- corrections: start -->", "<!-- corrections: end -->"
@@ -285,32 +299,76 @@ def build_site(library: Library, public_dir: Path | str, *, as_of: date | None =
     notices = notices or {}
     as_of = as_of or today(settings)
     public_dir = Path(public_dir)
-    feeds = render_feeds(library, as_of, notices)  # first: an unbuildable feed fails before any page is written
     views = public_articles(library, as_of, notices)  # cheap: a view renders its Markdown only when a page needs it
+    if not views:
+        raise ContentError("no published articles to put in the feeds", path=Path("articles"))
+    topic_list = topics.topic_archives(settings, views)
     issues = published_issues(public_dir)
     manifest = SiteManifest(public_dir, build_hash(settings, TEMPLATES.parent))
     writer = SiteWriter(public_dir, manifest, reuse=incremental)
+    # the feeds first: one that cannot be built fails the build before any page is written
+    feeds = _feeds(library, writer, [(site_channel(settings), views)] + [(t.channel, list(t.views)) for t in topic_list])
+    for name in icons.FILES:
+        if not writer.fresh(name, ICONS_KEY):
+            writer.write(name, icons.file(name), key=ICONS_KEY)
+    topic_urls = topics.topic_links(settings, topic_list)
     for view in views:
         relative = f"{ARTICLES_DIR}/{view.article.slug}/index.html"
-        key = library.input_keys.get(view.article.slug) or article_key(view.article)
-        if view.notices:
-            key = f"{key}+{view.notices.key}"
+        # the instants too: a same-day neighbour added or edited moves this article's second
+        key = digest(library.input_keys.get(view.article.slug) or article_key(view.article),
+                     view.published_at.isoformat(), view.updated_at.isoformat(),
+                     repr([topic_urls.get(t) for t in view.article.topics]),
+                     view.notices.key if view.notices else "")
         if not writer.fresh(relative, key):
             # a fresh view: the rendered body is dropped with it, not kept for 10,000 pages
-            writer.write(relative, article_page(replace(view), settings), key=key)
+            writer.write(relative, article_page(replace(view), settings, topic_urls), key=key)
     _remove_withdrawn(writer, ARTICLES_DIR, {v.article.slug for v in views})
     for issue in issues:
         _mark_issue(writer, issue, notices, settings)
-    for name, data in feeds.items():
-        writer.write(name, data)
+    for name, (data, key) in feeds.items():
+        writer.write(name, data, key=key)
     pages = archive.paginate(views, settings)
+    listed = repr([(t.topic, t.channel.home, len(t.views)) for t in topic_list])  # page 1 lists them, with counts
     for page in pages:
-        key = archive.page_key(page, issues)
+        key = digest(archive.page_key(page, issues), listed if page.number == 1 else "")
         if not writer.fresh(page.file, key):
-            writer.write(page.file, archive_page(page, issues, settings), key=key)
+            writer.write(page.file, archive_page(page, issues, settings, topic_list), key=key)
     _remove_withdrawn(writer, archive.PAGES_DIR, {str(p.number) for p in pages[1:]})
-    writer.write(archive.SITEMAP_FILE, archive.sitemap(settings, pages, views, issues))
+    all_pages = list(pages)
+    for topic in topic_list:
+        topic_pages = archive.paginate(list(topic.views), settings, topics.folder(topic.topic))
+        for page in topic_pages:
+            key = digest(archive.page_key(page, []), repr(topic.topic))
+            if not writer.fresh(page.file, key):
+                writer.write(page.file, archive_page(page, [], settings, topic=topic), key=key)
+        _remove_withdrawn(writer, f"{topics.folder(topic.topic)}{archive.PAGES_DIR}",
+                          {str(p.number) for p in topic_pages[1:]})
+        all_pages += topic_pages
+    _remove_withdrawn(writer, topics.TOPICS_DIR, {t.topic.id for t in topic_list})
+    writer.write(archive.SITEMAP_FILE, archive.sitemap(settings, all_pages, views, issues))
     writer.write(archive.ROBOTS_FILE, archive.robots(settings))
     writer.write(NOT_FOUND_PAGE, _render("not_found.html", settings, page_url=site_url(settings)))
     manifest.save()
     return writer.report()
+
+
+def _feeds(library: Library, writer: SiteWriter, channels) -> dict[str, tuple[bytes, str]]:
+    """Output path -> (bytes, input key) of each feed file to write: only the newest
+    ``feed_items`` of a channel are rendered, and only when one of them (or the channel)
+    changed or a file was touched."""
+    settings = library.settings
+    size = max(int(settings.feed_items), 0)
+    def input_key(v: ArticleView) -> str:  # a correction or retraction changes the item (its note leads it)
+        key = library.input_keys.get(v.article.slug) or article_key(v.article)
+        return f"{key}+{v.notices.key}" if v.notices else key
+    out: dict[str, tuple[bytes, str]] = {}
+    for chan, chan_views in channels:
+        items = chan_views[:size]
+        if not items:
+            raise ContentError("no published articles to put in the feeds (feed_items is 0)", path=Path("articles"))
+        key = topics.feeds_key(chan, items, input_key)
+        stale = [chan.file(name) for name in FEEDS if not writer.fresh(chan.file(name), key)]
+        if stale:
+            rendered = channel_feeds(library, items, chan)
+            out.update({name: (rendered[name], key) for name in stale})
+    return out

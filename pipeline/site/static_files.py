@@ -10,11 +10,19 @@ symlink escapes); a missing file gets ``404.html``.  A folder asked for without 
 trailing slash is redirected to ``base_url`` + the path (never to the Host header's
 host); without a ``base_url`` the Location is the path alone.
 
+Text (HTML, XML, JSON, CSS, SVG, plain text) is sent gzip-compressed to a client that
+accepts it, with ``Vary: Accept-Encoding``; the compressed form is another representation,
+so it has its own strong ETag (``"<hash>-gz"``), and a conditional GET with either tag gets
+a 304. The feed files (``feed.xml``, ``atom.xml``, ``feed.json``, the topics' too) carry
+``Access-Control-Allow-Origin: *`` so web-based feed readers can fetch them, and answer the
+CORS preflight a conditional fetch needs; nothing else does (``is_feed``).
+
 The web service mounts this as its fallback route; it also runs on its own:
 ``uvicorn --factory pipeline.site.static_files:app_from_env``.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import mimetypes
 import os
@@ -30,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from pipeline.site import icons
 from pipeline.site.feeds import FEEDS
 
 # By file name first (the feeds), then by extension.
@@ -51,6 +60,15 @@ MEDIA_TYPES_BY_SUFFIX = {
 }
 NOT_FOUND_PAGE = "404.html"
 INDEX = "index.html"
+# compressed when the client accepts gzip: text, whatever its media type says
+COMPRESSIBLE = ("text/", "application/xml", "application/json", "application/rss+xml", "application/atom+xml",
+                "application/feed+json", "image/svg+xml")
+MIN_GZIP_SIZE = 256  # below this, the gzip header costs more than it saves
+# the feed files, to web pages of any origin (a reader's conditional GET sends If-None-Match,
+# which is not CORS-safelisted, so it is preflighted; the ETag must be readable)
+CORS_HEADERS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": "ETag"}
+PREFLIGHT_HEADERS = {**CORS_HEADERS, "Access-Control-Allow-Methods": "GET, HEAD",
+                     "Access-Control-Allow-Headers": "If-None-Match, If-Modified-Since", "Access-Control-Max-Age": "86400"}
 # Readers revalidate every time (cheap with the ETag); nothing is sent to third parties.
 COMMON_HEADERS = {
     "Cache-Control": "no-cache",
@@ -65,6 +83,25 @@ def media_type(path: Path) -> str:
     if path.suffix.lower() in MEDIA_TYPES_BY_SUFFIX:
         return MEDIA_TYPES_BY_SUFFIX[path.suffix.lower()]
     return mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def is_feed(url_path: str) -> bool:
+    """True for a feed file (by its name, at any depth): the only files readable cross-origin."""
+    return url_path.rsplit("/", 1)[-1] in FEEDS
+
+
+def compressible(content_type: str) -> bool:
+    return content_type.startswith(COMPRESSIBLE)
+
+
+def accepts_gzip(value: str | None) -> bool:
+    """Whether an Accept-Encoding header allows gzip (``gzip;q=0`` refuses it)."""
+    for part in (value or "").split(","):
+        coding, _, params = part.strip().partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip", "*"):
+            q = params.strip().lower()
+            return not (q.startswith("q=") and q[2:].strip().rstrip("0").rstrip(".") in ("0", ""))
+    return False
 
 
 @dataclass(frozen=True)
@@ -133,6 +170,9 @@ class StaticSite:
     # -- responses -------------------------------------------------------------------
 
     def respond(self, method: str, url_path: str, headers, mount_path: str = "") -> Response:
+        if method == "OPTIONS" and is_feed(url_path) and self.resolve(url_path) is not None:
+            return Response(status_code=204, headers={"Allow": "GET, HEAD, OPTIONS", **PREFLIGHT_HEADERS,
+                                                      **COMMON_HEADERS})
         if method not in ("GET", "HEAD"):
             return PlainTextResponse("Method Not Allowed", status_code=405,
                                      headers={"Allow": "GET, HEAD", **COMMON_HEADERS})
@@ -148,19 +188,45 @@ class StaticSite:
             index = target / INDEX
             target = index if index.is_file() else None
         if target is None or not target.is_file():
+            if url_path.strip("/") in icons.FILES:
+                return self._builtin_icon(method, url_path.strip("/"), headers)
             return self._not_found(method)
-        return self._file(method, target, headers)
+        response = self._file(method, target, headers)
+        if is_feed(url_path):
+            response.headers.update(CORS_HEADERS)
+        return response
 
     def _file(self, method: str, path: Path, headers, status: int = 200) -> Response:
         entry, body = self._entry(path)
-        validators = {"ETag": entry.etag, "Last-Modified": format_datetime(entry.last_modified, usegmt=True),
-                      **COMMON_HEADERS}
+        content_type = media_type(path)
+        text = compressible(content_type)
+        zipped = text and accepts_gzip(headers.get("accept-encoding")) and entry.stamp[1] >= MIN_GZIP_SIZE
+        etag = _gzip_etag(entry.etag) if zipped else entry.etag
+        validators = {"ETag": etag, "Last-Modified": format_datetime(entry.last_modified, usegmt=True),
+                      **COMMON_HEADERS, **({"Vary": "Accept-Encoding"} if text else {})}
         if status == 200 and _not_modified(headers, entry):
             return Response(status_code=304, headers=validators)
         if body is None:
             body = path.read_bytes()
+        if zipped:
+            body = gzip.compress(body, compresslevel=6, mtime=0)  # mtime=0: the same bytes every time
+            validators["Content-Encoding"] = "gzip"
         response = Response(b"" if method == "HEAD" else body, status_code=status,
-                            headers=validators, media_type=media_type(path))
+                            headers=validators, media_type=content_type)
+        if method == "HEAD":
+            response.headers["Content-Length"] = str(len(body))
+        return response
+
+    def _builtin_icon(self, method: str, name: str, headers) -> Response:
+        """An icon ``newsletter build`` has not written yet: the same bytes, from the code, so the
+        web service's own pages have their favicon before the first build."""
+        body = icons.file(name)
+        etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+        validators = {"ETag": etag, **COMMON_HEADERS}
+        if etag in _etags(headers.get("if-none-match") or ""):
+            return Response(status_code=304, headers=validators)
+        response = Response(b"" if method == "HEAD" else body, headers=validators,
+                            media_type=media_type(Path(name)))
         if method == "HEAD":
             response.headers["Content-Length"] = str(len(body))
         return response
@@ -178,6 +244,11 @@ class StaticSite:
         return PlainTextResponse("Not Found", status_code=404, headers=COMMON_HEADERS)
 
 
+def _gzip_etag(etag: str) -> str:
+    """The strong ETag of the gzip representation: another tag than the identity one."""
+    return etag[:-1] + '-gz"'
+
+
 def _etags(value: str) -> list[str]:
     # weak comparison (RFC 9110 13.1.2): W/"x" matches "x"
     return [tag.strip().removeprefix("W/") for tag in value.split(",") if tag.strip()]
@@ -188,7 +259,8 @@ def _not_modified(headers, entry: _Entry) -> bool:
     if if_none_match is not None:
         # If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2)
         tags = _etags(if_none_match)
-        return "*" in tags or entry.etag in tags
+        # either representation's tag: the client may have cached the other one
+        return "*" in tags or entry.etag in tags or _gzip_etag(entry.etag) in tags
     since = headers.get("if-modified-since")
     if since:
         try:

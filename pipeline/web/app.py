@@ -96,13 +96,17 @@ def create_app(settings: Settings, engine: Engine | None = None, *, send: Callab
 
 
 class StaticFallback:
-    """``public/`` behind the routes: read-only, so any other method is the app's 405 page."""
+    """``public/`` behind the routes: read-only, so any other method is the app's 405 page,
+    except the CORS preflight (OPTIONS) of a feed file, which the static site answers."""
 
     def __init__(self, static: ASGIApp):
         self.static = static
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+        from pipeline.site.static_files import is_feed
+
+        preflight = scope.get("method") == "OPTIONS" and is_feed(scope.get("path", ""))
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD") and not preflight:
             raise HTTPException(405, headers={"Allow": "GET, HEAD"})
         await self.static(scope, receive, send)
 
