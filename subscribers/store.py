@@ -462,20 +462,28 @@ def _leave(engine: Engine, settings, subscriber: int | str, status: str, method:
     """Move to a suppressed status and suppress the address; idempotent.  An
     address not in the store is still suppressed when given as text (a bounce
     or complaint about someone we no longer hold must stop mail too)."""
-    at = clock.now()
     with transaction(engine) as s:
-        sub = _find(s, subscriber)
-        if sub is None:
-            if isinstance(subscriber, str) and status != "unsubscribed":
-                _suppress(s, email_hash(settings, email_key(subscriber)), status, at)
-            return None
-        if sub.status == status or (status == "unsubscribed" and sub.status in SUPPRESSED_STATUSES):
-            return _info(sub)  # already off the list: a repeated click records nothing new
-        _set_status(sub, status, at)
-        _suppress(s, sub.email_hash, status, at)
-        _record(s, sub.id, {"unsubscribed": "unsubscribe", "bounced": "bounce", "complained": "complaint"}[status],
-                method, at, ip=ip)
-        return _info(sub)
+        return leave_in(s, settings, subscriber, status, method, ip)
+
+
+def leave_in(session, settings, subscriber: int | str, status: str, method: str,
+             ip: str | None = None) -> SubscriberInfo | None:
+    """``_leave`` inside the caller's ``session`` (the send ledger records a bounce and
+    its suppression in one transaction this way)."""
+    at = clock.now()
+    s = session
+    sub = _find(s, subscriber)
+    if sub is None:
+        if isinstance(subscriber, str) and status != "unsubscribed":
+            _suppress(s, email_hash(settings, email_key(subscriber)), status, at)
+        return None
+    if sub.status == status or (status == "unsubscribed" and sub.status in SUPPRESSED_STATUSES):
+        return _info(sub)  # already off the list: a repeated click records nothing new
+    _set_status(sub, status, at)
+    _suppress(s, sub.email_hash, status, at)
+    _record(s, sub.id, {"unsubscribed": "unsubscribe", "bounced": "bounce", "complained": "complaint"}[status],
+            method, at, ip=ip)
+    return _info(sub)
 
 
 def unsubscribe(engine: Engine, settings, subscriber: int | str, *, method: str = "web",

@@ -22,7 +22,7 @@ from datetime import date
 from pipeline import clock
 from pipeline.delivery import ledger
 from pipeline.delivery import stops
-from pipeline.mail.transport import ConnectionLost
+from pipeline.mail.transport import Halt
 
 log = logging.getLogger("newsletter.deliver")
 
@@ -73,7 +73,7 @@ class SendGuard:
     async def before_each(self) -> None:
         """Before each message is handed to the relay: never one more after the lease is gone."""
         if self.lease_gone():
-            raise ConnectionLost(LEASE_LOST)
+            raise Halt(LEASE_LOST)
 
     # stop requests --------------------------------------------------------------------------
     def stop_reason(self) -> str:
