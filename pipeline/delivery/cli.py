@@ -81,8 +81,15 @@ def signals_stop_the_send():
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--topic", default=None, metavar="TOPIC",
               help="Send an issue only to this topic's subscribers (a sensitive topic gets the neutral subject).")
+@click.option("--uncertain", type=click.Choice(["resend", "skip"]), default=None,
+              help="With --resume: what to do with rows left uncertain (the relay may have them): send them again, "
+                   "or close them as skipped.")
+@click.option("--max-wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Wait at most this long, in all, for deferred recipients' retries to come due; the rest are "
+                   "left for the next --resume.")
 @click.pass_obj
-def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: str | None) -> None:
+def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: str | None, uncertain: str | None,
+         max_wait: float | None) -> None:
     """Send the day's issue to the daily subscribers, exactly once."""
     from pipeline.database import open_database
     from pipeline.delivery.deliver import send_issue
@@ -100,9 +107,12 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
 
     if resume and not dry_run:
         stops.release(engine, day)  # an operator's stop of this day ends here
+    if uncertain is not None and not resume:
+        raise click.UsageError("--uncertain goes with --resume (it decides rows an earlier send left uncertain)")
     with signals_stop_the_send():
         summary = send_issue(engine, settings, rendered, frequency="daily", resume=resume, dry_run=dry_run,
-                             progress=sys.stderr.isatty() if progress is None else progress)
+                             progress=sys.stderr.isatty() if progress is None else progress, uncertain=uncertain,
+                             max_wait=max_wait, notice=lambda line: click.echo(line, err=True))
     for line in summary.lines():
         click.echo(line)
     if not dry_run:
@@ -119,8 +129,13 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
         raise DeliveryError(f"send stopped early ({summary.error}); nothing was lost: "
                             f"fix the cause and run `{again}`")
     if summary.state == "unfinished":
-        click.echo(f"unfinished: {summary.deferred} recipient(s) not yet delivered; `{again}` tries them again",
-                   err=True)
+        if summary.uncertain:
+            click.echo(f"unfinished: {summary.uncertain} recipient(s) uncertain (the relay may have had the issue), "
+                       f"{summary.deferred} not yet delivered; `{again} --uncertain resend` sends them again, "
+                       f"`{again} --uncertain skip` closes them", err=True)
+        else:
+            click.echo(f"unfinished: {summary.deferred} recipient(s) not yet delivered; `{again}` tries them again",
+                       err=True)
         raise SystemExit(exits.UNFINISHED)
 
 

@@ -36,11 +36,6 @@ class RetryWait:
             run.stop = run.stop or LEASE_LOST
             return False
         delay = max((due - clock.now()).total_seconds(), 0.0) if due else 0.0
-        if self.max_wait is not None and self.waited + delay > self.max_wait:
-            self.gave_up = True
-            run.notice(f"stopped waiting (--max-wait {self.max_wait:g} s): {waiting} recipient(s) still deferred, "
-                       f"next try due at {self._local(due)}")
-            return False
         if delay >= QUIET:
             now = clock.monotonic()
             if due != self.announced:
@@ -49,6 +44,11 @@ class RetryWait:
             elif now >= self.next_tick:
                 self.next_tick = now + TICK
                 run.notice(f"next try in {delay:.0f} s ({waiting} recipient(s) deferred)")
+        if self.max_wait is not None and self.waited + delay > self.max_wait:
+            self.gave_up = True
+            run.notice(f"stopped waiting (--max-wait {self.max_wait:g} s): {waiting} recipient(s) still deferred, "
+                       f"next try due at {self._local(due)}")
+            return False
         step = min(max(delay, 0.01), 1.0)
         await asyncio.sleep(step)
         self.waited += step
