@@ -59,7 +59,8 @@ def cli(content_dir, *args: str) -> list[str]:
 # -- crash safety ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("policy", ["resend", "skip"])
-def test_a_reply_that_comes_after_smtp_timeout_is_uncertain_not_silently_resent(engine, settings, policy):
+def test_a_reply_that_comes_after_smtp_timeout_is_uncertain_not_silently_resent(engine, settings, policy,
+                                                                                  content_dir, db_url):
     # the relay keeps sub3's message but answers after our timeout: it may be in the inbox
     script = Script(late_once={"sub3@example.com"}, stall_seconds=1.2, pipelining=True)
     port = free_port()
@@ -82,6 +83,22 @@ def test_a_reply_that_comes_after_smtp_timeout_is_uncertain_not_silently_resent(
     else:  # left for the operator: reported as uncertain, never as deferred, and the send is unfinished
         assert got["sub3@example.com"] == 1 and doubted[0].state == "uncertain"
         assert "uncertain" in doubted[0].last_reply and "smtp_timeout" in doubted[0].last_reply
+        # `status` too: uncertain, counted from the ledger, never shown as deferred; the alert names the choice
+        from click.testing import CliRunner
+        from pipeline.cli import cli as newsletter
+        from pipeline.ops import status
+        report = status.build(engine, s).to_json()
+        (row,) = [r for r in report["runs"] if r["issue_key"] == DAY]
+        assert (row["counts"]["uncertain"], row["counts"]["deferred"], row["state"]) == (1, 0, "unfinished"), row
+        text_out = CliRunner().invoke(newsletter, ["--content", str(content_dir), "status"],
+                                      env={"DATABASE_URL": db_url, "NEWSLETTER_SECRET": SECRET,
+                                           "COLUMNS": "200"}).output
+        header = next(line for line in text_out.splitlines() if "deferred" in line)
+        line = next(line for line in text_out.splitlines() if line.strip().startswith("│ " + DAY) or
+                    line.strip().startswith(DAY))
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        names = [c.strip() for c in header.strip("┃│ ").replace("┃", "│").split("│")]
+        assert (cells[names.index("deferred")], cells[names.index("uncertain")]) == ("0", "1"), text_out
         assert (summary.state, summary.uncertain, summary.deferred) == ("unfinished", 1, 0)
         assert "uncertain 1" in "\n".join(summary.lines())
     assert len(got) == 12 and sum(got.values()) == 12 + (policy == "resend")
@@ -311,3 +328,30 @@ def test_resume_on_rows_that_keep_getting_451_shows_the_schedule_and_honours_max
     assert "`newsletter send --date 2026-03-02 --resume` tries them again" in err.strip().splitlines()[-1], err
     assert took < 15, took
     assert server.by_recipient()["sub1@example.com"] == 0 and len(server.by_recipient()) == 3
+
+
+def test_a_hand_send_finished_by_resume_keeps_its_first_start_time(content_dir, tmp_path, db_url, frozen):
+    from subscribers import store
+    from test_plan import smtp
+    from test_schedule_days import Day, utc
+
+    days = Day(content_dir, tmp_path, db_url, frozen)
+    controller, server = start_scripted_server(Script(temp_fail={"sub1@example.com"}), free_port())
+    try:
+        smtp(days, server.port)
+        for i, name in enumerate(("Zoë Ångström", "王小明", "Siobhán O’Neill")):
+            store.add(days.engine, days.settings, f"sub{i}@example.com", name=name, confirmed=True,
+                      consent="I agree to receive the newsletter (test).")
+        days.schedule("microneedling", date(2026, 3, 6))
+        days.clock.set(utc(2026, 3, 6, 9, 0))
+        assert days.cli("send", "--date", "2026-03-06", "--no-progress").exit_code == 4
+        server.script.temp_fail.clear()
+        days.clock.set(utc(2026, 3, 6, 11, 30))
+        done = days.cli("send", "--date", "2026-03-06", "--resume", "--no-progress")
+    finally:
+        controller.stop()
+    assert done.exit_code == 0, done.output
+    run = days.run(date(2026, 3, 6))
+    assert run.state == "sent" and run.sent == 3
+    assert run.started_at == utc(2026, 3, 6, 9, 0), run.started_at  # when the send began, not the resume
+    assert run.finished_at == utc(2026, 3, 6, 11, 30)
