@@ -60,7 +60,7 @@ def signals_stop_the_send():
         stops.SIGNALLED.set(f"{name} ({stops.operator()})")
         for sig, old in previous.items():  # the next one is not so patient
             signal.signal(sig, old)
-        os.write(2, f"{name}: stopping at the next batch boundary (again to abort at once)\n".encode())
+        os.write(2, f"{name}: stopping after the messages in flight (again to abort at once)\n".encode())
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, handler)
