@@ -14,6 +14,7 @@ due, with the retry schedule shown, is ``pipeline/delivery/retry_wait.py``.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from pipeline import clock
 from pipeline.delivery import ledger
@@ -27,6 +28,8 @@ from pipeline.delivery.message import DkimSigner, MessageTemplate
 from pipeline.delivery.send_guard import LEASE_LOST, SendGuard
 from pipeline.delivery.send_summary import SendSummary
 from pipeline.mail.transport import Envelope, Halt, Outbox, Outcome, Reply, SMTPConnection
+
+log = logging.getLogger("newsletter.deliver")
 
 PAGE = 500  # ledger rows read per query (a keyset page; memory stays flat)
 FAILURE_STREAK = 10  # consecutive non-bounce refusals that stop the run: the relay refuses everything
@@ -79,7 +82,7 @@ class SendRun:
                  signer: DkimSigner | None, owner: str, max_attempts: int, summary: SendSummary, bar,
                  guard: SendGuard, notice=None, max_wait: float | None = None):
         self.engine, self.settings, self.issue = engine, settings, issue
-        self.notice = notice or (lambda line: None)  # one line for the operator, at once (stderr, the log)
+        self.notice = notice or log.warning  # one line for the operator, at once (stderr, else the log)
         self.template, self.signer = template, signer
         self.guard = guard
         self.ledger = ledger.LedgerRun(engine, issue.id, owner, lease_seconds=float(settings.lease_seconds))

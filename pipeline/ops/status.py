@@ -272,7 +272,14 @@ def _partly_sent(run: calendar.Run, counts: dict | None) -> str:
     if not any(counts.get(s, 0) for s in ("queued", "deferred", "sending", "uncertain")):
         return ""
     return (f"{counts['sent']:,} of {counts.get('total', 0):,} sent; "
-            f"`newsletter send --date {run.day.isoformat()} --resume` finishes it")
+            f"`newsletter send --date {run.day.isoformat()} --resume` finishes it" + _uncertain_note(counts))
+
+
+def _uncertain_note(counts: dict) -> str:
+    """What to do about rows left uncertain (uncertain_policy skip), or ""."""
+    n = counts.get("uncertain", 0)
+    return (f" ({n:,} uncertain: the relay may have had them; add `--uncertain resend` to send them again or "
+            f"`--uncertain skip` to close them)") if n else ""
 
 
 def _hand_sends(engine: Engine, known: set[str], tz) -> tuple[list[RunInfo], list[Alert]]:
@@ -299,7 +306,8 @@ def _hand_sends(engine: Engine, known: set[str], tz) -> tuple[list[RunInfo], lis
                                                                   if r.audience_topic else "") + " --resume"
         note = "" if state in ("sent", "sending") else (
             f"hand send {stopped[r.key].describe(tz) if r.key in stopped else 'interrupted'}: "
-            f"{counts.get('sent', 0)} of {counts.get('total', 0)} sent; `{again}` finishes it")
+            f"{counts.get('sent', 0)} of {counts.get('total', 0)} sent; `{again}` finishes it"
+            + _uncertain_note(counts))
         alert = state in ("stopped", "unfinished")
         infos.append(RunInfo(r.date, r.kind, state, r.key, r.subject, None, r.created_at, r.finished_at, False,
                              counts, note, alert, None))
