@@ -8,8 +8,11 @@
 3   `newsletter send`: the send was stopped on request (SIGINT, SIGTERM,
     `newsletter stop`, `newsletter pause`); nothing is uncertain, and
     `newsletter send --date D --resume` finishes it
-4   `newsletter send`: the send ended with recipients not yet delivered (the relay
-    deferred them); `newsletter send --date D --resume` tries them again
+4   `newsletter send`: the send ended unfinished: recipients not yet delivered (the
+    relay deferred them, or it could not be waited for within --max-wait), or
+    uncertain ones left open (uncertain_policy skip); `newsletter send --date D
+    --resume` tries the deferred again, `--resume --uncertain resend|skip` decides
+    the uncertain
 75  `newsletter bounces ingest` reading stdin (an MTA pipe): a message could not be
     recorded; EX_TEMPFAIL tells the MTA to keep it and try again
 """

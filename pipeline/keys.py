@@ -45,3 +45,14 @@ def secret(settings) -> str:
         return _dev_secret(str(settings.var_dir))
     raise SubscriberError("NEWSLETTER_SECRET is not set: subscriber links cannot be signed "
                           "(set it in the environment; the generated demo key is used only with transport=outbox)")
+
+
+def same(given: object, expected: str) -> bool:
+    """Constant-time equality of a value someone sent with the one we expect. Compared as UTF-8
+    bytes: ``hmac.compare_digest`` refuses str with non-ASCII characters (a TypeError, which would
+    be a server error for a hostile form field or webhook), and the sender chooses the characters."""
+    import hmac
+
+    if not isinstance(given, str):
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))

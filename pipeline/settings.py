@@ -122,17 +122,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("smtp_connections", 8, "Persistent SMTP connections used concurrently.", kind=int),
     Setting("smtp_messages_per_connection", 1000, "Reconnect after this many messages on one connection.", kind=int),
     Setting("smtp_rate_limit", 0.0, "Global cap in messages per second (0 = no cap).", kind=float),
-    Setting("smtp_timeout", 30.0, "Seconds before an SMTP command times out.", kind=float),
+    Setting("smtp_timeout", 30.0, "Seconds before an SMTP command times out. A message whose reply has not come "
+            "by then is uncertain (the relay may have it) and follows uncertain_policy.", kind=float),
+    Setting("smtp_connect_timeout", 10.0, "Seconds to wait for a connection to the relay and for its greeting.",
+            kind=float),
+    Setting("smtp_give_up_after", 25.0, "Seconds a send keeps trying to connect while no connection to the relay "
+            "works; then it stops with one line, every row left for `newsletter send --resume`.", kind=float),
     Setting("smtp_ca_file", "", "PEM file of CA certificates trusted for the relay's TLS (default: the system's).",
             env="SMTP_CA_FILE"),
     Setting("smtp_max_attempts", 5, "Tries per message within one send run on 4xx, timeouts and dropped "
             "connections; after that the row stays deferred for `newsletter send --resume`.", kind=int),
     Setting("smtp_retry_delay", 5.0, "Seconds before the first retry of a deferred message; doubles each try "
             "(capped at 5 minutes).", kind=float),
-    Setting("delivery_batch_size", 10, "Ledger rows marked `sending` (and then `sent`) per transaction, per "
-            "connection. At most this times smtp_connections messages can be uncertain after a crash.", kind=int),
-    Setting("uncertain_policy", "skip", "What a resumed send does with messages that were in flight when the "
-            "previous process died: 'skip' (default: never risk a duplicate; they are counted) or 'resend'."),
+    Setting("delivery_batch_size", 10, "Ledger rows a connection takes (checked still due and eligible) at a "
+            "time. Each row is marked `sending` only as its content goes out, so at most one message per "
+            "connection can be uncertain after a crash.", kind=int),
+    Setting("uncertain_policy", "resend", "What happens to messages that may or may not have reached the relay "
+            "(in flight when a process died, or no reply within smtp_timeout): 'resend' (default: nobody missed; "
+            "at most one duplicate per connection per crash) or 'skip' (left `uncertain`, the send unfinished, "
+            "until `newsletter send --resume --uncertain resend|skip`)."),
     Setting("dkim_selector", "", "DKIM selector; signing is on when this and a key are set."),
     Setting("dkim_domain", "", "DKIM signing domain; defaults to the sender domain."),
     Setting("dkim_private_key", "", "DKIM private key (PEM) itself.", env="DKIM_PRIVATE_KEY", secret=True),

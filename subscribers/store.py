@@ -489,8 +489,9 @@ def _leave(engine: Engine, settings, subscriber: int | str, status: str, method:
 
 def leave_in(session, settings, subscriber: int | str, status: str, *, method: str, ip: str | None = None,
              detail: dict | None = None) -> SubscriberInfo | None:
-    """``_leave`` inside the caller's transaction (the bounce processor writes its event
-    in the same one).  ``detail`` goes into the consent record (what the notification said)."""
+    """``_leave`` inside the caller's transaction: the bounce processor writes its event, and the
+    send ledger a bounce at SMTP time, in the same one as the suppression.  ``detail`` goes into
+    the consent record (what the notification said)."""
     at = clock.now()
     sub = _find(session, subscriber)
     if sub is None:

@@ -65,6 +65,8 @@ class Script:
     drop_in_data_once: set[str] = field(default_factory=set)  # close mid-DATA, the first time
     stall_once: set[str] = field(default_factory=set)  # no reply to the end of data, the first time
     stall_seconds: float = 2.0
+    late_once: set[str] = field(default_factory=set)  # accept, but only after stall_seconds, the first time
+    max_sessions: int = 0  # 421 at the greeting beyond this many connections at once (0: no limit)
     reject_sender: bool = False  # 550 to every MAIL FROM
     pipelining: bool = False  # advertise PIPELINING (aiosmtpd reads commands in order either way)
 
@@ -77,6 +79,8 @@ class ScriptedServer:
     accepted: list[tuple[str, str]] = field(default_factory=list)  # (rcpt, Message-ID); not the bytes (memory)
     seen: Counter = field(default_factory=Counter)  # RCPT attempts per address
     peers: Counter = field(default_factory=Counter)  # messages accepted per connection (client address)
+    active: int = 0  # connections open now
+    refused: int = 0  # connections refused with 421 at the greeting
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def by_recipient(self) -> Counter:
@@ -135,9 +139,30 @@ def start_scripted_server(script: Script, port: int):
             with server.lock:
                 server.accepted.append((rcpt, str(mid)))
                 server.peers[session.peer] += 1
+            if once("late", rcpt, script.late_once):
+                await asyncio.sleep(script.stall_seconds)  # queued for delivery already; the 250 comes late
             return "250 2.0.0 OK queued"
 
     class DroppingSMTP(SMTP):
+        refusing = False
+
+        def connection_made(self, transport):
+            with server.lock:
+                server.active += 1
+                self.refusing = bool(script.max_sessions) and server.active > script.max_sessions
+                server.refused += self.refusing
+            if self.refusing:
+                transport.write(b"421 4.7.0 Too many connections from your host, try again later\r\n")
+                transport.close()
+                return
+            super().connection_made(transport)
+
+        def connection_lost(self, exc):
+            with server.lock:
+                server.active -= 1
+            if not self.refusing:
+                super().connection_lost(exc)
+
         async def smtp_DATA(self, arg):
             rcpt = self.envelope.rcpt_tos[0] if self.envelope.rcpt_tos else ""
             if once("drop", rcpt, script.drop_in_data_once):

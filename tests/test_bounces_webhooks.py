@@ -269,6 +269,10 @@ def test_mailgun_hmac_replay_window_and_token_reuse(world):
     assert httpx.post(url, json=mailgun_doc(stale, token="u" * 50, stamp=int(time.time()) - 3600),
                       timeout=10).status_code == 403
     assert httpx.post(url, json=mailgun_doc(stale, token="v" * 50, key="wrong-key"), timeout=10).status_code == 403
+    # a signature with non-ASCII characters is refused like any wrong one, never a server error
+    bad = mailgun_doc(stale, token="w" * 50)
+    bad["signature"]["signature"] = "é" * 64
+    assert httpx.post(url, json=bad, timeout=10).status_code == 403
     # Mailgun's signature covers the timestamp and token, not the body: a captured token must never work twice,
     # even freshly stamped and with another event
     assert httpx.post(url, json=mailgun_doc(stale, token="t" * 50), timeout=10).status_code == 403

@@ -147,14 +147,22 @@ def test_rows_in_flight_at_a_crash_follow_the_uncertain_policy(engine, outbox_se
     with engine.begin() as conn:  # what a SIGKILL between "sending" and "sent" leaves behind
         conn.execute(update(ledger.DELIVERIES).where(ledger.DELIVERIES.c.id <= 3).values(state="sending"))
     summary = send_issue(engine, s, rendered, progress=False)
-    assert summary.uncertain == 3
+    assert (summary.recovered, summary.in_doubt) == (3, 3)
     mailed = len(Outbox(s.outbox_dir).messages())
     counts = ledger.state_counts(engine, iid)
     if policy_name == "skip":
+        # left uncertain, counted from the ledger, and the issue is not "sent" while they are open
         assert (summary.sent, mailed, counts["uncertain"], counts["sent"]) == (7, 7, 3, 7)
+        assert (summary.uncertain, summary.state) == (3, "unfinished")
+        assert "uncertain 3" in "\n".join(summary.lines())
+        # the operator decides: --uncertain skip closes them, without mailing anyone
+        closed = send_issue(engine, s, rendered, progress=False, resume=True, uncertain="skip")
+        assert (closed.decided, closed.sent, closed.uncertain, closed.state) == (3, 0, 0, "sent")
+        assert len(Outbox(s.outbox_dir).messages()) == 7 and ledger.state_counts(engine, iid)["skipped"] == 3
     else:
         assert (summary.sent, mailed, counts["uncertain"], counts["sent"]) == (10, 10, 0, 10)
-    assert "uncertain 3" in "\n".join(summary.lines())
+        assert (summary.uncertain, summary.state) == (0, "sent")
+        assert "3 found in flight" in "\n".join(summary.lines())
 
 
 def test_dry_run_counts_and_writes_nothing(engine, outbox_settings):

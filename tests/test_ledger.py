@@ -157,8 +157,9 @@ def test_lease_keeps_a_second_sender_out_and_passes_from_a_dead_one(engine):
 
 def test_a_row_claimed_by_another_run_is_not_claimed_again(engine, s):
     # Two runs that read the same page (a second sender that got in while the first
-    # was alive) must not both send a row: only the run whose claim moved it from
-    # queued to sending may send it.
+    # was alive) must not both send a row: only the run whose hand-over moved it from
+    # queued to sending may send it.  Claiming a batch marks nothing: a row becomes
+    # sending one message at a time, as its content goes out.
     add_subscribers(engine, s, 4)
     iid = issue_id(engine)
     ledger.write_recipients(engine, iid, "daily")
@@ -170,8 +171,11 @@ def test_a_row_claimed_by_another_run_is_not_claimed_again(engine, s):
     ids = [r.id for r in page_a]
     assert ids == [r.id for r in page_b] and len(ids) == 4
     assert first.claim(ids, []) == (ids, [])
-    assert second.claim(ids, []) == ([], [])
-    assert ledger.state_counts(engine, iid)["sending"] == 4
+    assert ledger.state_counts(engine, iid)["sending"] == 0
+    assert first.write([], hand=ids[:1]) == {ids[0]}
+    assert second.claim(ids, []) == (ids[1:], [])
+    assert second.write([], hand=ids[:2]) == {ids[1]}  # the first row is the first run's
+    assert ledger.state_counts(engine, iid)["sending"] == 2
 
 
 def test_renewing_never_takes_back_a_lease_another_process_took_over(engine, s, monkeypatch):
@@ -205,7 +209,7 @@ def test_a_subscriber_who_leaves_after_the_page_was_read_is_skipped_not_mailed(e
     assert [r.subscriber_id for r in rows if r.id in claimed] == [ids[0], ids[2]]
     assert [r.subscriber_id for r in rows if r.id in skipped] == [ids[1]]
     counts = ledger.state_counts(engine, iid)
-    assert counts["sending"] == 2 and counts["skipped"] == 1
+    assert counts["queued"] == 2 and counts["skipped"] == 1
 
 
 def test_two_senders_reading_a_free_lease_at_once_do_not_both_take_it(postgres_database):

@@ -115,11 +115,8 @@ def test_no_pair_is_ever_delivered_twice_over_random_months(kind, request, tmp_p
 
 # -- what the property found -----------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "found by the property: a day whose issue is partly sent (a hand send killed or left deferred) and "
-    "whose send time then passes while paused is recorded `paused`; its status alert carries only the "
-    "pause note, not the one action (`newsletter send --resume --date D`), while `schedule move` is "
-    "refused for it. `resume` and `schedule list` do name it."))
+# found by the property: a day whose issue is partly sent (a hand send killed or left deferred) and whose
+# send time then passes while paused is recorded `paused`; its alert must name the one action
 def test_a_partly_sent_paused_day_alert_names_its_resume(content_dir, tmp_path, db_url, frozen):
     from fixtures_delivery import Script, start_scripted_server
     from pipeline.ops import status

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import Engine
 
-from pipeline import clock
+from pipeline import clock, keys
 from pipeline.bounces.models import WebhookNonce
 from pipeline.database import transaction
 from subscribers.conflicts import insert_ignore
@@ -231,7 +231,7 @@ def check_mailgun(settings, signature: dict) -> str:
         raise Refused("incomplete Mailgun signature block")
     mac = hmac.new(settings.mailgun_webhook_signing_key.encode("utf-8"), (timestamp + token).encode("utf-8"),
                    hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(mac, given.lower()):
+    if not keys.same(given.lower(), mac):
         raise Refused("Mailgun signature does not verify")
     check_fresh(settings, _epoch(timestamp))
     return token

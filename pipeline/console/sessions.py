@@ -49,7 +49,7 @@ def token_of(settings, value: str | None) -> str | None:
     if not value or value.count(".") != 1 or len(value) > 200:
         return None
     token, sig = value.split(".")
-    return token if hmac.compare_digest(sig, _mac(settings, "session", token)[:43]) else None
+    return token if keys.same(sig, _mac(settings, "session", token)[:43]) else None
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Session:
         return _mac(settings, "csrf", self.id)
 
     def csrf_ok(self, settings, value: str | None) -> bool:
-        return bool(value) and hmac.compare_digest(str(value), self.csrf(settings))
+        return bool(value) and keys.same(value, self.csrf(settings))
 
 
 def start(engine: Engine, settings, staff: Staff, ip: str | None) -> str:
@@ -110,4 +110,4 @@ def login_token(settings) -> tuple[str, str]:
 
 
 def login_token_ok(settings, nonce: str | None, value: str | None) -> bool:
-    return bool(nonce and value) and len(nonce) < 100 and hmac.compare_digest(str(value), _mac(settings, "login", nonce))
+    return bool(nonce and value) and len(nonce) < 100 and keys.same(value, _mac(settings, "login", nonce))

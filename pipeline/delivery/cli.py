@@ -61,7 +61,7 @@ def signals_stop_the_send():
         stops.SIGNALLED.set(f"{name} ({stops.operator()})")
         for sig, old in previous.items():  # the next one is not so patient
             signal.signal(sig, old)
-        os.write(2, f"{name}: stopping at the next batch boundary (again to abort at once)\n".encode())
+        os.write(2, f"{name}: stopping after the messages in flight (again to abort at once)\n".encode())
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, handler)
@@ -86,9 +86,16 @@ def signals_stop_the_send():
               help="Send the notice of correction ID to everyone who got the article, exactly once.")
 @click.option("--override-review", "override_review", default=None, metavar="REASON",
               help="Send although an article has no current medical approval; the reason goes in the audit log.")
+@click.option("--uncertain", type=click.Choice(["resend", "skip"]), default=None,
+              help="With --resume: what to do with rows left uncertain (the relay may have them): send them again, "
+                   "or close them as skipped.")
+@click.option("--max-wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+              help="Wait at most this long, in all, for deferred recipients' retries to come due; the rest are "
+                   "left for the next --resume.")
 @click.pass_obj
 def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: str | None,
-         correction_id: int | None, override_review: str | None) -> None:
+         correction_id: int | None, override_review: str | None, uncertain: str | None,
+         max_wait: float | None) -> None:
     """Send the day's issue to the daily subscribers, exactly once."""
     if correction_id is not None:
         if day or topic:
@@ -125,9 +132,12 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
 
     if resume and not dry_run:
         stops.release(engine, day)  # an operator's stop of this day ends here
+    if uncertain is not None and not resume:
+        raise click.UsageError("--uncertain goes with --resume (it decides rows an earlier send left uncertain)")
     with signals_stop_the_send():
         summary = send_issue(engine, settings, rendered, frequency="daily", resume=resume, dry_run=dry_run,
-                             progress=sys.stderr.isatty() if progress is None else progress)
+                             progress=sys.stderr.isatty() if progress is None else progress, uncertain=uncertain,
+                             max_wait=max_wait, notice=lambda line: click.echo(line, err=True))
     for line in summary.lines():
         click.echo(line)
     if not dry_run:
@@ -146,8 +156,13 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
         raise DeliveryError(f"send stopped early ({summary.error}); nothing was lost: "
                             f"fix the cause and run `{again}`")
     if summary.state == "unfinished":
-        click.echo(f"unfinished: {summary.deferred} recipient(s) not yet delivered; `{again}` tries them again",
-                   err=True)
+        if summary.uncertain:
+            click.echo(f"unfinished: {summary.uncertain} recipient(s) uncertain (the relay may have had the issue), "
+                       f"{summary.deferred} not yet delivered; `{again} --uncertain resend` sends them again, "
+                       f"`{again} --uncertain skip` closes them", err=True)
+        else:
+            click.echo(f"unfinished: {summary.deferred} recipient(s) not yet delivered; `{again}` tries them again",
+                       err=True)
         raise SystemExit(exits.UNFINISHED)
 
 

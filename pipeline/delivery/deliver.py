@@ -18,23 +18,27 @@ The ledger (``pipeline/delivery/ledger.py``) sits between building and sending:
                          -> failed    5xx that is not about the mailbox (policy, content)
               -> skipped              unsubscribed or suppressed since the ledger was written
 
-3. A process killed (SIGKILL) mid-send leaves its in-flight rows ``sending``.  The
-   next run finds them and marks them ``uncertain``: the relay may have accepted
-   them before their state was recorded.  ``uncertain_policy`` decides: ``skip``
-   (default, never a duplicate) or ``resend`` (nobody missed, at most the in-flight
-   rows twice).  The bound: at most ``delivery_batch_size`` x ``smtp_connections``
-   rows are ever ``sending`` at once (one batch per connection; 10 x 8 = 80 by
-   default), so that is the most a kill can make uncertain.  The summary counts them.
+3. Each row is marked ``sending`` only right before its content goes to the
+   relay, in the transaction that records its connection's previous outcome
+   (``pipeline/delivery/outcomes.py``), so at most one row per connection is ever
+   ``sending``.  A process killed (SIGKILL) mid-send leaves at most those rows
+   ``sending``; the next run finds them and marks them ``uncertain`` (the relay
+   may have accepted them before their state was recorded).  So is a message
+   whose reply does not come within ``smtp_timeout``.  ``uncertain_policy``
+   decides: ``resend`` (default: nobody missed, at most one duplicate per
+   connection per crash) or ``skip`` (left ``uncertain``; the send is unfinished
+   until ``newsletter send --resume --uncertain resend|skip``).  The summary
+   counts them from the ledger.
 
 Only one process sends an issue at a time (a lease in ``issues``; one held by a
 dead process on this host is taken over at once).  Sending twice never mails
 anyone twice: only ``queued`` and ``deferred`` rows are ever sent.
 
-A message whose connection drops (or times out) after its content went out but
-before the relay's reply is retried: by RFC 5321 the relay takes responsibility
-only with its 250, so it must not deliver what it did not acknowledge.  A relay
-that does anyway (RFC 1047) can cause a duplicate; a timeout long enough for the
-relay's own processing (``smtp_timeout``) keeps that rare.
+A message whose connection drops before its content went out is certainly not
+delivered and is retried.  One that drops (or times out) after its content went
+out and before the relay's reply is uncertain, as above: by RFC 5321 the relay
+takes responsibility only with its 250, but a relay that delivers anyway (RFC
+1047) is common enough that such a row is counted, never silently retried.
 
 This module holds the entry points (``send_issue``, ``render_for_send``); the
 batches, connections and outcome handling are in ``pipeline/delivery/send_loop.py``, the
@@ -60,7 +64,8 @@ from pipeline.delivery.send_summary import ProgressBar, SendSummary
 # -- the entry points ---------------------------------------------------------------------------
 
 def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "daily", topic: str | None = None,
-               resume: bool = False, dry_run: bool = False, progress: bool = True) -> SendSummary:
+               resume: bool = False, dry_run: bool = False, progress: bool = True, uncertain: str | None = None,
+               max_wait: float | None = None, notice=None) -> SendSummary:
     """Send ``rendered`` to every matching subscriber exactly once (see the module docstring).
 
     ``topic`` defaults to the issue's ``audience_topic``; without one, the recipients are
@@ -68,6 +73,11 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
     rows never sent are sent.  ``resume`` also gives rows that used up their
     ``smtp_max_attempts`` in earlier runs that many more tries.  ``dry_run`` writes
     nothing and sends nothing; it counts the recipients and builds one message.
+    ``uncertain`` (``resend`` or ``skip``) decides the rows left ``uncertain`` by
+    earlier runs: sent again, or closed as skipped.  ``max_wait`` bounds the seconds
+    spent waiting for deferred rows to come due.  ``notice(line)`` is told at once
+    of what the operator should know mid-send (a relay that cannot be reached, a
+    wait for retries); the summary holds the rest.
     """
     started = clock.monotonic()
     topic = topic if topic is not None else rendered.issue.audience_topic
@@ -96,7 +106,9 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
     owner = ledger.acquire_lease(engine, issue.id, seconds)
     summary = SendSummary(issue_key)
     try:
-        summary.uncertain = ledger.recover_in_flight(engine, issue.id, settings.uncertain_policy, owner)
+        summary.recovered = ledger.recover_in_flight(engine, issue.id, settings.uncertain_policy, owner)
+        if uncertain is not None:
+            summary.decided = ledger.decide_uncertain(engine, issue.id, uncertain, owner)
         ledger.write_recipients(engine, issue.id, frequency, topic, rendered.issue.topics, owner)
         max_attempts = int(settings.smtp_max_attempts)
         if resume:
@@ -106,17 +118,23 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
         pending = before[ledger.QUEUED] + before[ledger.DEFERRED]
         with SendGuard(engine, issue.id, rendered.issue.date, owner, seconds) as guard, \
                 (ProgressBar(pending, issue_key) if progress and pending else nullcontext()) as bar:
-            run = SendRun(engine, settings, issue, template, signer, owner, max_attempts, summary, bar, guard)
+            run = SendRun(engine, settings, issue, template, signer, owner, max_attempts, summary, bar, guard,
+                          notice=notice, max_wait=max_wait)
             run_coroutine(drive(run))
         summary.error = run.stop
+        summary.pool = run.pool.describe(max(1, int(settings.smtp_connections)))
         after = ledger.state_counts(engine, issue.id)
         summary.recipients = sum(after.values())
         summary.deferred = after[ledger.DEFERRED] + after[ledger.QUEUED]
+        summary.uncertain = after[ledger.UNCERTAIN]  # from the ledger: every row still in doubt
+        summary.in_doubt = ledger.count_in_doubt(engine, issue.id)
         if run.stop == LEASE_LOST:
             summary.lease_lost = True
             summary.state = "unfinished"
             return summary
         summary.state = ledger.finish_issue(engine, issue.id, owner)
+        if summary.state == "sent" and guard.stopped_on_request:
+            summary.error = ""  # the stop came after the last message: nothing was stopped
         if guard.stopped_on_request and summary.state != "sent":
             request = guard.honour(issue_key, after[ledger.SENT], summary.recipients)
             if request is not None:

@@ -88,10 +88,13 @@ class Delivery(Base):
 
 # -- reads and writes ----------------------------------------------------------------
 #
-# Every statement of the send loop is here, in SQLAlchemy Core: a batch of rows is
-# claimed (marked ``sending``) in one statement and its outcomes are written by
-# one executemany, so the ledger costs two short transactions per batch, not two
-# per message.
+# Every statement of the send loop is here, in SQLAlchemy Core.  A batch of rows is
+# claimed (checked still open and still eligible) in one transaction; then each
+# message is marked ``sending`` just before its content goes to the relay, in the
+# same transaction that records the outcome of the connection's previous message
+# (``LedgerRun.write``; the send loop groups the writes of every connection that
+# are ready at the same moment into one transaction).  So at most one row per
+# connection is ever ``sending``: the most a kill can leave uncertain.
 
 ISSUES = IssueRecord.__table__
 DELIVERIES = Delivery.__table__
@@ -304,6 +307,29 @@ def recover_in_flight(engine: Engine, issue_id: int, policy: str, owner: str | N
     return found
 
 
+def decide_uncertain(engine: Engine, issue_id: int, choice: str, owner: str | None = None) -> int:
+    """The operator's decision on the rows left ``uncertain``: ``resend`` queues them again
+    (deferred, due now), ``skip`` closes them as skipped (the relay probably has them).
+    Returns how many."""
+    if choice not in ("skip", "resend"):
+        raise DeliveryError(f"--uncertain must be 'skip' or 'resend', not {choice!r}")
+    now = clock.now()
+    values = (dict(state=DEFERRED, next_attempt_at=None, updated_at=now) if choice == "resend" else
+              dict(state=SKIPPED, updated_at=now, last_reply="uncertain; closed without resending (--uncertain skip)"))
+    with engine.begin() as conn:
+        if owner is not None:
+            fence(conn, issue_id, owner)
+        return conn.execute(update(DELIVERIES).where(DELIVERIES.c.issue_id == issue_id,
+                                                     DELIVERIES.c.state == UNCERTAIN).values(**values)).rowcount
+
+
+def count_in_doubt(engine: Engine, issue_id: int) -> int:
+    """Rows that were ever uncertain (so may have reached someone twice if resent)."""
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).where(DELIVERIES.c.issue_id == issue_id,
+                                                       DELIVERIES.c.uncertain > 0)).scalar_one()
+
+
 def state_counts(engine: Engine, issue_id: int) -> dict[str, int]:
     with engine.connect() as conn:
         rows = conn.execute(select(DELIVERIES.c.state, func.count()).where(DELIVERIES.c.issue_id == issue_id)
@@ -319,7 +345,7 @@ def max_deferred_attempts(engine: Engine, issue_id: int) -> int:
 
 def finish_issue(engine: Engine, issue_id: int, owner: str | None = None) -> str:
     counts = state_counts(engine, issue_id)
-    state = "unfinished" if counts[QUEUED] or counts[DEFERRED] or counts[SENDING] else "sent"
+    state = "unfinished" if counts[QUEUED] or counts[DEFERRED] or counts[SENDING] or counts[UNCERTAIN] else "sent"
     with engine.begin() as conn:
         if owner is not None:
             fence(conn, issue_id, owner)
@@ -354,9 +380,11 @@ class LedgerRun:
         self._next_due = (select(func.min(d.c.next_attempt_at), func.count())
                           .where(d.c.issue_id == issue_id, d.c.state == DEFERRED,
                                  d.c.attempts < bindparam("max_attempts")))
-        self._claim = (update(d).where(d.c.id.in_(bindparam("ids", expanding=True)),
-                                       d.c.state.in_((QUEUED, DEFERRED)))
-                       .values(state=SENDING, updated_at=bindparam("now")).returning(d.c.id))
+        self._open = select(d.c.id).where(d.c.id.in_(bindparam("ids", expanding=True)),
+                                          d.c.state.in_((QUEUED, DEFERRED)))
+        self._hand = (update(d).where(d.c.id.in_(bindparam("ids", expanding=True)),
+                                      d.c.state.in_((QUEUED, DEFERRED)))
+                      .values(state=SENDING, updated_at=bindparam("now")).returning(d.c.id))
         self._still_eligible = (select(d.c.id).select_from(d.join(sub, sub.c.id == d.c.subscriber_id))
                                 .where(d.c.id.in_(bindparam("ids", expanding=True)), eligible))
         self._skip = (update(d).where(d.c.id.in_(bindparam("ids", expanding=True)))
@@ -364,6 +392,7 @@ class LedgerRun:
                               last_reply="no longer confirmed, or suppressed, at send time"))
         self._outcome = (update(d).where(d.c.id == bindparam("row"))
                          .values(state=bindparam("new_state"), attempts=d.c.attempts + bindparam("tried"),
+                                 uncertain=d.c.uncertain + bindparam("doubt"),
                                  last_reply=bindparam("reply"), message_id=bindparam("mid"),
                                  next_attempt_at=bindparam("retry_at"), updated_at=bindparam("now")))
 
@@ -384,13 +413,24 @@ class LedgerRun:
             when = datetime.fromisoformat(str(when)).replace(tzinfo=timezone.utc)
         return when, count
 
+    def retry_info(self, max_attempts: int) -> tuple[int, str]:
+        """The tries so far and the last reply of the deferred row due first (for the wait's schedule)."""
+        d = DELIVERIES
+        with self.engine.connect() as conn:
+            row = conn.execute(select(d.c.attempts, d.c.last_reply)
+                               .where(d.c.issue_id == self.issue_id, d.c.state == DEFERRED,
+                                      d.c.attempts < max_attempts)
+                               .order_by(d.c.next_attempt_at, d.c.id).limit(1)).first()
+        return (row.attempts, row.last_reply or "") if row else (0, "")
+
     def claim(self, ids: list[int], skipped: list[int]) -> tuple[list[int], list[int]]:
-        """Mark ``ids`` sending (and ``skipped`` skipped) in one transaction, before any SMTP.
-        Returns (the ids this claim moved to sending, the ids skipped).  A row another
-        run claimed since it was read is not ours to send; a subscriber who left (or
-        was suppressed) since the page was read is skipped, not mailed."""
+        """Check a batch before any SMTP, in one transaction: (the ids still ``queued`` or
+        ``deferred`` and still eligible, the ids skipped).  A subscriber who left (or
+        was suppressed) since the page was read is marked skipped, not mailed; a row
+        another run moved since is not ours.  Nothing is marked ``sending`` here:
+        ``write`` does that per message, right before its content goes out."""
         now = clock.now()
-        claimed: set[int] = set()
+        open_: set[int] = set()
         with self.engine.begin() as conn:
             if self.fenced:
                 fence(conn, self.issue_id, self.owner)
@@ -399,24 +439,46 @@ class LedgerRun:
                 skipped = skipped + [i for i in ids if i not in still]
                 ids = [i for i in ids if i in still]
             if ids:
-                claimed = set(conn.execute(self._claim, {"ids": ids, "now": now}).scalars())
+                open_ = set(conn.execute(self._open, {"ids": ids}).scalars())
             if skipped:
                 conn.execute(self._skip, {"ids": skipped, "now": now})
-        return [i for i in ids if i in claimed], skipped
+        return [i for i in ids if i in open_], skipped
 
-    def record(self, rows: list[dict]) -> bool:
-        """Write a batch's outcomes (dicts with row, new_state, tried, reply, mid, retry_at)
-        in one fenced transaction.  False, with nothing written, when the lease has
-        passed to another process."""
+    def write(self, rows: list[dict], hand: list[int] = (), bounced: list = (), settings=None) -> set[int]:
+        """One fenced transaction: the outcomes ``rows`` (dicts with row, new_state, tried,
+        doubt, reply, mid, retry_at), the subscribers of ``bounced`` (ids or addresses)
+        made bounced and suppressed, and the rows ``hand`` marked ``sending``.  Returns
+        the ids of ``hand`` now marked (a row no longer open is not).  Raises
+        ``LeaseLost``, with nothing written, when the lease has passed to another process.
+
+        The bounce and its suppression are in the same transaction as the ``bounced``
+        state, so a kill can never leave one without the other."""
         now = clock.now()
         for row in rows:
             row["now"] = now
+        marked: set[int] = set()
+        with self.engine.begin() as conn:
+            if self.fenced:
+                fence(conn, self.issue_id, self.owner)
+            if rows:
+                conn.execute(self._outcome, rows)
+            if bounced:
+                from sqlalchemy.orm import Session
+                from subscribers import store
+                with Session(bind=conn) as session:  # joins this transaction
+                    for who in bounced:
+                        store.leave_in(session, settings, who, "bounced", method="system")
+                    session.flush()
+            if hand:
+                marked = set(conn.execute(self._hand, {"ids": list(hand), "now": now}).scalars())
+        return marked
+
+    def record(self, rows: list[dict]) -> bool:
+        """``write`` of outcomes alone; False, with nothing written, when the lease is lost."""
+        for row in rows:
+            row.setdefault("doubt", 0)
         try:
-            with self.engine.begin() as conn:
-                if self.fenced:
-                    fence(conn, self.issue_id, self.owner)
-                if rows:
-                    conn.execute(self._outcome, rows)
+            self.write(rows)
         except LeaseLost:
             return False
         return True

@@ -2,7 +2,7 @@
 
 ``SendGuard`` keeps the issue's send lease alive from a thread of its own (so a
 relay that takes seconds per reply, or a long retry wait, never lets it lapse)
-and answers, between batches, whether the send must stop:
+and answers, before each message, whether the send must stop:
 
 - the lease is lost: a renewal found another holder, or this process was
   stalled (SIGSTOP, a frozen VM) for longer than it is sure to hold the lease.
@@ -10,8 +10,8 @@ and answers, between batches, whether the send must stop:
   fenced as well, see pipeline/delivery/ledger.py);
 - a stop request applies (``pipeline.delivery.stops``): a ``newsletter stop`` or
   ``pause`` row in the database, polled at most every ``POLL`` seconds, or a
-  signal to this process.  The loop stops claiming and records the replies of
-  the messages in flight, so the stop leaves nothing uncertain.
+  signal to this process.  The loop hands over nothing more and records the
+  replies of the messages in flight, so the stop leaves nothing uncertain.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from datetime import date
 from pipeline import clock
 from pipeline.delivery import ledger
 from pipeline.delivery import stops
-from pipeline.mail.transport import ConnectionLost
+from pipeline.mail.transport import Halt
 
 log = logging.getLogger("newsletter.deliver")
 
@@ -73,7 +73,7 @@ class SendGuard:
     async def before_each(self) -> None:
         """Before each message is handed to the relay: never one more after the lease is gone."""
         if self.lease_gone():
-            raise ConnectionLost(LEASE_LOST)
+            raise Halt(LEASE_LOST)
 
     # stop requests --------------------------------------------------------------------------
     def stop_reason(self) -> str:

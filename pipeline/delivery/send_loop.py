@@ -1,34 +1,40 @@
 """The send loop of one run: ledger rows in batches, out over SMTP or into the outbox.
 
-``SendRun`` claims batches from the ledger (marked ``sending`` before anything
-goes out), builds each recipient's message from the issue's ``MessageTemplate``,
-sends them over ``smtp_connections`` pooled connections (or writes them to the
-Maildir outbox) and records the outcomes, as ``pipeline/delivery/deliver.py`` describes.
-``classify`` maps an SMTP outcome to a ledger state; ``TokenBucket`` is the
-global rate limit; ``drive`` runs the workers to the end.
+``SendRun`` takes batches of due rows from the ledger, builds each recipient's
+message from the issue's ``MessageTemplate``, sends them over
+``smtp_connections`` pooled connections (or writes them to the Maildir outbox)
+and records each outcome as its reply arrives (``pipeline/delivery/outcomes.py``:
+a row is marked ``sending`` right before its content goes out, in the same
+transaction as its connection's previous outcome), as
+``pipeline/delivery/deliver.py`` describes.  Connecting, with a shrinking pool and
+a time limit, is ``pipeline/delivery/pool.py``; waiting for deferred rows to come
+due, with the retry schedule shown, is ``pipeline/delivery/retry_wait.py``.
+``TokenBucket`` is the global rate limit; ``drive`` runs the workers to the end.
 """
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import logging
 
 from pipeline import clock
 from pipeline.delivery import ledger
+from pipeline.delivery.outcomes import Recorder, classify, updates_for  # noqa: F401 (classify: its old home)
+from pipeline.delivery.pool import Pool
+from pipeline.delivery.retry_wait import RetryWait
 from pipeline.errors import DeliveryError, NewsletterError
 from pipeline.mail import verp
-from pipeline.mail.failures import is_policy_refusal
 from pipeline.mail.headers import MessageIds
 from pipeline.rendering.greeting import greeting as greeting_line
 from pipeline.rendering.issue import Personal
 from pipeline.delivery.message import DkimSigner, MessageTemplate
 from pipeline.delivery.send_guard import LEASE_LOST, SendGuard
 from pipeline.delivery.send_summary import SendSummary
-from pipeline.mail.transport import ConnectionLost, Envelope, Outbox, Outcome, Reply, SMTPConnection
+from pipeline.mail.transport import Envelope, Halt, Outbox, Outcome, Reply, SMTPConnection
+
+log = logging.getLogger("newsletter.deliver")
 
 PAGE = 500  # ledger rows read per query (a keyset page; memory stays flat)
-MAX_RETRY_DELAY = 300.0
 FAILURE_STREAK = 10  # consecutive non-bounce refusals that stop the run: the relay refuses everything
-CONNECT_TRIES = 5
 
 
 # -- what a message needs per recipient ---------------------------------------------
@@ -49,29 +55,7 @@ def message_id_for(settings, issue: ledger.IssueInfo, delivery_id: int) -> str:
     return MessageIds(settings, issue)(delivery_id)
 
 
-# -- outcomes -> ledger states --------------------------------------------------------------
-
-def classify(outcome: Outcome) -> str:
-    """The ledger state for an SMTP outcome (``abort`` stops the run: the relay refuses our sender)."""
-    stage, reply = outcome.stage, outcome.reply
-    if stage == "sent":
-        return ledger.SENT
-    if stage in ("lost", "unsent"):
-        return ledger.DEFERRED
-    code = reply.code if reply is not None else 0
-    if 400 <= code < 500 or code == 0:
-        return ledger.DEFERRED
-    if stage in ("mail", "data"):
-        return "abort"
-    if is_policy_refusal(code, reply.text if reply is not None else ""):
-        return ledger.FAILED  # about us or the content, not the address: counted and alerted, never suppressed
-    enhanced = reply.enhanced
-    if enhanced:
-        if enhanced.startswith(("5.1.", "5.2.1")):
-            return ledger.BOUNCED
-        return ledger.BOUNCED if stage == "rcpt" and not enhanced.startswith("5.7.") else ledger.FAILED
-    return ledger.BOUNCED if stage == "rcpt" or code in (550, 551, 553) else ledger.FAILED
-
+# -- the rate limit --------------------------------------------------------------------------
 
 class TokenBucket:
     """Global rate limit shared by every connection (``smtp_rate_limit`` messages/s)."""
@@ -98,8 +82,9 @@ class TokenBucket:
 class SendRun:
     def __init__(self, engine, settings, issue: ledger.IssueInfo, template: MessageTemplate,
                  signer: DkimSigner | None, owner: str, max_attempts: int, summary: SendSummary, bar,
-                 guard: SendGuard):
+                 guard: SendGuard, notice=None, max_wait: float | None = None):
         self.engine, self.settings, self.issue = engine, settings, issue
+        self.notice = notice or log.warning  # one line for the operator, at once (stderr, else the log)
         self.template, self.signer = template, signer
         self.guard = guard
         self.ledger = ledger.LedgerRun(engine, issue.id, owner, lease_seconds=float(settings.lease_seconds))
@@ -111,11 +96,16 @@ class SendRun:
         self.after = 0
         self.page: list[ledger.Pending] = []
         self.in_flight = 0
+        self.held: set[int] = set()  # ids in some connection's batch now (claimed, outcome not yet recorded)
         self.stop: str = ""
         self.failure_streak = 0
         self.sender = settings.sender_address
         self.retry_delay = float(settings.smtp_retry_delay)
         self.message_id = MessageIds(settings, issue)
+        self.policy = settings.uncertain_policy
+        self.recorder = Recorder(self.ledger, settings)
+        self.pool = Pool(self)
+        self.waiting = RetryWait(self, max_wait)
 
     # feeding batches ---------------------------------------------------------------
     def _refill(self) -> bool:
@@ -131,7 +121,7 @@ class SendRun:
         return False
 
     def claim(self, limit: int) -> list[ledger.Pending]:
-        """Up to ``limit`` rows, marked sending before anything is sent."""
+        """Up to ``limit`` due rows, checked still open and eligible (``LedgerRun.claim``)."""
         while not self.stop:
             reason = self.guard.stop_reason()  # between batches: a stop request, a lost lease
             if reason:
@@ -139,7 +129,9 @@ class SendRun:
                 return []
             rows: list[ledger.Pending] = []
             while len(rows) < limit and (self.page or self._refill()):
-                rows.append(self.page.pop())
+                row = self.page.pop()
+                if row.id not in self.held:  # not a deferred row another connection has now
+                    rows.append(row)
             if not rows:
                 return []
             send = [r for r in rows if r.eligible]
@@ -155,6 +147,7 @@ class SendRun:
             self._advance(len(skipped))
             if send:
                 self.in_flight += len(send)
+                self.held.update(r.id for r in send)
                 return send
         return []
 
@@ -168,13 +161,8 @@ class SendRun:
                 await asyncio.sleep(0.05)
                 continue
             due, waiting = self.ledger.next_due(self.max_attempts)
-            if not waiting:
+            if not waiting or not await self.waiting.wait(due, waiting):
                 return []
-            if not self.ledger.renew_lease():  # waiting for retries can outlast the lease
-                self.stop = self.stop or LEASE_LOST
-                return []
-            delay = (due - clock.now()).total_seconds() if due else 0.0
-            await asyncio.sleep(min(max(delay, 0.01), 1.0))
         return []
 
     # messages ------------------------------------------------------------------------------
@@ -195,50 +183,44 @@ class SendRun:
         return row.email, data, message_id
 
     # recording ---------------------------------------------------------------------------------
-    def record(self, rows: list[ledger.Pending], outcomes: list[Outcome], message_ids: list[str | None]) -> None:
-        updates, bounced = [], []
-        now = clock.now()
-        s = self.summary
-        for row, outcome, mid in zip(rows, outcomes, message_ids):
-            state = classify(outcome)
-            tried = 0 if outcome.stage == "unsent" else 1
-            retry_at = None
-            if state == "abort":
-                self.stop = self.stop or f"the relay refuses our messages: {outcome.detail}"
-                state, tried = ledger.DEFERRED, 0  # certainly not delivered: it was refused before DATA
-            if state == ledger.DEFERRED:
-                attempts = row.attempts + tried
-                delay = 0.0 if not tried else min(self.retry_delay * 2 ** max(attempts - 1, 0), MAX_RETRY_DELAY)
-                retry_at = now + timedelta(seconds=delay)
-            updates.append({"row": row.id, "new_state": state, "tried": tried, "reply": outcome.detail[:500] or None,
-                            "mid": mid, "retry_at": retry_at})
-        self.in_flight -= len(rows)
-        if not self.ledger.record(updates):
-            # another process owns the issue now: nothing of this batch is ours to record
+    async def commit(self, triples, hand: ledger.Pending | None = None) -> bool:
+        """Record ``(row, outcome, Message-ID)`` triples and, with ``hand``, mark that row
+        ``sending`` (its content goes out next), in one transaction.  True when ``hand``
+        may go out; False when it may not (the lease is lost: the run stops)."""
+        updates, abort = updates_for(triples, base_delay=self.retry_delay, policy=self.policy,
+                                     stopping=bool(self.stop))
+        if abort:
+            self.stop = self.stop or abort
+        self.in_flight -= len(triples)
+        self.held.difference_update(row.id for row, _, _ in triples)
+        bounced = [u["_pending"] for u in updates if u["new_state"] == ledger.BOUNCED]
+        try:
+            marked = await self.recorder.commit(
+                updates, [hand.id] if hand is not None else [],
+                [r.subscriber_id if r.subscriber_id is not None else r.email for r in bounced])
+        except ledger.LeaseLost:
+            # another process owns the issue now: nothing of this is ours to record
             self.stop = LEASE_LOST
-            return
-        for row, update in zip(rows, updates):
+            return False
+        self._tally(updates)
+        return hand is not None and hand.id in marked
+
+    def _tally(self, updates: list[dict]) -> None:
+        s = self.summary
+        for update in updates:
             state = update["new_state"]
             if state == ledger.SENT:
                 s.sent += 1
                 self.failure_streak = 0
             elif state == ledger.BOUNCED:
                 s.bounced += 1
-                bounced.append(row)
                 self.failure_streak = 0
             elif state == ledger.FAILED:
                 s.failed += 1
                 self.failure_streak += 1
                 if self.failure_streak >= FAILURE_STREAK:
                     self.stop = self.stop or f"{FAILURE_STREAK} messages in a row refused: {update['reply']}"
-        self._advance(sum(1 for u in updates if u["new_state"] != ledger.DEFERRED))
-        for row in bounced:
-            self._bounce(row)
-
-    def _bounce(self, row: ledger.Pending) -> None:
-        """The subscriber becomes bounced and the address suppressed (by the store's rules)."""
-        from subscribers import store
-        store.bounce(self.engine, self.settings, row.subscriber_id if row.subscriber_id is not None else row.email)
+        self._advance(sum(1 for u in updates if u["new_state"] not in (ledger.DEFERRED, ledger.UNCERTAIN)))
 
     def _advance(self, count: int) -> None:
         if self.bar is not None and count:
@@ -251,45 +233,29 @@ class SendRun:
         try:
             while not self.stop:
                 if conn is not None and (not conn.usable or conn.sent >= cap):
-                    await conn.quit() if conn.usable else conn.abort()
+                    await self.pool.close(conn)
                     conn = None
                 limit = min(self.batch_size, cap - conn.sent) if conn is not None else self.batch_size
                 batch = await self.next_batch(limit)
                 if not batch:
                     break
                 if conn is None:
-                    conn = await self._connect(batch)
-                    if conn is None:
+                    conn = await self.pool.connect(batch)
+                    if conn is None:  # the pool shrank by this one, or the relay cannot be reached
                         break
                 await self._send_smtp(conn, batch, bucket)
         finally:
             if conn is not None:
-                await conn.quit() if conn.usable else conn.abort()
-
-    async def _connect(self, batch: list[ledger.Pending]) -> SMTPConnection | None:
-        error = ""
-        for attempt in range(CONNECT_TRIES):
-            try:
-                return await SMTPConnection.open(self.settings)
-            except ConnectionLost as exc:
-                error = str(exc)
-                await asyncio.sleep(min(self.retry_delay * 2 ** attempt, MAX_RETRY_DELAY))
-            except DeliveryError as exc:  # refused (bad TLS or AUTH): retrying will not help
-                error = str(exc)
-                break
-        self.stop = self.stop or error
-        self.record(batch, [Outcome("unsent", None, error)] * len(batch), [None] * len(batch))
-        return None
+                await self.pool.close(conn)
 
     async def _send_smtp(self, conn: SMTPConnection, batch: list[ledger.Pending], bucket) -> None:
         rows, messages, ids = [], [], []
-        refused_rows, refused = [], []
+        refused = []
         for row in batch:
             try:
                 rcpt, data, mid = self.build(row, sign=False)
             except DeliveryError as exc:
-                refused_rows.append(row)
-                refused.append(_refused(str(exc)))
+                refused.append((row, _refused(str(exc)), None))
                 continue
             rows.append(row)
             messages.append((rcpt, data, verp.return_path(self.settings, "d", row.id)))  # VERP: bounces name the row
@@ -298,21 +264,30 @@ class SendRun:
             signed = await self.signer.sign_batch([data for _, data, _ in messages])
             for i in reversed(range(len(signed))):
                 if isinstance(signed[i], str):  # this message could not be signed: refused, like a build error
-                    refused_rows.append(rows.pop(i))
-                    refused.append(_refused(signed.pop(i)))
+                    refused.append((rows.pop(i), _refused(signed.pop(i)), None))
                     messages.pop(i)
                     ids.pop(i)
             messages = [(rcpt, data, sender) for (rcpt, _, sender), data in zip(messages, signed)]
         # MessageTemplate never starts a line with "." (and a DKIM header cannot), so no dot-stuffing scan
-        guard = self.guard
+        recorded: set[int] = set()
 
         async def before_each() -> None:
-            await guard.before_each()  # never one more message once the lease is gone
+            reason = self.guard.stop_reason()  # a stop request, a signal, a lost lease: not one more message
+            if reason:
+                self.stop = self.stop or reason
+                raise Halt(reason)
             if bucket is not None:
                 await bucket.take()
 
-        outcomes = (await conn.send_batch(self.sender, messages, before_each, dot_safe=True) if messages else [])
-        self.record(rows + refused_rows, outcomes + refused, ids + [None] * len(refused))
+        async def handover(index: int, finished) -> None:
+            recorded.update(i for i, _ in finished)
+            if not await self.commit([(rows[i], o, ids[i]) for i, o in finished], hand=rows[index]):
+                raise Halt(self.stop or "the row is no longer due")
+
+        outcomes = (await conn.send_batch(self.sender, messages, before_each, dot_safe=True, handover=handover)
+                    if messages else [])
+        rest = [(rows[i], o, ids[i]) for i, o in enumerate(outcomes) if i not in recorded]
+        await self.commit(rest + refused)
 
     async def outbox_worker(self) -> None:
         outbox = Outbox(self.settings.outbox_dir)
@@ -321,25 +296,27 @@ class SendRun:
                 batch = await self.next_batch(self.batch_size)
                 if not batch:
                     break
-                outcomes, ids = [], []
-                for row in batch:
-                    if self.guard.lease_gone():
-                        outcomes.append(Outcome("unsent", None, LEASE_LOST))
-                        ids.append(None)
-                        continue
+                done = []  # the previous message's outcome, recorded with the next row's mark
+                for at, row in enumerate(batch):
+                    if self.guard.stop_reason():
+                        self.stop = self.stop or self.guard.stop_reason() or LEASE_LOST
+                        done += [(r, Outcome("unsent", None, self.stop), None) for r in batch[at:]]
+                        break
                     try:
                         rcpt, data, mid = self.build(row)
                     except DeliveryError as exc:
-                        outcomes.append(_refused(str(exc)))
-                        ids.append(None)
+                        done.append((row, _refused(str(exc)), None))
                         continue
+                    if not await self.commit(done, hand=row):
+                        done = [(r, Outcome("unsent", None, self.stop), None) for r in batch[at:]]
+                        break
+                    done = []
                     try:
-                        outbox.send(data, Envelope(verp.return_path(self.settings, "d", row.id), rcpt))
-                        outcomes.append(Outcome("sent", None, "written to the outbox"))
+                        outbox.send(data, Envelope(self.sender, rcpt))
+                        done.append((row, Outcome("sent", None, "written to the outbox"), mid))
                     except OSError as exc:
-                        outcomes.append(Outcome("lost", None, f"outbox: {exc}"))
-                    ids.append(mid)
-                self.record(batch, outcomes, ids)
+                        done.append((row, Outcome("lost", None, f"outbox: {exc}"), mid))
+                await self.commit(done)
                 await asyncio.sleep(0)
         finally:
             outbox.close()

@@ -20,7 +20,11 @@ class SendSummary:
     failed: int = 0  # this run
     bounced: int = 0  # this run
     skipped: int = 0  # this run
-    uncertain: int = 0  # rows found in flight from a dead process at the start of this run
+    uncertain: int = 0  # rows left uncertain in the ledger at the end (not resent, not closed)
+    in_doubt: int = 0  # rows of the issue ever uncertain (in flight at a crash, or no reply in time)
+    recovered: int = 0  # rows found in flight from a dead process at the start of this run
+    decided: int = 0  # uncertain rows resent or closed by `--uncertain` at the start of this run
+    pool: str = ""  # "the relay refused 4 connection(s) ...: sent on 4 of 8" when it took fewer
     previously_sent: int = 0  # rows already sent before this run
     elapsed: float = 0.0
     dry_run: bool = False
@@ -41,6 +45,11 @@ class SendSummary:
                f"skipped {self.skipped}  uncertain {self.uncertain}",
                f"  recipients {self.recipients} (sent before this run {self.previously_sent})  "
                f"elapsed {self.elapsed:.1f}s  {self.rate:.0f} messages/s"]
+        if self.recovered or self.in_doubt:
+            out.append(f"  {self.recovered} found in flight from a stopped process; {self.in_doubt} row(s) of this "
+                       f"issue were ever uncertain (the relay may have had them when they were sent again)")
+        if self.pool:
+            out.append(f"  {self.pool}")
         if self.stopped:
             out.append(f"  {self.stopped}")
         elif self.error:

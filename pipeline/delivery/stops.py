@@ -3,10 +3,10 @@
 A request is a row in ``stop_requests`` (written by ``newsletter stop``, and by
 ``newsletter pause`` while something is sending), or, for a signal to the sending
 process itself (SIGINT/SIGTERM to ``newsletter send`` or ``newsletter run``), a
-flag in this process.  The sender (``pipeline.delivery.deliver``) looks for both between
-batches: it stops claiming rows, waits for the replies of the messages already
-handed to the relay (at most ``smtp_timeout``), records them, and ends with the
-rest still ``queued`` in the ledger, so no row is left uncertain.  The request row
+flag in this process.  The sender (``pipeline.delivery.send_loop``) looks for both before
+each message: it hands the relay nothing more, waits for the replies of the messages
+already handed over (at most one per connection, at most ``smtp_timeout``), records
+them, and ends with the rest still ``queued`` in the ledger, so no row is left uncertain.  The request row
 then says when it was honoured and how far the send got, which ``status`` shows
 ("stopped by NAME at HH:MM, 904 of 3,000 sent") until it is released:
 ``newsletter send --date D --resume`` releases that day's, ``newsletter resume``

@@ -137,6 +137,20 @@ class ConnectionLost(DeliveryError):
     """The relay closed the connection or stopped answering."""
 
 
+class GreetingRefused(ConnectionLost):
+    """The relay answered the connection with a 4xx greeting (421: too many connections);
+    ``reply`` holds its words.  A pool treats it as "one connection fewer"."""
+
+    def __init__(self, message: str, reply: "Reply"):
+        super().__init__(message)
+        self.reply = reply
+
+
+class Halt(Exception):
+    """Raised by a ``send_batch`` hook to end the batch before the next message is handed
+    over (a stop request, a lost lease): messages not handed over are ``unsent``."""
+
+
 class _ReplyReader(asyncio.Protocol):
     """Collects complete (possibly multi-line) replies and wakes whoever waits."""
 
@@ -228,8 +242,11 @@ class Outcome(NamedTuple):
 
     ``stage`` is where it ended: ``sent``; ``mail``, ``rcpt``, ``data`` (the DATA
     command) or ``end`` (the reply to the end of data) for a refusal; ``lost``
-    when the connection dropped or timed out while the message was under way;
-    ``unsent`` when it never started (an earlier failure closed the connection).
+    when the connection dropped or timed out before the message's content went
+    out (certainly not delivered); ``unknown`` when that happened after its
+    content went out and before the reply (the relay may have it: uncertain);
+    ``unsent`` when it never started (an earlier failure closed the connection,
+    or a hook halted the batch).
     """
 
     stage: str
@@ -253,19 +270,33 @@ class SMTPConnection:
         self.usable = True  # False once a batch ended in a lost connection or a timeout
 
     @classmethod
-    async def open(cls, settings: Settings) -> "SMTPConnection":
+    async def open(cls, settings: Settings, deadline: float | None = None) -> "SMTPConnection":
+        """Connect, read the greeting, EHLO, STARTTLS and AUTH as configured.  Connecting
+        and the greeting wait at most ``smtp_connect_timeout`` (and never past
+        ``deadline``, a loop time); a 4xx greeting raises ``GreetingRefused``."""
         security = settings.smtp_security
         if security not in ("none", "starttls", "tls"):
             raise DeliveryError(f"smtp_security must be none, starttls or tls, got {security!r}")
         loop = asyncio.get_running_loop()
         timeout = float(settings.smtp_timeout)
+        # connecting and the greeting have their own (shorter) limit: a dead relay must say so soon
+        connect_timeout = float(getattr(settings, "smtp_connect_timeout", timeout) or timeout)
+        if deadline is not None:
+            connect_timeout = max(0.05, min(connect_timeout, deadline - loop.time()))
         where = f"{settings.smtp_host}:{settings.smtp_port}"
+        protocol = None
         try:
             _, protocol = await asyncio.wait_for(loop.create_connection(
                 lambda: _ReplyReader(loop), settings.smtp_host, int(settings.smtp_port),
-                ssl=tls_context(settings) if security == "tls" else None), timeout)
+                ssl=tls_context(settings) if security == "tls" else None), connect_timeout)
             conn = cls(settings, protocol, timeout)
-            await conn._expect(None, 220, "greeting")
+            greeting = await protocol.reply(max(0.05, connect_timeout))
+            if 400 <= greeting.code < 500:
+                conn.abort()
+                raise GreetingRefused(f"relay {where} refused the connection: {greeting}", greeting)
+            if greeting.code != 220:
+                conn.abort()
+                raise DeliveryError(f"SMTP greeting refused: {greeting}")
             await conn._ehlo()
             if security == "starttls":
                 if "starttls" not in conn.extensions:
@@ -278,8 +309,15 @@ class SMTPConnection:
             if settings.smtp_username:
                 await conn._login(settings.smtp_username, settings.smtp_password or os.environ.get("SMTP_PASSWORD", ""))
             return conn
+        except GreetingRefused:
+            raise
         except (OSError, TimeoutError, ssl.SSLError, ConnectionLost) as exc:
-            raise ConnectionLost(f"cannot connect to SMTP relay {where}: {exc}") from exc
+            if protocol is not None and protocol.transport is not None:
+                protocol.transport.abort()
+            if isinstance(exc, TimeoutError):
+                what = "no greeting" if protocol is not None else "no answer to the connection"
+                exc = f"{what} within {connect_timeout:g} s"
+            raise ConnectionLost(f"cannot connect to SMTP relay {where}: {exc}") from None
 
     def _write(self, data: bytes) -> None:
         if self.protocol.lost is not None:
@@ -319,7 +357,9 @@ class SMTPConnection:
 
     async def send_batch(self, mail_from: str, messages: list[tuple[str, bytes]] | list[tuple[str, bytes, str]],
                          before_each: Callable[[], Awaitable[None]] | None = None,
-                         dot_safe: bool = False) -> list[Outcome]:
+                          dot_safe: bool = False,
+                          handover: Callable[[int, list[tuple[int, Outcome]]], Awaitable[None]] | None = None,
+                          ) -> list[Outcome]:
         """Send ``(recipient, data)`` pairs; one Outcome per message, in order.  A
         ``(recipient, data, envelope sender)`` triple has its own MAIL FROM (VERP).
 
@@ -329,11 +369,33 @@ class SMTPConnection:
         per-message work.
 
         A refused message does not stop the batch.  A lost connection or a
-        timeout ends it: the message under way is ``lost``, later ones ``unsent``,
-        and the connection must not be used again (``usable`` is False).
+        timeout ends it: the message under way is ``unknown`` if its content went
+        out, else ``lost``; later ones are ``unsent``; and the connection must not
+        be used again (``usable`` is False).  ``before_each`` may raise ``Halt`` to
+        end the batch before the next message starts.
+
+        ``handover(index, finished)`` is awaited right before message ``index``'s
+        content is written, with the (index, Outcome) pairs that ended since the
+        last call: the caller records those and marks ``index`` in flight, so at
+        most one message per connection is ever handed over without its outcome
+        recorded.  If it raises, the message is not handed over.
         """
         outcomes: list[Outcome | None] = [None] * len(messages)
         under_way: list[int] = []  # indexes whose transaction has begun and has no outcome yet
+        handed: set[int] = set()  # of those, the ones whose content went out
+        finished: list[tuple[int, Outcome]] = []  # outcomes not yet passed to handover
+
+        async def hand(index: int) -> None:
+            if handover is not None:
+                done = finished[:]
+                finished.clear()
+                await handover(index, done)
+            handed.add(index)
+
+        def ended(index: int, outcome: Outcome) -> None:
+            outcomes[index] = outcome
+            finished.append((index, outcome))
+
         envelope = b"MAIL FROM:<" + mail_from.encode("ascii") + b">\r\nRCPT TO:<"
         pending: tuple[int, bytes] | None = None  # (index, content) waiting to be written after its 354
         needs_reset = False
@@ -348,6 +410,7 @@ class SMTPConnection:
                     await before_each()
                 out = []
                 if pending is not None:
+                    await hand(pending[0])
                     out.append(pending[1])
                 if needs_reset:
                     out.append(b"RSET\r\n")
@@ -357,7 +420,7 @@ class SMTPConnection:
                     self._write(b"".join(out))
                     under_way.append(index)
                     if pending is not None:
-                        self._finish(outcomes, under_way, pending[0], await reply(timeout))
+                        self._finish(ended, under_way, pending[0], await reply(timeout))
                         pending = None
                         await self.protocol.drain()
                     if needs_reset:
@@ -370,7 +433,7 @@ class SMTPConnection:
                     if out:
                         self._write(b"".join(out))
                     if pending is not None:
-                        self._finish(outcomes, under_way, pending[0], await reply(timeout))
+                        self._finish(ended, under_way, pending[0], await reply(timeout))
                         pending = None
                     if needs_reset:
                         await reply(timeout)
@@ -390,40 +453,47 @@ class SMTPConnection:
                     continue
                 # refused before the content: say where, and reset the transaction
                 if mail.code != 250:
-                    outcomes[index] = Outcome("mail", mail)
+                    ended(index, Outcome("mail", mail))
                 elif rcpt_reply is None or rcpt_reply.code not in (250, 251):
-                    outcomes[index] = Outcome("rcpt", rcpt_reply)
+                    ended(index, Outcome("rcpt", rcpt_reply))
                 else:
-                    outcomes[index] = Outcome("data", data_reply)
+                    ended(index, Outcome("data", data_reply))
                 under_way.remove(index)
                 needs_reset = True
                 if 421 in (mail.code, getattr(rcpt_reply, "code", 0), getattr(data_reply, "code", 0)):
                     raise ConnectionLost("the relay is closing the connection (421)")
             if pending is not None:
+                await hand(pending[0])
                 self._write(pending[1])
-                self._finish(outcomes, under_way, pending[0], await reply(timeout))
+                self._finish(ended, under_way, pending[0], await reply(timeout))
                 pending = None
             if needs_reset:
                 self._write(b"RSET\r\n")
                 await reply(timeout)
-        except (ConnectionLost, TimeoutError, OSError) as exc:
+        except (ConnectionLost, TimeoutError, OSError, Halt) as exc:
             self.usable = False
             self.abort()
-            error = "timeout waiting for the relay" if isinstance(exc, TimeoutError) else str(exc)
+            if isinstance(exc, TimeoutError):
+                error = f"no reply from the relay within smtp_timeout ({timeout:g} s)"
+            else:
+                error = str(exc) or type(exc).__name__
             for index in under_way:
-                outcomes[index] = Outcome("lost", None, error)
+                if index in handed:  # its content went out: the relay may have it
+                    outcomes[index] = Outcome("unknown", None, error)
+                else:
+                    outcomes[index] = Outcome("unsent" if isinstance(exc, Halt) else "lost", None, error)
             for index, outcome in enumerate(outcomes):
                 if outcome is None:
                     outcomes[index] = Outcome("unsent", None, error)
         return outcomes  # type: ignore[return-value]
 
-    def _finish(self, outcomes: list, under_way: list[int], index: int, reply: Reply) -> None:
+    def _finish(self, ended: Callable[[int, Outcome], None], under_way: list[int], index: int, reply: Reply) -> None:
         under_way.remove(index)
         if reply.code == 250:
-            outcomes[index] = Outcome("sent", reply)
+            ended(index, Outcome("sent", reply))
             self.sent += 1
         else:
-            outcomes[index] = Outcome("end", reply)
+            ended(index, Outcome("end", reply))
             if reply.code == 421:
                 raise ConnectionLost("the relay is closing the connection (421)")
 

@@ -125,13 +125,13 @@ def _print(report, settings, engine) -> None:
         table.add_row(n.day.isoformat(), f"{n.at:%H:%M %Z}", n.kind, articles)
     console.print(table)
 
-    table = Table("date", "kind", "state", "sent", "deferred", "failed", "bounced", "in flight", "of", "planned",
-                  "started", "subject", title="Last sends")
+    table = Table("date", "kind", "state", "sent", "deferred", "uncertain", "failed", "bounced", "in flight", "of",
+                  "planned", "started", "subject", title="Last sends")
     for r in report.runs:
         c = r.counts
         state = r.state + (" (late)" if r.late else "") + (" ALERT" if r.alert else "")
         table.add_row(r.day.isoformat(), r.kind, state, str(c.get("sent", 0)),
-                      str(c.get("deferred", 0) + c.get("queued", 0) + c.get("uncertain", 0)),
+                      str(c.get("deferred", 0) + c.get("queued", 0)), str(c.get("uncertain", 0)),
                       str(c.get("failed", 0)), str(c.get("bounced", 0)), str(c.get("sending", 0)),
                       str(c.get("total", 0)), _hm(r.planned_at, tz), _hm(r.started_at, tz), r.subject or "")
     console.print(table)

@@ -234,9 +234,14 @@ def build(engine: Engine, settings, library=None, *, next_count: int = 5, recent
     infos, alerts = [], []
     for n, (run, key) in enumerate(zip(runs, keys)):
         alert = run_alert(run, stranded)
+        resume = _partly_sent(run, live.get(key))
+        if resume and run.state not in ("sent", "running") and run.acknowledged_at is None:
+            alert = True  # recipients are waiting whatever else the day's state says: name the one action
         if alert:
-            alerts.append(Alert(run.day, run.kind, run.state, f"{run.kind} issue of {run.day.isoformat()} "
-                                                              f"{run.state}: {run.error or ''}".rstrip(": ")))
+            message = f"{run.kind} issue of {run.day.isoformat()} {run.state}: {run.error or ''}".rstrip(": ")
+            if resume and resume not in message:
+                message += f"; {resume}"
+            alerts.append(Alert(run.day, run.kind, run.state, message))
         if n >= recent and not alert:
             continue
         counts = live.get(key) or {"total": run.sent + run.deferred + run.failed + run.bounced, "sent": run.sent,
@@ -261,6 +266,24 @@ def build(engine: Engine, settings, library=None, *, next_count: int = 5, recent
                   library is not None, tuple(queue))
 
 
+def _partly_sent(run: calendar.Run, counts: dict | None) -> str:
+    """``904 of 3,000 sent; `newsletter send --date D --resume` finishes it`` when the day's
+    issue has recipients still open in the ledger (queued, deferred, uncertain), else ""."""
+    if not counts or not counts.get("sent") or run.kind != "daily":
+        return ""
+    if not any(counts.get(s, 0) for s in ("queued", "deferred", "sending", "uncertain")):
+        return ""
+    return (f"{counts['sent']:,} of {counts.get('total', 0):,} sent; "
+            f"`newsletter send --date {run.day.isoformat()} --resume` finishes it" + _uncertain_note(counts))
+
+
+def _uncertain_note(counts: dict) -> str:
+    """What to do about rows left uncertain (uncertain_policy skip), or ""."""
+    n = counts.get("uncertain", 0)
+    return (f" ({n:,} uncertain: the relay may have had them; add `--uncertain resend` to send them again or "
+            f"`--uncertain skip` to close them)") if n else ""
+
+
 def _hand_sends(engine: Engine, known: set[str], tz) -> tuple[list[RunInfo], list[Alert]]:
     """Issues in the ledger with no run row (hand sends): live counts, and an alert for
     one left unfinished (stopped, interrupted, relay failures) that nobody is sending."""
@@ -278,7 +301,8 @@ def _hand_sends(engine: Engine, known: set[str], tz) -> tuple[list[RunInfo], lis
         counts = live.get(r.key, {"total": 0})
         held = bool(r.lease_owner and r.lease_expires_at and r.lease_expires_at > now
                     and not holders.is_dead(r.lease_owner))
-        finished = r.state == "sent" and not any(counts.get(s, 0) for s in ("queued", "sending", "deferred"))
+        finished = r.state == "sent" and not any(counts.get(s, 0)
+                                                 for s in ("queued", "sending", "deferred", "uncertain"))
         state = "sent" if finished else "sending" if held else "stopped" if r.key in stopped else "unfinished"
         again = f"newsletter send --date {r.date.isoformat()}" + (f" --topic {r.audience_topic}"
                                                                   if r.audience_topic else "") + " --resume"
@@ -286,7 +310,8 @@ def _hand_sends(engine: Engine, known: set[str], tz) -> tuple[list[RunInfo], lis
             again = f"newsletter send --correction {r.number} --resume"
         note = "" if state in ("sent", "sending") else (
             f"hand send {stopped[r.key].describe(tz) if r.key in stopped else 'interrupted'}: "
-            f"{counts.get('sent', 0)} of {counts.get('total', 0)} sent; `{again}` finishes it")
+            f"{counts.get('sent', 0)} of {counts.get('total', 0)} sent; `{again}` finishes it"
+            + _uncertain_note(counts))
         alert = state in ("stopped", "unfinished")
         infos.append(RunInfo(r.date, r.kind, state, r.key, r.subject, None, r.created_at, r.finished_at, False,
                              counts, note, alert, None))

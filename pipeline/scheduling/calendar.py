@@ -285,16 +285,18 @@ def run_days(engine: Engine) -> tuple[date | None, date | None]:
 
 
 def record_outcome(engine: Engine, day: date, kind: str, state: str, *, planned_at: datetime | None = None,
-                   error: str | None = None, replace: Run | None = None) -> Run | None:
+                   error: str | None = None, replace: Run | None = None,
+                   started_at: datetime | None = None) -> Run | None:
     """Record a day that will not be sent (missed, paused) if nothing is recorded yet,
     or over ``replace`` if the row is still exactly as read (a later send planned
-    the same day after an empty-handed run, see ``REOPEN``).
+    the same day after an empty-handed run, see ``REOPEN``).  ``started_at``
+    defaults to now (a hand send finished by ``--resume`` passes when it began).
 
     Returns the new run, or None when another process recorded the day first.
     """
     assert state in RUN_STATES, state
     now = clock.now()
-    values = dict(state=state, planned_at=planned_at, started_at=now, finished_at=now, error=error)
+    values = dict(state=state, planned_at=planned_at, started_at=started_at or now, finished_at=now, error=error)
     if replace is not None:
         with transaction(engine) as session:
             result = session.execute(

@@ -333,7 +333,11 @@ def record_hand_send(engine: Engine, plan: DayPlan, summary) -> Run | None:
     note = "sent by hand with `newsletter send`"
     run = calendar.get_run(engine, day, "daily")
     if run is None:
-        run = calendar.record_outcome(engine, day, "daily", "sent", error=note) or calendar.get_run(engine, day, "daily")
+        from pipeline.delivery import ledger
+        issue = ledger.find_issue(engine, key)  # the send began when the issue was recorded, not at its --resume
+        run = (calendar.record_outcome(engine, day, "daily", "sent", error=note,
+                                       started_at=issue.created_at if issue is not None else None)
+               or calendar.get_run(engine, day, "daily"))
         if run is not None and run.state == "sent" and run.issue_key is None:
             return calendar.settle_run(engine, run, "sent", issue_key=key, counts=counts, error=note)
         return run
