@@ -6,7 +6,9 @@ from __future__ import annotations
 import mailbox
 import shutil
 import subprocess
+import signal
 import threading
+import time
 from collections import Counter
 from datetime import date, timedelta
 from email import message_from_bytes, policy
@@ -16,9 +18,9 @@ import lxml.html
 import pytest
 from sqlalchemy import insert, update
 
-from conftest import missing
-from fixtures_corrections import SECRET, World, send_issue_of, world  # noqa: F401  (fixture)
-from fixtures_delivery import add_subscribers
+from conftest import free_port, missing
+from fixtures_corrections import NEWSLETTER, SECRET, World, send_issue_of, world  # noqa: F401  (fixture)
+from fixtures_delivery import Script, add_subscribers, start_scripted_server
 from fixtures_site import write_article
 from pipeline import clock
 from pipeline.corrections import records
@@ -116,6 +118,44 @@ def test_a_reader_who_got_it_daily_and_weekly_gets_one_notice_and_leavers_get_no
     for page in pages:
         doc = lxml.html.document_fromstring(page.read_text("utf-8"))
         assert "0.25 mm not 2.5 mm (£30)." in doc.xpath("//div[@role='note']")[0].text_content(), page
+
+
+def test_a_notice_send_stopped_by_sigterm_resumes_and_leaves_no_stop_open(world):
+    """Ctrl-C / SIGTERM of `send --correction`: exit 3, `status` names the resume command;
+    `--resume` finishes everyone once, and no stop stays open on the notice's day (an open
+    one there holds back the daemon's finishing of that day's own stopped issue)."""
+    from pipeline.delivery import stops
+
+    settings = world.settings().replace(transport="outbox", outbox_dir=str(world.cwd / "io"), secret_key=SECRET)
+    add_subscribers(world.engine(), settings, 60)
+    send_issue_of(world, (SLUG,), settings=settings)
+    world.edit(SLUG, "Microneedling", "Micro-needling")
+    world.invoke("correct", SLUG, "--note", "Corrected depth – 0.25 mm.", "--significant", "--no-build")
+    port = free_port()
+    controller, server = start_scripted_server(Script(), port)
+    world.smtp(port, NEWSLETTER_SMTP_CONNECTIONS="1", NEWSLETTER_DELIVERY_BATCH_SIZE="5",
+               NEWSLETTER_SMTP_RATE_LIMIT="60")
+    command = [str(NEWSLETTER), "--content", str(world.content), "send", "--correction", "1", "--no-progress"]
+    try:
+        proc = subprocess.Popen(command, cwd=world.cwd, env=world.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while len(server.accepted) < 10 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3 and "Traceback" not in err, err
+        assert 10 <= len(server.accepted) < 60
+        status = world.invoke("status")
+        assert status.exit_code == 2 and "`newsletter send --correction 1 --resume` finishes it" in status.output
+        world.run("send", "--correction", "1", "--resume", "--no-progress")
+        time.sleep(0.3)
+        got = server.by_recipient()
+    finally:
+        controller.stop()
+    assert got == {f"sub{i}@example.com": 1 for i in range(60)}  # a signal stop leaves nothing in flight
+    assert world.invoke("status").exit_code == 0
+    assert [r for r in stops.open_requests(world.engine()) if r.issue_key and "correction" in r.issue_key] == []
 
 
 def _retract_due_tomorrow(world: World):
