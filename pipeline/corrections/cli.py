@@ -60,9 +60,13 @@ def _record(obj, slug: str, note: str, kind: str, significant: bool, by: str | N
         _rebuild(library, engine)
     if correction.notifies:
         from pipeline.corrections.audience import count_audience
-        click.echo(f"  notice for the {count_audience(engine, slug)} person(s) who got it: "
-                   f"`newsletter preview --correction {correction.id}`, then "
-                   f"`newsletter send --correction {correction.id}`")
+        count = count_audience(engine, slug)
+        if count:
+            click.echo(f"  notice for the {count} person(s) who got it: "
+                       f"`newsletter preview --correction {correction.id}`, then "
+                       f"`newsletter send --correction {correction.id}`")
+        else:
+            click.echo("  nobody still subscribed has received it in an issue: no notice to send")
 
 
 _BUILD = click.option("--build/--no-build", default=True, show_default=True,
