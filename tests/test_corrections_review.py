@@ -280,3 +280,26 @@ def test_feed_readers_see_a_retraction_as_the_same_item_updated_with_the_notice_
     content = lxml.html.fragment_fromstring(entry.content[0].value, create_parent="div").text_content()
     assert content.lstrip().startswith("Retracted, ") and "the trial <b>was</b> retracted." in content
     assert "collagen" not in content.lower() and "collagen" not in item["content_html"].lower()
+
+
+def _unwritable_public(world: World) -> None:
+    world.invoke("build")
+    (world.cwd / "blocker").write_text("a file where the site's folder should be", encoding="utf-8")
+    world.env["NEWSLETTER_PUBLIC_DIR"] = str(world.cwd / "blocker" / "public")
+
+
+def test_a_correction_whose_rebuild_fails_is_kept_and_says_so_in_one_line(world):
+    """The site cannot be written: the correction stays recorded (nothing is lost), and the
+    editor gets one line saying so and what to run, with a non-zero exit, not a traceback."""
+    _unwritable_public(world)
+    world.edit(SLUG, "Microneedling", "Micro-needling")
+    line = world.fails("correct", SLUG, "--note", "Depth corrected.", "--significant")
+    assert "correction 1 of microneedling is recorded" in line and "`newsletter build`" in line, line
+    assert [c.note for c in records.listing(world.engine(), SLUG)] == ["Depth corrected."]
+
+
+@pytest.mark.xfail(strict=True, reason="pipeline/site (build_site / site cli) lets an OSError out as a traceback; "
+                                       "outside the corrections' files")
+def test_a_build_into_an_unwritable_folder_is_one_line(world):
+    _unwritable_public(world)
+    world.fails("build")
