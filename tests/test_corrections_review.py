@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from email import message_from_bytes, policy
 from zoneinfo import ZoneInfo
 
@@ -303,3 +303,16 @@ def test_a_correction_whose_rebuild_fails_is_kept_and_says_so_in_one_line(world)
 def test_a_build_into_an_unwritable_folder_is_one_line(world):
     _unwritable_public(world)
     world.fails("build")
+
+
+def test_why_a_send_leaves_out_a_retracted_article_agrees_with_its_page_about_the_day(world, frozen):
+    """Retracted at 00:30 London time on 2 July (23:30 UTC on 1 July): the page says 2 July,
+    so the plan's reason must not say 1 July as if it were the day."""
+    from pipeline.corrections import signoff
+
+    world.invoke("build")
+    frozen.set(datetime(2026, 7, 1, 23, 30, tzinfo=timezone.utc))
+    records.record(world.engine(), world.library(), SLUG, "Withdrawn.", kind=records.RETRACTION, by="ed",
+                   today=date(2026, 7, 2))
+    reason = signoff.held(world.engine())[SLUG]
+    assert "2026-07-02" in reason or "2026-07-01 23:30 UTC" in reason, reason
