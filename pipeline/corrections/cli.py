@@ -17,6 +17,7 @@ import click
 
 from pipeline import clock
 from pipeline.corrections import records
+from pipeline.errors import CorrectionError
 
 
 def _today(settings) -> date:
@@ -35,6 +36,15 @@ def _rebuild(library, engine) -> None:
     settings = library.settings
     report = build_site(library, settings.public_dir, notices=site_update(library, _today(settings), engine=engine))
     click.echo(f"site rebuilt in {settings.public_dir}: {len(report.written)} file(s) changed")
+
+
+def _rebuild_or_why(library, engine) -> str | None:
+    """Rebuild the site; None, or why it could not be written (the record stands either way)."""
+    try:
+        _rebuild(library, engine)
+    except OSError as exc:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename or exc}"
+    return None
 
 
 def _record(obj, slug: str, note: str, kind: str, significant: bool, by: str | None, build: bool) -> None:
@@ -56,13 +66,19 @@ def _record(obj, slug: str, note: str, kind: str, significant: bool, by: str | N
         click.echo(f"  {slug} is refused from every future send")
     elif needs_signoff(engine, correction):
         click.echo(f"  {slug} is held from future sends until a reviewer signs off this version")
-    if build:
-        _rebuild(library, engine)
+    failed = _rebuild_or_why(library, engine) if build else None
     if correction.notifies:
         from pipeline.corrections.audience import count_audience
-        click.echo(f"  notice for the {count_audience(engine, slug)} person(s) who got it: "
-                   f"`newsletter preview --correction {correction.id}`, then "
-                   f"`newsletter send --correction {correction.id}`")
+        count = count_audience(engine, slug)
+        if count:
+            click.echo(f"  notice for the {count} person(s) who got it: "
+                       f"`newsletter preview --correction {correction.id}`, then "
+                       f"`newsletter send --correction {correction.id}`")
+        else:
+            click.echo("  nobody still subscribed has received it in an issue: no notice to send")
+    if failed:
+        raise CorrectionError(f"{what} {correction.id} of {slug} is recorded, but the site was not rebuilt "
+                              f"({failed}): fix that and run `newsletter build`")
 
 
 _BUILD = click.option("--build/--no-build", default=True, show_default=True,
@@ -102,7 +118,6 @@ def corrections(obj, slug: str | None) -> None:
     """List the corrections and retractions (of SLUG), oldest first, with their notices."""
     from pipeline.corrections.notice_mail import KIND
     from pipeline.delivery import ledger
-    from pipeline.errors import CorrectionError
 
     library = obj.library()
     settings = library.settings

@@ -206,34 +206,67 @@ def _article(library, slug: str) -> Article:
         raise CorrectionError(f"unknown article {slug!r}: no content/articles file has that slug") from None
 
 
+def _serialise(conn, slug: str) -> None:
+    """Make concurrent ``record`` calls for ``slug`` take turns, so each sees the one before:
+    on PostgreSQL a transaction advisory lock keyed by the slug; on SQLite a write that takes
+    the database's write lock (a statement that matches no row still takes it)."""
+    if conn.dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"corrections:{slug}".encode("utf-8")).digest()[:8], "big", signed=True)
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)" % key)
+    else:
+        conn.execute(text("UPDATE corrections SET id = id WHERE 1 = 0"))
+
+
+def _refusal(conn, slug: str, kind: str, now_hash: str, source) -> str | None:
+    """Why ``slug`` may not get a new record of ``kind``, read inside the recording transaction."""
+    row = conn.execute(select(CORRECTIONS).where(CORRECTIONS.c.slug == slug, CORRECTIONS.c.kind == RETRACTION)
+                       ).first()
+    if row is not None:
+        retracted = Correction.of(row)
+        when = retracted.created_at.isoformat(timespec="minutes")
+        if kind == RETRACTION:
+            return (f"{slug} was already retracted on {when} by {retracted.created_by} "
+                    f"(correction {retracted.id}); it is retracted once")
+        return f"{slug} was retracted on {when}; a retracted article cannot be corrected"
+    if kind == CORRECTION and _latest_version(conn, slug) == now_hash:
+        return (f"{slug} has not changed since the version that went out: edit "
+                f"{source or 'the article'} first, then record the correction")
+    return None
+
+
+def _latest_version(conn, slug: str) -> str | None:
+    return conn.execute(select(VERSIONS.c.content_hash).where(VERSIONS.c.slug == slug)
+                        .order_by(VERSIONS.c.id.desc()).limit(1)).scalar()
+
+
 def record(engine: Engine, library, slug: str, note: str, *, kind: str = CORRECTION, significant: bool = False,
            by: str, today: date) -> Correction:
     """Record a correction (the article must have changed since the last version that went
-    out) or a retraction (once per article).  Raises ``CorrectionError`` with one line."""
+    out) or a retraction (once per article).  Raises ``CorrectionError`` with one line.
+
+    The checks are made again inside the transaction that records, one command at a time per
+    article (``_serialise``): two editors recording the same edit at once make one correction,
+    and so one notice per reader, not two.  A retraction of an article whose ``published``
+    date has not come is allowed (it holds the article from the send it is scheduled for);
+    a correction of one is refused (nobody has seen it: edit it freely)."""
     if kind not in KINDS:
         raise CorrectionError(f"kind must be correction or retraction, not {kind!r}")
     note = clean_note(note)
     article = _article(library, slug)
-    retracted = retraction_of(engine, slug)
-    if retracted is not None:
-        when = retracted.created_at.isoformat(timespec="minutes")
-        if kind == RETRACTION:
-            raise CorrectionError(f"{slug} was already retracted on {when} by {retracted.created_by} "
-                                  f"(correction {retracted.id}); it is retracted once")
-        raise CorrectionError(f"{slug} was retracted on {when}; a retracted article cannot be corrected")
-    if article.published > today:
+    if kind == CORRECTION and article.published > today:
         raise CorrectionError(f"{slug} is not published until {article.published.isoformat()}: nobody has seen "
-                              "it yet, so edit it freely; there is nothing to correct or retract")
+                              "it yet, so edit it freely; there is nothing to correct (`newsletter retract` "
+                              "withdraws it from its send)")
     now_hash = content_hash(article)
-    before = latest_versions(engine, [slug]).get(slug)
-    if kind == CORRECTION and before == now_hash:
-        raise CorrectionError(f"{slug} has not changed since the version that went out: edit "
-                              f"{article.source or 'the article'} first, then record the correction")
-    values = dict(slug=slug, kind=kind, significant=bool(significant or kind == RETRACTION), note=note,
-                  before_hash=before, after_hash=now_hash, created_by=" ".join(by.split())[:200] or "unknown",
-                  created_at=clock.now())
     try:
         with engine.begin() as conn:
+            _serialise(conn, slug)
+            refusal = _refusal(conn, slug, kind, now_hash, article.source)
+            if refusal is not None:
+                raise CorrectionError(refusal)
+            values = dict(slug=slug, kind=kind, significant=bool(significant or kind == RETRACTION), note=note,
+                          before_hash=_latest_version(conn, slug), after_hash=now_hash,
+                          created_by=" ".join(by.split())[:200] or "unknown", created_at=clock.now())
             new_id = conn.execute(insert(CORRECTIONS).values(**values)).inserted_primary_key[0]
             if kind == CORRECTION:
                 conn.execute(insert(VERSIONS).values(slug=slug, content_hash=now_hash, source=CORRECTED,

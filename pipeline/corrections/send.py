@@ -58,4 +58,20 @@ def send_notice(engine: Engine, library, correction_id: int, *, resume: bool = F
         return SendSummary(rendered.issue.key, recipients=n, dry_run=True)
     issue = ledger.record_issue(engine, rendered.issue, rendered.subject)
     audience.write_audience(engine, issue.id, correction.slug)
+    if resume:
+        release_stops(engine, rendered.issue.key)
     return send_issue(engine, settings, rendered, resume=resume, progress=progress)
+
+
+def release_stops(engine: Engine, key: str) -> int:
+    """Release the stops that ended an earlier run of this notice (a signal, a ``newsletter stop``
+    it honoured): ``--resume`` is the operator's word that it goes on, as ``send --date D --resume``
+    is for an issue.  Only this notice's: an open stop of the day's issue stays.  How many."""
+    from sqlalchemy import update
+
+    from pipeline import clock
+    from pipeline.delivery import stops
+
+    with engine.begin() as conn:
+        return conn.execute(update(stops.T).where(stops.T.c.issue_key == key, stops.T.c.released_at.is_(None))
+                            .values(released_at=clock.now())).rowcount

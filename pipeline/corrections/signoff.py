@@ -12,6 +12,8 @@ console), whatever ``review_required`` says for ordinary articles.
 """
 from __future__ import annotations
 
+from datetime import timezone
+
 from sqlalchemy import Engine, select
 
 from pipeline.corrections.records import CORRECTIONS, RETRACTION, Correction
@@ -37,7 +39,9 @@ def held(engine: Engine) -> dict[str, str]:
     newest: dict[str, Correction] = {}
     for row in rows:
         if row.kind == RETRACTION:
-            reasons[row.slug] = f"{row.slug} was retracted on {row.created_at.date().isoformat()} (correction {row.id})"
+            # an instant, not a day: this has no time zone to name the site's day in
+            at = row.created_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            reasons[row.slug] = f"{row.slug} was retracted at {at} (correction {row.id})"
         elif row.significant:
             newest[row.slug] = row
     for slug, row in newest.items():
