@@ -18,8 +18,8 @@ from pipeline.content.article import Article
 from pipeline.corrections.records import Correction
 from pipeline.errors import RenderError
 from pipeline.rendering.issue import PLACEHOLDERS, Issue, RenderedIssue
-from pipeline.rendering.render import (article_url, check_html, compile_mjml, email_environment, inline_css,
-                                       one_line, short_date, text_environment)
+from pipeline.rendering.render import (add_preheader, article_url, check_html, compile_mjml, email_environment,
+                                       inline_css, one_line, short_date, text_environment)
 from pipeline.settings import Settings
 
 KIND = "correction"  # the ledger's issue kind for every notice
@@ -107,7 +107,7 @@ def render_notice(correction: Correction, article: Article, settings: Settings) 
         text = text_environment().get_template("correction.txt").render(context)
     except jinja2.TemplateError as exc:
         raise RenderError(f"correction {correction.id}: notice template failed: {exc}") from None
-    html = inline_css(compile_mjml(mjml))
+    html = inline_css(add_preheader(compile_mjml(mjml), preheader))
     check_html(html, subject)
     text = "\n".join(line.rstrip() for line in text.splitlines()).strip("\n") + "\n"
     issue = notice_issue(correction, article, settings)

@@ -17,6 +17,7 @@ article is not a publication an editor announced; the correction that follows is
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import date, datetime

@@ -60,8 +60,9 @@ def articles_text(row) -> str:
         return f"weekly digest: {', '.join(row.plan.slugs)}{so_far}" if row.plan.sends else \
             f"weekly digest: nothing sent this week{' yet' if so_far else ''}"
     awaiting = f"; awaiting review: {', '.join(row.awaiting_review)}" if row.awaiting_review else ""
+    held = f"; held: {'; '.join(row.plan.held)}" if row.plan is not None and row.plan.held else ""
     if any(e.state in ("scheduled", "failed") for e in row.entries):
-        return entries_text(row.entries) + (f"; content error: {row.problem}" if row.problem else "") + awaiting
+        return entries_text(row.entries) + (f"; content error: {row.problem}" if row.problem else "") + awaiting + held
     if row.problem:
         return f"content error: {row.problem}"
     if row.awaiting_review:
@@ -82,6 +83,8 @@ def state_text(row) -> str:
         return "paused"
     if row.awaiting_review:
         return "awaiting review"
+    if row.plan is not None and row.plan.held and not row.plan.sends:
+        return "held"  # every article of the day is retracted or awaits a correction's sign-off
     if row.slot.kind == "daily" and row.problem is None and (row.plan is None or not row.plan.sends) \
             and not any(e.state in ("scheduled", "failed") for e in row.entries):
         return "nothing due"

@@ -52,7 +52,7 @@ def paginate(views: list[ArticleView], settings: Settings, folder: str = "") -> 
 def page_key(page: ArchivePage, issues: list) -> str:
     """The inputs of one archive page: what it shows of each article, its place among
     the pages, and (page 1 only) the issues."""
-    shown = [(v.url, v.published_at.isoformat(), v.article.title, v.article.summary, v.article.author.name)
+    shown = [(v.url, v.published_at.isoformat(), v.article.title, v.summary, v.article.author.name)
              for v in page.views]
     return digest(repr(shown), page.folder, str(page.number), str(page.count),
                   repr(issues) if page.number == 1 else "")
@@ -68,8 +68,9 @@ def pagination(page: ArchivePage, settings: Settings) -> dict:
 def sitemap(settings: Settings, pages: list[ArchivePage], views: list[ArticleView], issues: list) -> str:
     """sitemap.xml (sitemaps.org 0.9): archive pages (the topics' too), articles, then issues."""
     rows = [f"<url><loc>{escape(page_url(settings, p.number, p.folder))}</loc></url>" for p in pages]
-    rows += [f"<url><loc>{escape(v.url)}</loc><lastmod>{v.article.last_modified.isoformat()}</lastmod></url>"
-             for v in views]
+    # a retracted article's page is noindex: not listed; a corrected one's lastmod moves with the correction
+    rows += [f"<url><loc>{escape(v.url)}</loc><lastmod>{v.updated_at.date().isoformat()}</lastmod></url>"
+             for v in views if not v.retraction]
     rows += [f"<url><loc>{escape(i.url)}</loc><lastmod>{i.date.isoformat()}</lastmod></url>" for i in issues]
     return ('<?xml version="1.0" encoding="UTF-8"?>\n'
             '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">\n'

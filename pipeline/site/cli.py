@@ -17,7 +17,7 @@ import click
 
 from pipeline.content.library import Library, LibraryError, check_library
 from pipeline.site.buildcache import CACHE_DIR
-from pipeline.errors import ContentError, RenderError
+from pipeline.errors import ContentError, NewsletterError, RenderError
 from pipeline.site.feeds import today
 from pipeline.rendering.issue import RenderedIssue
 from pipeline.settings import load_settings
@@ -64,6 +64,14 @@ def _report(report: BuildReport, out: Path) -> None:
 @click.pass_obj
 def build(obj, out: Path | None, day: datetime | None) -> None:
     """Write the feeds, article pages and archive (and with --date, that day's issue page)."""
+    try:
+        _build(obj, out, day)
+    except OSError as exc:  # a folder that cannot be written: one line, never a traceback
+        raise NewsletterError(f"cannot write the site: {exc.strerror or exc}"
+                              f"{' (' + str(exc.filename) + ')' if getattr(exc, 'filename', None) else ''}") from None
+
+
+def _build(obj, out: Path | None, day: datetime | None) -> None:
     if out is None:
         try:
             out = Path(load_settings(obj.content_dir).public_dir)
@@ -73,11 +81,15 @@ def build(obj, out: Path | None, day: datetime | None) -> None:
     from pipeline.review.reviews import attach_from_settings
     library = attach_from_settings(library)  # "Medically reviewed by ..." on approved articles' pages
     out = out or Path(library.settings.public_dir)
-    report = BuildReport((), ())
-    as_of = None
     from pipeline.corrections.notices import site_update
     # first: a build that cannot read the corrections writes nothing (a retraction never reverts)
     notices = site_update(library, max(today(library.settings), day.date()) if day else today(library.settings))
+    _report(_write(library, out, day, notices), out)
+
+
+def _write(library, out: Path, day: datetime | None, notices) -> BuildReport:
+    report = BuildReport((), ())
+    as_of = None
     if day is not None:
         issue_day = day.date()
         rendered = render_issue_for(library, issue_day, out)
@@ -90,4 +102,4 @@ def build(obj, out: Path | None, day: datetime | None) -> None:
         # the issue's articles must have pages even when it is built ahead of its day
         as_of = max(today(library.settings), issue_day)
     report += build_site(library, out, as_of=as_of, notices=notices)
-    _report(report, out)
+    return report
