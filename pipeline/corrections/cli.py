@@ -28,24 +28,17 @@ def _engine(settings):
     return open_database(settings.database_url)
 
 
-def _rebuild(library, engine) -> None:
-    from pipeline.corrections.notices import site_update
-    from pipeline.site.pages import build_site
-
-    settings = library.settings
-    report = build_site(library, settings.public_dir, notices=site_update(library, _today(settings), engine=engine))
-    click.echo(f"site rebuilt in {settings.public_dir}: {len(report.written)} file(s) changed")
-
-
 def _record(obj, slug: str, note: str, kind: str, significant: bool, by: str | None, build: bool) -> None:
     from pipeline.corrections.signoff import needs_signoff
     from pipeline.delivery.stops import operator
+    from pipeline.site.corrected import publish
+    from pipeline.staff.audit import operator as audit_operator
 
     library = obj.library()
     settings = library.settings
     engine = _engine(settings)
-    correction = records.record(engine, library, slug, note, kind=kind, significant=significant, by=operator(by),
-                                today=_today(settings))
+    correction, written = publish(engine, library, slug, note, kind=kind, significant=significant, by=operator(by),
+                                  actor=audit_operator(), build=build, today=_today(settings))
     before = correction.before_hash[:12] if correction.before_hash else "unknown (no earlier version on record)"
     what = "retraction" if correction.retraction else ("significant correction" if correction.significant
                                                        else "correction")
@@ -56,8 +49,8 @@ def _record(obj, slug: str, note: str, kind: str, significant: bool, by: str | N
         click.echo(f"  {slug} is refused from every future send")
     elif needs_signoff(engine, correction):
         click.echo(f"  {slug} is held from future sends until a reviewer signs off this version")
-    if build:
-        _rebuild(library, engine)
+    if written is not None:
+        click.echo(f"site rebuilt in {settings.public_dir}: {written} file(s) changed")
     if correction.notifies:
         from pipeline.corrections.audience import count_audience
         click.echo(f"  notice for the {count_audience(engine, slug)} person(s) who got it: "
