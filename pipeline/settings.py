@@ -240,9 +240,15 @@ BY_NAME = {s.name: s for s in SETTINGS}
 class Settings(Mapping[str, Any]):
     """Resolved settings: attribute and mapping access, read-only."""
 
-    def __init__(self, values: dict[str, Any], source: Path | None = None):
+    def __init__(self, values: dict[str, Any], source: Path | None = None, origins: dict[str, str] | None = None):
         self._values = dict(values)
         self.source = source
+        self._origins = dict(origins or {})
+
+    def origin(self, name: str) -> str:
+        """Where ``name``'s value came from: "default", "site.yaml line N", "environment NAME",
+        or "set by the program" (a value given in code, as tests do)."""
+        return self._origins.get(name, "default")
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -263,7 +269,8 @@ class Settings(Mapping[str, Any]):
         unknown = set(changes) - set(BY_NAME)
         if unknown:
             raise KeyError(f"unknown settings: {', '.join(sorted(unknown))}")
-        return Settings({**self._values, **changes}, self.source)
+        origins = {**self._origins, **{name: "set by the program" for name in changes}}
+        return Settings({**self._values, **changes}, self.source, origins)
 
     # -- addresses: every link, form action and redirect is built from base_url, never from a request
 
@@ -323,22 +330,26 @@ def load_settings(content_dir: Path | str = "content", env: Mapping[str, str] | 
     if unknown:
         raise ContentError(f"unknown setting(s): {', '.join(unknown)}", path=path, line=_line_of(path, unknown[0]))
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     missing: list[str] = []
     for s in SETTINGS:
         if s.secret and s.name in site:
             raise ContentError(f"{s.name} is a secret: set it in the environment ({s.env_names[0]}), not in the repository",
                                path=path, line=_line_of(path, s.name))
         value = site.get(s.name, s.default)
+        if s.name in site:
+            origins[s.name] = f"{SITE_FILE} line {_line_of(path, s.name) or '?'}"
         for name in s.env_names:
             if env.get(name) not in (None, ""):
                 value = _coerce(s, env[name])
+                origins[s.name] = f"environment {name}"
                 break
         if value is REQUIRED:
             missing.append(s.name)
         values[s.name] = value
     if missing:
         raise ContentError(f"missing required setting(s): {', '.join(missing)}", path=path)
-    return Settings(values, path)
+    return Settings(values, path, origins)
 
 
 def _line_of(path: Path, key: str) -> int | None:

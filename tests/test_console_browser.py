@@ -264,7 +264,8 @@ def test_sign_in_approve_schedule_preview_test_send_and_watch_the_send(chromium,
         context.close()
 
 
-PAGES = ["/login", "/library", "/calendar", "/calendar?view=month", "/preview", "/sends", "/subscribers", "/audit"]
+PAGES = ["/login", "/library", "/calendar", "/calendar?view=month", "/preview", "/sends", "/subscribers", "/audit",
+         "/staff", "/settings", "/corrections"]
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
@@ -291,10 +292,19 @@ def test_every_console_page_passes_axe_at_375_and_1280(chromium, console_server)
                 from pipeline.content.library import load_library
                 from pipeline.settings import load_settings
                 library = load_library(s.env["NEWSLETTER_CONTENT"], load_settings(s.env["NEWSLETTER_CONTENT"], env=s.env))
-                ledger.record_issue(s.engine, compose_issue(library, s.day, number=1, scheduled=["microneedling"]),
-                                    "What Is Microneedling?")
+                issue = ledger.record_issue(s.engine, compose_issue(library, s.day, number=1,
+                                                                    scheduled=["microneedling"]), "What Is Microneedling?")
+                owner = ledger.acquire_lease(s.engine, issue.id)  # a deferred row: the page offers the retry
+                ledger.write_recipients(s.engine, issue.id, "daily", owner=owner)
+                ledger.release_lease(s.engine, issue.id, owner)
+                with s.engine.begin() as conn:
+                    first = conn.execute(ledger.DELIVERIES.select().limit(1)).first()
+                    conn.execute(ledger.DELIVERIES.update().where(ledger.DELIVERIES.c.id == first.id)
+                                 .values(state=ledger.DEFERRED, last_reply="421 try later"))
             page.set_viewport_size({"width": 375, "height": 900})
             assert page.goto(f"{s.base}/admin{path}").status == 200, path
+            if path.startswith("/sends/2"):
+                assert page.locator("form[action$='/retry'] button").count() == 1
             _check(page, axe, path, found)
         assert outside == []
     finally:

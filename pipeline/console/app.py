@@ -5,7 +5,8 @@ and the gatekeeping: ``signed_in`` sends a signed-out request to the sign-in pag
 (303) and refuses a role the staff member lacks (403); ``form`` reads a POST and
 refuses it (403, nothing done) without the session's CSRF token or with a foreign
 ``Origin``.  Every change redirects afterwards (POST-redirect-GET).  The pages
-themselves are in ``pipeline/console/pages.py`` and ``pipeline/console/send_pages.py``.
+themselves are in ``pipeline/console/pages.py``, ``send_pages.py`` (with ``retry.py``),
+``admin_pages.py`` (staff and settings) and ``correction_pages.py``.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ class Console:
     def __init__(self, settings, engine, content_dir: Path | str, *, send_test=None):
         self.settings, self.engine, self.content_dir = settings, engine, Path(content_dir)
         self.send_test = send_test
+        from pipeline.console.retry import Retries
+        self.retries = Retries()  # "retry deferred rows" child processes, by issue key
         self.env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
                                undefined=StrictUndefined)
         self.env.globals.update(url=self.url, settings=settings)
@@ -159,7 +162,7 @@ class Console:
 
 def create_console(settings, engine, content_dir: Path | str, *, send_test=None) -> Starlette:
     """The console app; mount it at ``/admin`` of the web service (``create_app(admin=...)``)."""
-    from pipeline.console import pages, send_pages
+    from pipeline.console import admin_pages, correction_pages, pages, send_pages
 
     console = Console(settings, engine, content_dir, send_test=send_test)
 
@@ -182,6 +185,8 @@ def create_console(settings, engine, content_dir: Path | str, *, send_test=None)
         Route("/static/{name}", console.static, methods=["GET"]),
         *[Route(path, guarded(handler), methods=methods) for path, handler, methods in pages.ROUTES],
         *[Route(path, guarded(handler), methods=methods) for path, handler, methods in send_pages.ROUTES],
+        *[Route(path, guarded(handler), methods=methods) for path, handler, methods in admin_pages.ROUTES],
+        *[Route(path, guarded(handler), methods=methods) for path, handler, methods in correction_pages.ROUTES],
     ]
     app = Starlette(routes=routes)
     app.router.redirect_slashes = False

@@ -168,13 +168,32 @@ async def send_page(console, request):
     admin = session.staff.has("admin")
     rows = [{"email": email if admin else _mask(email), "state": state, "reply": reply or ""}
             for email, state, reply in problems]
-    return console.page(request, "send.html", session, figures=figures, rows=rows)
+    retry = console.retries.get(key)
+    return console.page(request, "send.html", session, figures=figures, rows=rows,
+                        retry=retry.public() if retry else None, done=request.query_params.get("done"))
 
 
 async def send_json(console, request):
     console.signed_in(request)
     key = request.path_params["key"][:64]
-    return JSONResponse(live_figures(console.engine, key), headers=NO_STORE)
+    figures = live_figures(console.engine, key)
+    retry = console.retries.get(key)
+    figures["retry"] = retry.public() if retry else None
+    if retry is not None and retry.running:
+        figures["done"] = False  # keep polling while the retry runs
+    return JSONResponse(figures, headers=NO_STORE)
+
+
+async def retry_action(console, request):
+    """Retry the issue's deferred rows: ``newsletter send ... --resume`` in a child process."""
+    session = console.signed_in(request, "editor", "retry a send")
+    await console.form(request, session)
+    key = request.path_params["key"][:64]
+    try:
+        console.retries.start(console, key, actor=session.staff.email, ip=console.ip(request))
+    except NewsletterError as exc:
+        return console.refused(request, session, f"Not retried: {exc}", 409)
+    return console.redirect(f"/sends/{key}?done=retry-started")
 
 
 ROUTES = [
@@ -184,4 +203,5 @@ ROUTES = [
     ("/sends", sends_page, ["GET"]),
     ("/sends/{key}.json", send_json, ["GET"]),
     ("/sends/{key}", send_page, ["GET"]),
+    ("/sends/{key}/retry", retry_action, ["POST"]),
 ]

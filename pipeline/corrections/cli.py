@@ -29,33 +29,30 @@ def _engine(settings):
     return open_database(settings.database_url)
 
 
-def _rebuild(library, engine) -> None:
-    from pipeline.corrections.notices import site_update
-    from pipeline.site.pages import build_site
-
-    settings = library.settings
-    report = build_site(library, settings.public_dir, notices=site_update(library, _today(settings), engine=engine))
-    click.echo(f"site rebuilt in {settings.public_dir}: {len(report.written)} file(s) changed")
-
-
 def _rebuild_or_why(library, engine) -> str | None:
     """Rebuild the site; None, or why it could not be written (the record stands either way)."""
+    from pipeline.site.corrected import rebuild
+
+    settings = library.settings
     try:
-        _rebuild(library, engine)
+        written = rebuild(library, engine, _today(settings))
     except OSError as exc:
         return f"{exc.strerror or type(exc).__name__}: {exc.filename or exc}"
+    click.echo(f"site rebuilt in {settings.public_dir}: {written} file(s) changed")
     return None
 
 
 def _record(obj, slug: str, note: str, kind: str, significant: bool, by: str | None, build: bool) -> None:
     from pipeline.corrections.signoff import needs_signoff
     from pipeline.delivery.stops import operator
+    from pipeline.site.corrected import publish
+    from pipeline.staff.audit import operator as audit_operator
 
     library = obj.library()
     settings = library.settings
     engine = _engine(settings)
-    correction = records.record(engine, library, slug, note, kind=kind, significant=significant, by=operator(by),
-                                today=_today(settings))
+    correction, _ = publish(engine, library, slug, note, kind=kind, significant=significant, by=operator(by),
+                            actor=audit_operator(), build=False, today=_today(settings))
     before = correction.before_hash[:12] if correction.before_hash else "unknown (no earlier version on record)"
     what = "retraction" if correction.retraction else ("significant correction" if correction.significant
                                                        else "correction")

@@ -180,6 +180,21 @@ def retraction_of(engine: Engine, slug: str) -> Correction | None:
     return Correction.of(row) if row else None
 
 
+def _audit(conn, actor: str, correction_id: int, values: dict, via: str, ip: str | None) -> None:
+    """The audit row of a correction or retraction, inside its transaction."""
+    from sqlalchemy.orm import Session
+
+    from pipeline.staff import audit
+
+    with Session(bind=conn) as session:  # joins the connection's transaction: one commit for both
+        audit.record(session, actor, f"{values['kind']}.record", values["slug"],
+                     before={"content": values["before_hash"]},
+                     after={"id": correction_id, "kind": values["kind"], "significant": values["significant"],
+                            "note": values["note"], "content": values["after_hash"], "by": values["created_by"]},
+                     via=via, ip=ip)
+        session.flush()
+
+
 # -- recording ----------------------------------------------------------------------------
 
 _SPACE = re.compile(r"[\s\u2028\u2029\u0085]+")
@@ -241,9 +256,10 @@ def _latest_version(conn, slug: str) -> str | None:
 
 
 def record(engine: Engine, library, slug: str, note: str, *, kind: str = CORRECTION, significant: bool = False,
-           by: str, today: date) -> Correction:
+           by: str, today: date, actor: str | None = None, via: str = "cli", ip: str | None = None) -> Correction:
     """Record a correction (the article must have changed since the last version that went
-    out) or a retraction (once per article).  Raises ``CorrectionError`` with one line.
+    out) or a retraction (once per article), with its audit row (``actor``, default ``by``)
+    in the same transaction.  Raises ``CorrectionError`` with one line.
 
     The checks are made again inside the transaction that records, one command at a time per
     article (``_serialise``): two editors recording the same edit at once make one correction,
@@ -272,6 +288,7 @@ def record(engine: Engine, library, slug: str, note: str, *, kind: str = CORRECT
             if kind == CORRECTION:
                 conn.execute(insert(VERSIONS).values(slug=slug, content_hash=now_hash, source=CORRECTED,
                                                      recorded_at=values["created_at"]))
+            _audit(conn, actor or values["created_by"], new_id, values, via, ip)
     except IntegrityError:  # the partial unique index: another editor retracted it just now
         raise CorrectionError(f"{slug} was already retracted (just now, by another command)") from None
     return find(engine, new_id)

@@ -14,6 +14,10 @@
     set("rate", data.rate_per_second + " / s");
     set("eta", data.eta_seconds === null ? "-" : data.eta_seconds + " s");
     set("remaining", data.remaining);
+    var r = data.retry;
+    if (r) set("retry", r.running ? "Retry of the deferred rows running (started by " + r.by + " at " + r.started_at + ")."
+                                  : "The last retry (started by " + r.by + " at " + r.started_at + ") finished with exit code "
+                                    + r.exit_code + (r.last_line ? ": " + r.last_line : "") + ".");
     if (!data.done) window.setTimeout(poll, 2000);
   }
   function poll() {
