@@ -450,8 +450,14 @@ def update_preferences(engine: Engine, settings, subscriber_id: int, *, name: st
     def write() -> tuple[SubscriberInfo, bool]:
         at = clock.now()
         with transaction(engine) as s:
-            # FOR UPDATE (PostgreSQL): concurrent saves of one person queue up here
-            # instead of colliding on the topic rows
+            # Concurrent saves of one person queue up here, each reading what the last one wrote:
+            # FOR UPDATE on PostgreSQL; on SQLite (which ignores it) a no-op write first, which takes
+            # the database's write lock before the read. Without it a save read a stale row and the
+            # ORM wrote only the columns that differed from it, mixing two saves' choices (found by
+            # 50 parallel saves: one reader's zone with another's hour).
+            if s.get_bind().dialect.name == "sqlite":
+                s.execute(update(Subscriber).where(Subscriber.id == subscriber_id)
+                          .values(updated_at=Subscriber.updated_at))
             sub = s.scalar(select(Subscriber).where(Subscriber.id == subscriber_id).with_for_update())
             if sub is None:
                 raise SubscriberError("no such subscriber")
