@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
 
@@ -28,8 +29,10 @@ from pipeline.content.article import Reviewer
 from pipeline.database import transaction
 from pipeline.errors import StaffError
 from pipeline.staff import audit
-from pipeline.staff.accounts import Staff, require
 from pipeline.staff.models import ReviewRecord
+
+if TYPE_CHECKING:  # the accounts (argon2) are imported only by a decision, not by every build
+    from pipeline.staff.accounts import Staff
 
 APPROVED, REJECTED, STALE, AWAITING = "approved", "rejected", "stale", "awaiting"
 LABELS = {APPROVED: "approved", REJECTED: "sent back", STALE: "awaiting review (edited since approval)",
@@ -153,6 +156,8 @@ def decide(engine: Engine, staff: Staff, article, decision: str, comment: str | 
     needs a comment saying why."""
     if decision not in (APPROVED, REJECTED):
         raise StaffError(f"a review is approved or rejected, not {decision!r}")
+    from pipeline.staff.accounts import require
+
     require(staff, "reviewer", "sign off articles")
     if staff.disabled:
         raise StaffError(f"{staff.email} is disabled")

@@ -35,7 +35,15 @@ MIN_PASSWORD = 12
 MAX_PASSWORD = 1024
 _hasher = PasswordHasher()
 # verified against when the address is unknown, so the answer takes as long either way
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+_DUMMY_HASH: str | None = None  # made on first use, so importing this module costs no hash
+
+
+def _dummy_hash() -> str:
+    """A hash to check an unknown address's password against, so a refusal takes as long either way."""
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = _hasher.hash("not a password of anyone")
+    return _DUMMY_HASH
 REFUSED = "sign-in refused: wrong address or password, or too many attempts (wait and try again)"
 
 
@@ -215,7 +223,7 @@ def authenticate(engine: Engine, settings, address: str, password: str, *, via: 
             reason = "too many attempts for this account"
         row = _find(session, key)
         if reason is None:
-            good = _verify(row.password_hash if row else _DUMMY_HASH, password[:MAX_PASSWORD])
+            good = _verify(row.password_hash if row else _dummy_hash(), password[:MAX_PASSWORD])
             if row is None:
                 reason = "no such account"
             elif row.disabled_at is not None:
