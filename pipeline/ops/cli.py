@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.scheduling import calendar
-from pipeline.delivery import leases, stops
+from pipeline.delivery import stops
 from pipeline.scheduling import slots
+from pipeline.scheduling.editing import sending_days
 from pipeline import clock, exits
 from pipeline.errors import ScheduleError
 
@@ -159,29 +160,6 @@ def model_window(settings):
 
 
 # -- newsletter stop ------------------------------------------------------------------------------
-
-def sending_days(engine) -> dict:
-    """Days with a send under way: an issue whose send lease is live, or a run ``running``
-    under a live send lease (composing, publishing)."""
-    from sqlalchemy import select
-
-    from pipeline import holders
-    from pipeline.delivery import ledger
-
-    now = clock.now()
-    days: dict = {}
-    with engine.connect() as conn:
-        for row in conn.execute(select(ledger.ISSUES.c.date, ledger.ISSUES.c.key, ledger.ISSUES.c.lease_owner)
-                                .where(ledger.ISSUES.c.lease_owner.is_not(None),
-                                       ledger.ISSUES.c.lease_expires_at > now)).all():
-            if not holders.is_dead(row.lease_owner):
-                days.setdefault(row.date, []).append(row.key)
-    if leases.lease_holder(engine, leases.SEND_LEASE) is not None:
-        for run in calendar.recent_runs(engine, 10):
-            if run.state == "running":
-                days.setdefault(run.day, [])
-    return days
-
 
 @click.command("stop")
 @click.option("--date", "day", default=None, metavar="YYYY-MM-DD", help="Stop only that day's send (default: every send under way).")

@@ -8,7 +8,6 @@ clear line and a non-zero exit.
 """
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 import click
@@ -139,7 +138,7 @@ def pause(obj, until: str | None) -> None:
     settings = obj.settings()
     day = slots.parse_day(until, "--until") if until else None
     engine = _engine(settings)
-    editing.pause(engine, settings, day, actor=operator())
+    running = editing.pause(engine, settings, day, actor=operator())
     click.echo(f"paused: no issue goes out {'before ' + day.isoformat() if day else 'until `newsletter resume`'}")
     skips = view.coming_skips(engine, settings, _library(obj.content_dir), day)
     if skips:
@@ -149,19 +148,9 @@ def pause(obj, until: str | None) -> None:
             click.echo(line)
     else:
         click.echo("no send was due" + (f" before {day.isoformat()}" if day else " in the next two weeks"))
-    _stop_running(engine, settings, day)
-
-
-def _stop_running(engine, settings, until: date | None) -> None:
-    """A pause also stops a send under way (at its next batch boundary; the rest stays queued)."""
-    from pipeline.delivery import stops
-    from pipeline.ops.cli import sending_days
-
-    running = [d for d in sending_days(engine) if until is None or d < until]
     if running:
-        stops.request(engine, None, stops.operator(), "pause")
-        click.echo(f"stopping the send under way ({', '.join(d.isoformat() for d in running)}) at the next batch "
-                   "boundary; `newsletter resume` finishes it")
+        click.echo(f"stopping the send under way ({', '.join(d.isoformat() for d in running)}) after the message "
+                   "in flight; `newsletter resume` finishes it")
 
 
 @click.command("resume")

@@ -150,7 +150,8 @@ def cancel_article(engine, slug: str, *, actor: str, via: str = "cli", ip: str |
     return Change(entry)
 
 
-def pause(engine, settings, until: date | None, *, actor: str, via: str = "cli", ip: str | None = None) -> None:
+def pause(engine, settings, until: date | None, *, actor: str, via: str = "cli", ip: str | None = None) -> list:
+    """Pause sending (until a date); returns the days whose send under way it stopped."""
     if until is not None and until <= slots.today(settings):
         raise ScheduleError(f"--until {until.isoformat()} is not in the future")
     was = calendar.get_pause(engine)
@@ -158,6 +159,13 @@ def pause(engine, settings, until: date | None, *, actor: str, via: str = "cli",
     audit.write(engine, actor, "calendar.pause", None,
                 before={"paused": was.paused, "until": was.until.isoformat() if getattr(was, "until", None) else None},
                 after={"paused": True, "until": until.isoformat() if until else None}, via=via, ip=ip)
+    # a pause also stops a send under way (after the message in flight; the rest stays queued),
+    # from the CLI and the console alike
+    running = [d for d in sending_days(engine) if until is None or d < until]
+    if running:
+        from pipeline.delivery import stops
+        stops.request(engine, None, actor, "pause")
+    return running
 
 
 def resume(engine, *, actor: str, via: str = "cli", ip: str | None = None):
@@ -167,3 +175,27 @@ def resume(engine, *, actor: str, via: str = "cli", ip: str | None = None):
     audit.write(engine, actor, "calendar.resume", None, before={"paused": was.paused}, after={"paused": False},
                 via=via, ip=ip)
     return was
+
+
+def sending_days(engine) -> dict:
+    """Days with a send under way: an issue whose send lease is live, or a run ``running``
+    under a live send lease (composing, publishing)."""
+    from sqlalchemy import select
+
+    from pipeline import clock, holders
+    from pipeline.delivery import leases, ledger
+    from pipeline.scheduling import calendar
+
+    now = clock.now()
+    days: dict = {}
+    with engine.connect() as conn:
+        for row in conn.execute(select(ledger.ISSUES.c.date, ledger.ISSUES.c.key, ledger.ISSUES.c.lease_owner)
+                                .where(ledger.ISSUES.c.lease_owner.is_not(None),
+                                       ledger.ISSUES.c.lease_expires_at > now)).all():
+            if not holders.is_dead(row.lease_owner):
+                days.setdefault(row.date, []).append(row.key)
+    if leases.lease_holder(engine, leases.SEND_LEASE) is not None:
+        for run in calendar.recent_runs(engine, 10):
+            if run.state == "running":
+                days.setdefault(run.day, [])
+    return days
