@@ -19,7 +19,7 @@ from pipeline.bounces import process
 from pipeline.bounces.models import BounceEvent, BounceRaw, BounceRelease
 from pipeline.delivery import ledger
 from pipeline.delivery.deliver import send_issue
-from pipeline.delivery.send_loop import classify
+from pipeline.delivery.outcomes import classify
 from pipeline.mail import verp
 from pipeline.mail.failures import classify_failure
 from pipeline.mail.transport import Outcome, Reply

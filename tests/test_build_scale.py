@@ -14,13 +14,13 @@ import lxml.etree
 import lxml.html
 import pytest
 
-from pipeline.site import feeds
+from pipeline.site import views
 from pipeline.content import markup
 from pipeline.content.library import check_library, load_library
 from pipeline.site.feeds import render_feeds
 from pipeline.site import topics, views
 from pipeline.site.archive import page_size
-from pipeline.site.feeds import public_articles
+from pipeline.site.views import public_articles
 from pipeline.site.pages import build_site
 
 from conftest import ROOT
@@ -140,11 +140,11 @@ def test_a_template_change_rebuilds_everything(big, tmp_path, monkeypatch):
                     encoding="utf-8")
     monkeypatch.setattr(views, "TEMPLATES", templates / "web")
     monkeypatch.setattr("pipeline.site.pages.TEMPLATES", templates / "web")
-    feeds.web_templates.cache_clear()
+    views.web_templates.cache_clear()
     try:
         second, _ = build(big, out)
     finally:
-        feeds.web_templates.cache_clear()
+        views.web_templates.cache_clear()
     pages = {name for name in first.written if name.endswith(".html")}
     topic_pages = sum(math.ceil(len(slugs) / 50) for slugs in topic_files(big)[1].values())
     assert pages <= set(second.written) and len(pages) == N + math.ceil(N / 50) + 1 + topic_pages

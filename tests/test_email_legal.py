@@ -183,7 +183,7 @@ def test_greeting_uses_a_sensible_first_name(name, expected):
 
 
 def test_a_sent_message_greets_by_first_name(library):
-    from pipeline.delivery.send_loop import greeting as send_greeting
+    from pipeline.rendering.greeting import greeting as send_greeting
 
     rendered = issue_of(library)
     personal = Personal(f"{BASE}/unsubscribe/T", f"{BASE}/preferences/T", send_greeting('Jane "JD" Doe'))

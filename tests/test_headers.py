@@ -76,7 +76,7 @@ def header_lines(head: bytes, field: bytes) -> list[bytes]:
 
 
 def both_builders(rendered, settings, email, name):
-    from pipeline.delivery.send_loop import greeting
+    from pipeline.rendering.greeting import greeting
     from pipeline.delivery.message import MessageTemplate, build_message, recipient
 
     to = recipient(email, name)

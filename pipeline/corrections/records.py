@@ -112,12 +112,6 @@ class Correction:
 
 # -- hashes and versions ------------------------------------------------------------------
 
-def content_hash(article: Article) -> str:
-    """The article version's hash: the same one a medical review belongs to
-    (``pipeline.review.reviews.article_version``), so a correction's corrected version
-    is the version a reviewer approves."""
-    return article_version(article)
-
 
 def latest_versions(engine: Engine, slugs: Iterable[str] | None = None) -> dict[str, str]:
     """slug -> the hash of the newest version that went out."""
@@ -139,7 +133,7 @@ def remember(engine: Engine, articles: Iterable[Article], source: str) -> int:
     now = clock.now()
     rows = []
     for article in articles:
-        digest = content_hash(article)
+        digest = article_version(article)  # the version a review belongs to
         if (source == SITE and article.slug in known) or known.get(article.slug) == digest:
             continue
         rows.append(dict(slug=article.slug, content_hash=digest, source=source, recorded_at=now))
@@ -274,7 +268,7 @@ def record(engine: Engine, library, slug: str, note: str, *, kind: str = CORRECT
         raise CorrectionError(f"{slug} is not published until {article.published.isoformat()}: nobody has seen "
                               "it yet, so edit it freely; there is nothing to correct (`newsletter retract` "
                               "withdraws it from its send)")
-    now_hash = content_hash(article)
+    now_hash = article_version(article)
     try:
         with engine.begin() as conn:
             _serialise(conn, slug)

@@ -18,13 +18,13 @@ import logging
 
 from pipeline import clock
 from pipeline.delivery import ledger
-from pipeline.delivery.outcomes import Recorder, classify, updates_for  # noqa: F401 (classify: its old home)
+from pipeline.delivery.outcomes import Recorder, updates_for
 from pipeline.delivery.pool import Pool
 from pipeline.delivery.retry_wait import RetryWait
 from pipeline.errors import DeliveryError, NewsletterError
 from pipeline.mail import verp
 from pipeline.mail.headers import MessageIds
-from pipeline.rendering.greeting import greeting as greeting_line
+from pipeline.rendering.greeting import greeting
 from pipeline.rendering.issue import Personal
 from pipeline.delivery.message import DkimSigner, MessageTemplate
 from pipeline.delivery.send_guard import LEASE_LOST, SendGuard
@@ -38,12 +38,6 @@ FAILURE_STREAK = 10  # consecutive non-bounce refusals that stop the run: the re
 
 
 # -- what a message needs per recipient ---------------------------------------------
-
-def greeting(name: str | None) -> str:
-    """The greeting line, by first name (``pipeline.rendering.greeting``); a name that breaks the
-    name rule (stored before it) is left out."""
-    return greeting_line(name)
-
 
 def personal_for(settings, subscriber_id: int, name: str | None = None) -> Personal:
     from subscribers.tokens import preferences_url, unsubscribe_url

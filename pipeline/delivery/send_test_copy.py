@@ -9,7 +9,7 @@ from pipeline.delivery.deliver import run_coroutine
 from pipeline.errors import DeliveryError, NewsletterError
 from pipeline.rendering.issue import Personal, RenderedIssue
 from pipeline.delivery.message import build_message, check_address, dkim_signer
-from pipeline.delivery.send_loop import greeting
+from pipeline.rendering.greeting import greeting
 from pipeline.mail.transport import Envelope, Outbox, SMTPConnection
 
 

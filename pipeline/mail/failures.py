@@ -1,6 +1,6 @@
 """What a delivery failure means for the address: the one decider.
 
-Used for a relay's refusal at SMTP time (``pipeline.delivery.send_loop.classify``),
+Used for a relay's refusal at SMTP time (``pipeline.delivery.outcomes.classify``),
 for each recipient of a delivery status notification (RFC 3464) and for each
 provider webhook event (``pipeline.bounces``):
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from html import escape
 
 from pipeline.content.cache import digest
-from pipeline.site.feeds import ArticleView, site_url
+from pipeline.site.views import ArticleView, site_url
 from pipeline.settings import Settings
 
 SITEMAP_FILE = "sitemap.xml"

@@ -18,7 +18,7 @@ import click
 from pipeline.content.library import Library, LibraryError, check_library
 from pipeline.site.buildcache import CACHE_DIR
 from pipeline.errors import ContentError, NewsletterError, RenderError
-from pipeline.site.feeds import today
+from pipeline.site.views import today
 from pipeline.rendering.issue import RenderedIssue
 from pipeline.settings import load_settings
 from pipeline.site.pages import BuildReport, build_site, publish_issue, published_issues

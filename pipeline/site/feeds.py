@@ -37,10 +37,8 @@ from pipeline.errors import ContentError
 from pipeline.settings import Settings
 from pipeline.site import icons
 from pipeline.site.meta import rights_line
-# the shared values, also importable from here (their home before pipeline.site.views)
-from pipeline.site.views import (MONTHS, PAGE_IDS, TEMPLATES, ArticleView, Topic, article_url,  # noqa: F401
-                                 article_view, due_articles, long_date, public_articles, publication_time,
-                                 same_day_offsets, site_url, today, topic_name, web_templates, zone)
+from pipeline.site.views import (ArticleView, article_view, due_articles, same_day_offsets, site_url,
+                                 web_templates)
 
 RSS_FILE, ATOM_FILE, JSON_FILE = "feed.xml", "atom.xml", "feed.json"
 # file name -> (media type, human name); the static server and the pages' autodiscovery links read this

@@ -34,8 +34,8 @@ from pipeline.site import archive, icons, issue_page, topics
 from pipeline.site.archive import ArchivePage
 from pipeline.content.cache import digest
 from pipeline.site.buildcache import SiteManifest, article_key, build_hash
-from pipeline.site.feeds import (FEEDS, TEMPLATES, ArticleView, channel_feeds, public_articles, site_channel,
-                                 site_url, today, web_templates)
+from pipeline.site.feeds import FEEDS, channel_feeds, site_channel
+from pipeline.site.views import TEMPLATES, ArticleView, public_articles, site_url, today, web_templates
 from pipeline.site.meta import article_jsonld, article_meta, reviewed, script_json
 from pipeline.site.topics import TopicArchive, feed_links
 from pipeline.rendering.issue import PLACEHOLDERS, Personal, RenderedIssue, personalise

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pipeline.content.cache import digest
 from pipeline.errors import ContentError
 from pipeline.settings import Settings
-from pipeline.site.feeds import FEEDS, Channel, site_url
+from pipeline.site.feeds import FEEDS, Channel
+from pipeline.site.views import site_url
 from pipeline.site.views import ArticleView, Topic, topic_name
 
 TOPICS_DIR = "topics"
