@@ -71,6 +71,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
         Index("ix_deliveries_issue_state", "issue_id", "state"),
+        Index("ix_deliveries_issue_release", "issue_id", "release_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -84,6 +85,8 @@ class Delivery(Base):
     last_reply: Mapped[str | None] = mapped_column(String(500))
     message_id: Mapped[str | None] = mapped_column(String(255))
     updated_at: Mapped[datetime] = mapped_column(AwareDateTime())
+    # the UTC instant from which the row may be sent (its wave: migration 0010); NULL: at once
+    release_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
 
 
 # -- reads and writes ----------------------------------------------------------------
@@ -98,6 +101,11 @@ class Delivery(Base):
 
 ISSUES = IssueRecord.__table__
 DELIVERIES = Delivery.__table__
+
+
+def released(d, now):
+    """The condition "this row's wave has been released by ``now``" (the one place it is decided)."""
+    return or_(d.c.release_at.is_(None), d.c.release_at <= now)
 
 
 @dataclass(frozen=True)
@@ -372,7 +380,7 @@ class LedgerRun:
         base = (select(d.c.id, d.c.subscriber_id, d.c.email, sub.c.name, d.c.attempts,
                        case((eligible, 1), else_=0).label("eligible"))
                 .select_from(d.outerjoin(sub, sub.c.id == d.c.subscriber_id))
-                .where(d.c.issue_id == issue_id, d.c.id > bindparam("after"))
+                .where(d.c.issue_id == issue_id, d.c.id > bindparam("after"), released(d, bindparam("now")))
                 .order_by(d.c.id).limit(bindparam("limit")))
         self._queued = base.where(d.c.state == QUEUED)
         self._deferred = base.where(d.c.state == DEFERRED, d.c.attempts < bindparam("max_attempts"),
@@ -398,9 +406,9 @@ class LedgerRun:
 
     def page(self, phase: str, after: int, limit: int, max_attempts: int) -> list[Pending]:
         query = self._queued if phase == QUEUED else self._deferred
-        params = {"after": after, "limit": limit}
+        params = {"after": after, "limit": limit, "now": clock.now()}
         if phase != QUEUED:
-            params |= {"max_attempts": max_attempts, "now": clock.now()}
+            params |= {"max_attempts": max_attempts}
         with self.engine.connect() as conn:
             return [Pending(r.id, r.subscriber_id, r.email, r.name, r.attempts, bool(r.eligible))
                     for r in conn.execute(query, params)]
