@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pause": ("pipeline.scheduling.cli:pause", "Stop sending (until a date, or until `newsletter resume`)."),
     "resume": ("pipeline.scheduling.cli:resume", "Start sending again after a pause."),
     "status": ("pipeline.ops.cli:status", "Daemons, next sends, last sends with live counts, alerts, the queue (exit 2 on alert; --json)."),
-    "stop": ("pipeline.ops.cli:stop", "Stop a send under way at the next batch boundary (resume finishes it)."),
+    "stop": ("pipeline.ops.cli:stop", "Stop a send under way: no new message starts, replies in flight are recorded (resume finishes it)."),
     "subscribers": ("subscribers.cli:subscribers", "Add, import, export, list, show, unsubscribe and erase subscribers."),
     "serve": ("pipeline.web.app:serve", "Serve sign-up, confirmation, preferences, one-click unsubscribe and public/."),
     "bounces": ("pipeline.bounces.cli:bounces", "Bounces and complaints after the send: ingest, serve, poll, list, show, release."),

@@ -1,6 +1,6 @@
 """The emergency stop, with real processes and a counting relay on loopback:
 `newsletter stop`, `pause`, SIGINT/SIGTERM to `newsletter send` and to the daemon
-all stop a send at a batch boundary, with nothing uncertain; `status` tells the
+all stop a send before its next message, with nothing uncertain; `status` tells the
 truth meanwhile; `send --resume` or `resume` finishes the send, nobody twice."""
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_newsletter_stop_and_a_signal_stop_a_hand_send_cleanly_and_resume_finish
     line = re.search(r"issue 2026-06-16 stopped by Ana Lúcia at \d\d:\d\d, ([\d,]+) of 600 sent", stopped.stdout)
     assert line, stopped.stdout
     counts = ledger(engine)
-    # a clean batch boundary: nothing in flight, nothing uncertain, the rest still queued
+    # a clean stop: nothing in flight, nothing uncertain, the rest still queued
     assert set(counts) == {"sent", "queued"}, counts
     assert counts["sent"] == relay.count() == int(line.group(1).replace(",", "")), (counts, relay.count())
     assert "--resume" in procs.log("send").strip().splitlines()[-1]

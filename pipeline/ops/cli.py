@@ -168,7 +168,8 @@ def model_window(settings):
               help="How long to wait for the send to stop (default: smtp_timeout + 15 s).")
 @click.pass_obj
 def stop(obj, day: str | None, by: str | None, wait: float | None) -> None:
-    """Stop a send under way at its next batch boundary, nothing left uncertain.
+    """Stop a send under way: no new message starts, and the replies in flight are
+    waited for and recorded, so nothing is left uncertain.
 
     The rest stays queued; `newsletter send --date D --resume` finishes it."""
     settings = obj.settings()
@@ -182,7 +183,7 @@ def stop(obj, day: str | None, by: str | None, wait: float | None) -> None:
         return
     who = stops.operator(by)
     requests = {d: stops.request(engine, d, who) for d in days}
-    click.echo(f"stopping the send of {', '.join(d.isoformat() for d in days)} at the next batch boundary...")
+    click.echo(f"stopping the send of {', '.join(d.isoformat() for d in days)} (no new message; waiting for the replies in flight)...")
     deadline = time.monotonic() + (wait if wait is not None else float(settings.smtp_timeout) + 15.0)
     pending = dict(requests)
     while pending and time.monotonic() < deadline:
@@ -194,13 +195,13 @@ def stop(obj, day: str | None, by: str | None, wait: float | None) -> None:
                            f"`newsletter send --date {d.isoformat()} --resume` finishes it")
                 del pending[d]
             elif d not in sending_days(engine):
-                # it ended on its own before the next batch: nothing to stop, nothing to keep
+                # it ended on its own first: nothing to stop, nothing to keep
                 stops.release(engine, d)
                 click.echo(f"{d.isoformat()}: the send had already ended; nothing was stopped")
                 del pending[d]
     if pending:
         raise ScheduleError(f"the send of {', '.join(d.isoformat() for d in pending)} has not stopped yet; "
-                            "the request stays: it stops at its next batch boundary (see `newsletter status`)")
+                            "the request stays: it stops before its next message (see `newsletter status`)")
 
 
 def _honoured(engine, request_id: int):
