@@ -176,11 +176,19 @@ def stop(obj, day: str | None, by: str | None, wait: float | None) -> None:
     tz = slots.zone(settings)
     running = sending_days(engine)
     target = slots.parse_day(day, "--date") if day else None
+    from pipeline.scheduling import wave_sends
+    waiting = {d: k for d, k in wave_sends.waiting_days(engine).items()
+               if d not in running and (target is None or d == target)}
+    who = stops.operator(by)
+    for d, key in sorted(waiting.items()):  # between waves: the ones not yet sent are held
+        line = wave_sends.stop_waiting(engine, d, key, who, tz)
+        click.echo(f"{d.isoformat()}: issue {key} {line}; `newsletter resume` or "
+                   f"`newsletter send --date {d.isoformat()} --resume` lets them go")
     days = [target] if target is not None else sorted(running)
     if not days or (target is not None and target not in running):
-        click.echo(f"nothing is being sent{' for ' + target.isoformat() if target else ''}; nothing to stop")
+        if not waiting:
+            click.echo(f"nothing is being sent{' for ' + target.isoformat() if target else ''}; nothing to stop")
         return
-    who = stops.operator(by)
     requests = {d: stops.request(engine, d, who) for d in days}
     click.echo(f"stopping the send of {', '.join(d.isoformat() for d in days)} at the next batch boundary...")
     deadline = time.monotonic() + (wait if wait is not None else float(settings.smtp_timeout) + 15.0)
