@@ -137,15 +137,21 @@ def test_a_waiting_issue_is_not_an_alert_and_status_shows_its_waves(days):
     days.schedule("microneedling", date(2026, 3, 10))
     days.wake_at(utc(2026, 3, 10, 7, 1))  # Auckland (late) and London sent; New York at 11:00Z waits
     report = status.build(days.engine, days.settings)
-    assert report.exit_code() == 0 and not report.alerts
-    waves = report.to_json()["waves"]
+    assert report.exit_code == 0 and not report.alerts
+    assert days.run(date(2026, 3, 10)).state == "waiting"
+    [waves] = report.to_json()["waves"]
     assert waves["issue"] == "2026-03-10"
-    assert [(w["instant"], w["total"], w["sent"], w["released"]) for w in waves["waves"]] == [
-        ("2026-03-09T18:00:00+00:00", 1, 1, True), ("2026-03-10T07:00:00+00:00", 1, 1, True),
-        ("2026-03-10T11:00:00+00:00", 1, 0, False)]
+    assert [(w["instant"], w["total"], w["sent"], w["released"], w["to_come"]) for w in waves["waves"]] == [
+        ("2026-03-09T18:00:00+00:00", 1, 1, True, 0), ("2026-03-10T07:00:00+00:00", 1, 1, True, 0),
+        ("2026-03-10T11:00:00+00:00", 1, 0, False, 1)]
     result = days.cli("status")
+    assert result.exit_code == 0, result.output
     assert "waves of issue 2026-03-10" in result.output
-    assert "2026-03-10 11:00 GMT: 1 to come" in result.output
+    assert "2026-03-10 11:00 GMT: 1 to come (of 1)" in result.output
+    assert "2026-03-09 18:00 GMT: released, 1 of 1 sent" in result.output
+    days.wake_at(utc(2026, 3, 10, 11))
+    [waves] = status.build(days.engine, days.settings).to_json()["waves"]
+    assert [w["sent"] for w in waves["waves"]] == [1, 1, 1]
 
 
 def test_a_pause_between_waves_holds_the_later_ones_until_resume(days):
@@ -213,3 +219,55 @@ def test_the_ledger_write_is_one_insert_with_a_release_per_group(days):
     editors = local_seven(info.date, None)
     assert rows["london@example.com"] == editors == rows["unknown@example.com"]
     assert rows["ny@example.com"] == local_seven(info.date, "America/New_York")
+
+
+def test_the_daemon_plans_its_next_wake_at_the_next_wave(days):
+    from pipeline.scheduling.run_cli import Daemon
+    place(days, "auckland@example.com", "Pacific/Auckland", None)
+    place(days, "ny@example.com", "America/New_York", None)
+    place(days, "london@example.com", None, None)
+    days.schedule("microneedling", date(2026, 3, 10))
+    daemon = Daemon(days.engine, days.settings, days.content_dir, holder="planner")
+    days.clock.set(utc(2026, 3, 9, 12, 0))
+    assert daemon.next_instant() == utc(2026, 3, 9, 18, 0)  # Auckland's 07:00 on the 10th
+    days.wake_at(utc(2026, 3, 9, 18, 0))
+    assert daemon.next_instant() == utc(2026, 3, 10, 7, 0)
+    days.wake_at(utc(2026, 3, 10, 7, 0))
+    assert daemon.next_instant() == utc(2026, 3, 10, 11, 0)  # New York's wave of the waiting issue
+
+
+def _edit_article(days: Day, sentence: str) -> None:
+    path = days.content_dir / "articles" / "microneedling.md"
+    path.write_text(path.read_text(encoding="utf-8").rstrip("\n") + f"\n\n{sentence}\n", encoding="utf-8")
+
+
+def test_a_correction_between_waves_reaches_the_waves_not_yet_sent(days):
+    place(days, "auckland@example.com", "Pacific/Auckland", None)
+    place(days, "london@example.com", None, None)
+    days.schedule("microneedling", date(2026, 3, 10))
+    days.wake_at(utc(2026, 3, 9, 18, 0))
+    _edit_article(days, "Corrected: patch-test café products first – see £ prices.")
+    result = days.cli("correct", "microneedling", "--note", "The patch-test advice was missing.", "--no-build")
+    assert result.exit_code == 0, result.output
+    days.wake_at(utc(2026, 3, 10, 7, 0))
+    bodies = {m["To"].addresses[0].addr_spec: m.get_body(("plain",)).get_content() for m in days.mails()}
+    assert "patch-test café products first" not in bodies["auckland@example.com"]  # it went before the correction
+    assert "patch-test café products first" in bodies["london@example.com"]
+    assert days.run(date(2026, 3, 10)).state == "sent"
+    assert ledger.find_issue(days.engine, "2026-03-10").recipients == 2  # one ledger, written once
+
+
+def test_a_retraction_between_waves_holds_the_waves_not_yet_sent(days):
+    place(days, "auckland@example.com", "Pacific/Auckland", None)
+    place(days, "london@example.com", None, None)
+    days.schedule("microneedling", date(2026, 3, 10))
+    days.wake_at(utc(2026, 3, 9, 18, 0))
+    result = days.cli("retract", "microneedling", "--note", "Withdrawn pending review.", "--no-build")
+    assert result.exit_code == 0, result.output
+    days.wake_at(utc(2026, 3, 10, 7, 0))
+    days.wake_at(utc(2026, 3, 10, 8, 0))
+    assert set(arrivals(days)) == {"auckland@example.com"}
+    run = days.run(date(2026, 3, 10))
+    assert run.state == "nothing-to-send" and "1 recipient(s) of later waves are not sent it" in run.error
+    counts = ledger.state_counts(days.engine, ledger.find_issue(days.engine, "2026-03-10").id)
+    assert counts[ledger.SENT] == 1 and counts[ledger.SKIPPED] == 1 and counts[ledger.QUEUED] == 0

@@ -142,6 +142,13 @@ def _print(report, settings, engine) -> None:
         for r in notes:  # whole, never cut: the fix command is usually at the end
             console.print(f"  {r.day.isoformat()} {r.kind}: {r.note}", overflow="fold")
 
+    for key, waves in report.waves:  # issues going out at each reader's local time
+        console.print(f"waves of issue {key}:")
+        for w in waves:
+            when = _wave_time(w.instant, tz)
+            left = f"{w.open} to come" if not w.released else f"released, {w.sent} of {w.total} sent" + (
+                f", {w.open} open" if w.open else "")
+            console.print(f"  {when}: {left}" + (f" (of {w.total})" if not w.released else ""))
     from subscribers.mailqueue import status_line
     console.print(status_line(engine))  # transactional mail (sign-ups) waiting for the relay
     if not report.queue_known:
@@ -152,6 +159,10 @@ def _print(report, settings, engine) -> None:
                          " (sent only when scheduled: send_when_nothing_due is off)"))
         for slug, day in report.queue:
             console.print(f"  {slug}  ({'scheduled ' + day.isoformat() if day else 'unscheduled'})")
+
+
+def _wave_time(instant, tz) -> str:
+    return "at once" if instant is None else f"{instant.astimezone(tz):%Y-%m-%d %H:%M %Z}"
 
 
 def model_window(settings):

@@ -37,6 +37,7 @@ from pipeline.delivery import leases
 from pipeline import clock
 from pipeline.scheduling.calendar import Entry, Run
 from pipeline.errors import ContentError, LeaseLost, NewsletterError, ScheduleError
+from pipeline.scheduling import issue_history
 from pipeline.scheduling.issue_history import ledger_counts, settle_from_ledger
 from pipeline.settings import Settings, load_settings
 from pipeline.scheduling.slots import Slot, grace, local_day, slots_for, today, zone
@@ -308,7 +309,9 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
         plan = plan_day(engine, settings, library, day, kind)  # the one decider
         if plan.issue is None:
             log.info("%s issue of %s: nothing to send (%s)", kind, day.isoformat(), plan.reason)
-            return calendar.finish_run(engine, day, kind, holder, "nothing-to-send", error=plan.reason)
+            held = wave_sends.hold_waves(engine, issue_history.issue_key(day, kind), plan.reason or "held")
+            why = f"{plan.reason}; its {held} recipient(s) of later waves are not sent it" if held else plan.reason
+            return calendar.finish_run(engine, day, kind, holder, "nothing-to-send", error=why)
         return _publish_and_send(engine, settings, library, plan.issue, list(plan.entries), holder, resume=resume)
     except LeaseLost:
         raise

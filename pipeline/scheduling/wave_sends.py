@@ -163,3 +163,83 @@ def stop_waiting(engine: Engine, day: date, key: str, who: str, tz) -> str:
         if run is not None and run.state == "waiting":
             calendar.settle_run(engine, run, "stopped", error=line)
     return line
+
+
+def current_waves(engine: Engine, now: datetime) -> list[tuple[str, list[WaveCount]]]:
+    """What ``status`` shows: each issue with waves still to come or open (oldest first), else
+    the newest issue that had waves; with its waves."""
+    with engine.connect() as conn:
+        keys = conn.execute(select(I.c.key).where(I.c.state.in_(("waiting", "queued", "sending", "unfinished")),
+                                                  select(D.c.id).where(D.c.issue_id == I.c.id,
+                                                                       D.c.release_at.is_not(None)).exists())
+                            .order_by(I.c.date, I.c.id)).scalars().all()
+        if not keys:
+            newest = conn.execute(select(I.c.key).where(select(D.c.id).where(
+                D.c.issue_id == I.c.id, D.c.release_at.is_not(None)).exists())
+                .order_by(I.c.date.desc(), I.c.id.desc()).limit(1)).scalar_one_or_none()
+            keys = [newest] if newest else []
+    return [(key, waves_of_issue(engine, key, now)) for key in keys]
+
+
+def plan_lines(engine: Engine, settings: Settings, day: date, kind: str, key: str, custom: Sequence[str | None] = (),
+               topic: str | None = None, topics: Sequence[str] = ()) -> list[str]:
+    """The waves of an issue, one line each (``send --dry-run``): from its ledger once written,
+    else from its recipients now.  Empty when everyone gets it at the editors' time."""
+    from pipeline import clock
+
+    tz = waves.zone(settings)
+    now = clock.now()
+    found = ledger.find_issue(engine, key)
+    if found is not None and found.state != "composed":
+        counted = waves_of_issue(engine, key, now)
+        if all(w.instant is None for w in counted):
+            return []
+        return [f"  {'at once' if w.instant is None else f'{w.instant.astimezone(tz):%Y-%m-%d %H:%M %Z}'}: "
+                f"{w.total} recipient(s), " + ("released" if w.released else "to come") for w in counted]
+    recipients = ledger._recipients_query(None, kind, topic, now, topics)
+    sizes = {g.group: g.count for g in waves_of(engine, recipients)}
+    if not sizes or set(sizes) == {Group(None, None)}:
+        return []
+    by_instant: dict[datetime, int] = {}
+    for w in waves.waves(day, kind, settings, sizes, custom):
+        by_instant[w.instant] = by_instant.get(w.instant, 0) + sizes[w.group]
+    return [f"  {at.astimezone(tz):%Y-%m-%d %H:%M %Z}: {n} recipient(s)" for at, n in sorted(by_instant.items())]
+
+
+def next_instant(engine: Engine, settings: Settings, now: datetime, custom_by_day: dict[date, list[str | None]],
+                 pause) -> datetime | None:
+    """The daemon's next wake for waves: the next first wave of a coming day (skipping paused
+    days), or the next release of an issue already waiting; None when neither."""
+    from datetime import timedelta
+
+    from pipeline.scheduling.slots import local_day, slots_for
+
+    groups = {kind: audience_groups(engine, kind) for kind in waves.KINDS}
+    start = local_day(now, waves.zone(settings))
+    found = [next_wave_after(engine, now)]
+    for n in range(0, 10):
+        day = start + timedelta(days=n)
+        if pause.covers(day):
+            continue
+        for slot in slots_for(day, settings, custom_by_day.get(day, ())):
+            first = opening(slot, settings, groups[slot.kind], custom_by_day.get(day, ())).instant
+            found.append(first if first > now else None)
+    found = [f for f in found if f is not None]
+    return min(found) if found else None
+
+
+def hold_waves(engine: Engine, key: str, why: str) -> int:
+    """The waves of issue ``key`` not yet sent when its article may no longer go out (retracted,
+    or a significant correction awaiting sign-off, between waves): their rows are closed as
+    skipped with ``why``, so the issue ends instead of waiting for good.  How many rows."""
+    from pipeline import clock
+
+    with engine.begin() as conn:
+        issue_id = _issue_id(conn, key)
+        if issue_id is None or conn.execute(select(I.c.state).where(I.c.id == issue_id)).scalar_one() != "waiting":
+            return 0
+        held = conn.execute(update(D).where(D.c.issue_id == issue_id, D.c.state == ledger.QUEUED)
+                            .values(state=ledger.SKIPPED, updated_at=clock.now(),
+                                    last_reply=f"not sent: {why}"[:500])).rowcount
+    ledger.finish_issue(engine, issue_id)
+    return held
