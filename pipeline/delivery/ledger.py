@@ -286,7 +286,7 @@ def write_recipients(engine: Engine, issue_id: int, frequency: str, topic: str |
     the recipients' (time_zone, delivery_hour) groups, counted in SQL, and returns
     {group: UTC instant}; each row's ``release_at`` is its group's instant, by a CASE
     in the same INSERT.  Without it every row is released at once (NULL)."""
-    from subscribers.delivery_time import Group, group_condition
+    from subscribers.delivery_time import release_column
 
     with engine.begin() as conn:
         if owner is not None:
@@ -296,16 +296,9 @@ def write_recipients(engine: Engine, issue_id: int, frequency: str, topic: str |
             return None
         query = _recipients_query(issue_id, frequency, topic, clock.now(), topics)
         columns = ["issue_id", "subscriber_id", "email", "state", "attempts", "uncertain", "updated_at"]
-        if releases is not None:
-            sub = query.selected_columns[1].table  # the subscribers table of the query
-            found = conn.execute(select(sub.c.time_zone, sub.c.delivery_hour)
-                                 .where(sub.c.id.in_(query.with_only_columns(sub.c.id).order_by(None)))
-                                 .group_by(sub.c.time_zone, sub.c.delivery_hour)).all()
-            instants = releases([Group(z, h) for z, h in found]) if found else {}
-            whens = [(group_condition(g, sub), literal(at, AwareDateTime())) for g, at in instants.items()]
-            if whens:
-                query = query.add_columns(case(*whens, else_=literal(None, AwareDateTime())))
-                columns.append("release_at")
+        release = release_column(conn, query, releases) if releases is not None else None
+        if release is not None:
+            query, columns = query.add_columns(release), columns + ["release_at"]
         conn.execute(insert(DELIVERIES).from_select(columns, query))
         count = conn.execute(select(func.count()).select_from(DELIVERIES)
                              .where(DELIVERIES.c.issue_id == issue_id)).scalar_one()

@@ -358,7 +358,7 @@ def _publish_and_send(engine: Engine, settings: Settings, library, issue, entrie
         return calendar.finish_run(engine, day, kind, holder, "stopped", issue_key=issue.key, counts=counts,
                                    error=note)
     if summary.state == "waiting":
-        return _wait_for_waves(engine, settings, issue, entries, holder, counts)
+        return wave_sends.wait_for_waves(engine, settings, issue, entries, holder, counts)
     if summary.state != "sent":
         # rows left deferred (or a relay refusing everything): retried, resuming the
         # ledger, inside the grace window; after it `status` alerts
@@ -382,19 +382,3 @@ def _publish_and_send(engine: Engine, settings: Settings, library, issue, entrie
              counts["bounced"])
     return calendar.finish_run(engine, day, kind, holder, "sent", issue_key=issue.key, counts=counts)
 
-
-def _wait_for_waves(engine: Engine, settings: Settings, issue, entries: list[Entry], holder: str, counts) -> Run:
-    """Every released row is final and later waves wait for their readers' local time: the
-    run is ``waiting`` (no alert); the daemon wakes at each wave and sends it."""
-    kind, day = issue.kind, issue.date
-    if kind == "daily":  # it has gone out (to the first waves): the articles are sent
-        ids = [e.id for e in entries]
-        scheduled = {e.slug for e in entries}
-        ids += [calendar.add_sent_entry(engine, a.slug, day, issue.key) for a in issue.articles
-                if a.slug not in scheduled]
-        calendar.mark_entries(engine, ids, "sent", issue.key)
-    when, left = wave_sends.next_release(engine, issue.key, clock.now())
-    note = (f"{counts['sent']} sent; {left} wait for their local time, the next wave at "
-            f"{_local(when, zone(settings))}" if when else "every wave released")
-    log.info("%s issue %s: %s", kind, issue.key, note)
-    return calendar.finish_run(engine, day, kind, holder, "waiting", issue_key=issue.key, counts=counts, error=note)

@@ -19,17 +19,21 @@ Nothing here sends; ``pipeline.scheduling.schedule`` does.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Callable, Iterable, Sequence
 
 from sqlalchemy import Engine, and_, case, func, select, true, update
 
+from pipeline import clock
 from pipeline.delivery import ledger
-from pipeline.scheduling import waves
-from pipeline.scheduling.slots import Slot
+from pipeline.scheduling import calendar, waves
+from pipeline.scheduling.slots import Slot, local_day, slots_for
 from pipeline.settings import Settings
 from subscribers.delivery_time import Group, waves_of
+
+log = logging.getLogger("newsletter.schedule")
 
 D = ledger.DELIVERIES
 I = ledger.ISSUES
@@ -151,7 +155,6 @@ def stop_waiting(engine: Engine, day: date, key: str, who: str, tz) -> str:
     request is honoured at once, the run recorded ``stopped``) until ``newsletter resume``
     or ``newsletter send --date D --resume``.  Returns the line to print."""
     from pipeline.delivery import stops
-    from pipeline.scheduling import calendar
 
     counts = ledger.state_counts(engine, ledger.find_issue(engine, key).id)
     total = sum(counts.values())
@@ -185,8 +188,6 @@ def plan_lines(engine: Engine, settings: Settings, day: date, kind: str, key: st
                topic: str | None = None, topics: Sequence[str] = ()) -> list[str]:
     """The waves of an issue, one line each (``send --dry-run``): from its ledger once written,
     else from its recipients now.  Empty when everyone gets it at the editors' time."""
-    from pipeline import clock
-
     tz = waves.zone(settings)
     now = clock.now()
     found = ledger.find_issue(engine, key)
@@ -210,10 +211,6 @@ def next_instant(engine: Engine, settings: Settings, now: datetime, custom_by_da
                  pause) -> datetime | None:
     """The daemon's next wake for waves: the next first wave of a coming day (skipping paused
     days), or the next release of an issue already waiting; None when neither."""
-    from datetime import timedelta
-
-    from pipeline.scheduling.slots import local_day, slots_for
-
     groups = {kind: audience_groups(engine, kind) for kind in waves.KINDS}
     start = local_day(now, waves.zone(settings))
     found = [next_wave_after(engine, now)]
@@ -232,8 +229,6 @@ def hold_waves(engine: Engine, key: str, why: str) -> int:
     """The waves of issue ``key`` not yet sent when its article may no longer go out (retracted,
     or a significant correction awaiting sign-off, between waves): their rows are closed as
     skipped with ``why``, so the issue ends instead of waiting for good.  How many rows."""
-    from pipeline import clock
-
     with engine.begin() as conn:
         issue_id = _issue_id(conn, key)
         if issue_id is None or conn.execute(select(I.c.state).where(I.c.id == issue_id)).scalar_one() != "waiting":
@@ -243,3 +238,20 @@ def hold_waves(engine: Engine, key: str, why: str) -> int:
                                     last_reply=f"not sent: {why}"[:500])).rowcount
     ledger.finish_issue(engine, issue_id)
     return held
+
+
+def wait_for_waves(engine: Engine, settings: Settings, issue, entries, holder: str, counts):
+    """Every released row is final and later waves wait for their readers' local time: the
+    run is ``waiting`` (no alert); the daemon wakes at each wave and sends it."""
+    kind, day = issue.kind, issue.date
+    if kind == "daily":  # it has gone out (to the first waves): the articles are sent
+        ids = [e.id for e in entries]
+        scheduled = {e.slug for e in entries}
+        ids += [calendar.add_sent_entry(engine, a.slug, day, issue.key) for a in issue.articles
+                if a.slug not in scheduled]
+        calendar.mark_entries(engine, ids, "sent", issue.key)
+    when, left = next_release(engine, issue.key, clock.now())
+    note = (f"{counts['sent']} sent; {left} wait for their local time, the next wave at "
+            f"{when.astimezone(waves.zone(settings)):%Y-%m-%d %H:%M %Z}" if when else "every wave released")
+    log.info("%s issue %s: %s", kind, issue.key, note)
+    return calendar.finish_run(engine, day, kind, holder, "waiting", issue_key=issue.key, counts=counts, error=note)
