@@ -271,3 +271,38 @@ def test_a_retraction_between_waves_holds_the_waves_not_yet_sent(days):
     assert run.state == "nothing-to-send" and "1 recipient(s) of later waves are not sent it" in run.error
     counts = ledger.state_counts(days.engine, ledger.find_issue(days.engine, "2026-03-10").id)
     assert counts[ledger.SENT] == 1 and counts[ledger.SKIPPED] == 1 and counts[ledger.QUEUED] == 0
+
+
+def test_release_instants_on_sqlite_and_postgresql(store_url, settings, frozen):
+    """The CASE of the ledger's one INSERT ... SELECT, and finish_issue's 'waiting', on both engines."""
+    from fixtures_delivery import add_subscribers, small_rendered
+    from pipeline.database import open_database
+    from subscribers.models import Subscriber
+
+    engine = open_database(store_url)
+    s = settings.replace(secret_key="waves-test-secret")
+    ids = add_subscribers(engine, s, 6)
+    zones = [None, "America/New_York", "Asia/Kolkata", "Pacific/Auckland", "Asia/Kolkata", None]
+    hours = [None, None, 9, None, None, 23]
+    t = Subscriber.__table__
+    with engine.begin() as conn:
+        for i, z, h in zip(ids, zones, hours):
+            conn.execute(update(t).where(t.c.id == i).values(time_zone=z, delivery_hour=h))
+    rendered = small_rendered()
+    info = ledger.record_issue(engine, rendered.issue, rendered.subject)
+    day = info.date
+    assert ledger.write_recipients(engine, info.id, "daily",
+                                   releases=wave_sends.releases_for(s, day, "daily")) == 6
+    with engine.connect() as conn:
+        got = dict(conn.execute(select(ledger.DELIVERIES.c.subscriber_id, ledger.DELIVERIES.c.release_at)
+                                .where(ledger.DELIVERIES.c.issue_id == info.id)).all())
+    assert [got[i] for i in ids] == [local_seven(day, z, h) for z, h in zip(zones, hours)]
+    # before any wave: nothing is released, and the issue waits (it is not unfinished)
+    frozen.set(local_seven(day, "Pacific/Auckland") - timedelta(seconds=1))
+    assert ledger.finish_issue(engine, info.id) == "waiting"
+    frozen.set(local_seven(day, None))
+    run = ledger.LedgerRun(engine, info.id, "t", fenced=False)
+    page = run.page(ledger.QUEUED, 0, 100, 5)
+    assert {p.subscriber_id for p in page} == {i for i, z, h in zip(ids, zones, hours)
+                                                if local_seven(day, z, h) <= local_seven(day, None)}
+    assert ledger.finish_issue(engine, info.id) == "unfinished"  # released rows are open
