@@ -306,3 +306,18 @@ def test_release_instants_on_sqlite_and_postgresql(store_url, settings, frozen):
     assert {p.subscriber_id for p in page} == {i for i, z, h in zip(ids, zones, hours)
                                                 if local_seven(day, z, h) <= local_seven(day, None)}
     assert ledger.finish_issue(engine, info.id) == "unfinished"  # released rows are open
+
+
+def test_an_article_added_after_the_first_wave_still_goes_out_that_day(days):
+    place(days, "auckland@example.com", "Pacific/Auckland", None)
+    place(days, "london@example.com", None, None)
+    days.wake_at(utc(2026, 3, 9, 18, 0))  # Auckland's 07:00 on the 10th: nothing is planned for the 10th yet
+    assert days.run(date(2026, 3, 10)) is None  # not recorded nothing-to-send this early
+    days.schedule("microneedling", date(2026, 3, 10))  # the editors plan it that evening in London
+    days.wake_at(utc(2026, 3, 9, 20, 0))
+    assert arrivals(days) == {"auckland@example.com": [utc(2026, 3, 9, 20)]}  # late for Auckland, but once
+    days.wake_at(utc(2026, 3, 10, 7, 0))
+    assert arrivals(days)["london@example.com"] == [utc(2026, 3, 10, 7)]
+    other = date(2026, 3, 11)
+    days.wake_at(utc(2026, 3, 11, 7, 0))  # a day nobody planned ends at the editors' time, as before
+    assert days.run(other).state == "nothing-to-send"

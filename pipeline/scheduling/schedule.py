@@ -187,6 +187,9 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
                 continue
             if run is not None and run.state == "running" and lease is not None:
                 continue  # its holder is alive and working on it
+            if action == "run" and run is None and slot.kind == "daily" and slot.editors is not None \
+                    and now < slot.editors and not custom.get(day) and not settings.send_when_nothing_due:
+                continue  # an early wave with nothing planned yet: editors may still add the day's article
             replace = run if reopened(slot, run) else None
             if action == "miss" and slot.kind == "daily" and not custom.get(day) and not settings.send_when_nothing_due:
                 _record_skip(engine, slot, "nothing-to-send", "nothing was scheduled (and the daemon was not running "
