@@ -60,3 +60,12 @@ def test_dry_run_lists_the_waves_and_writes_nothing(days):
     assert "  2026-03-10 07:00 GMT: 1 recipient(s)" in result.output
     assert "  2026-03-10 11:00 GMT: 2 recipient(s)" in result.output
     assert ledger.find_issue(days.engine, "2026-03-10") is None and not arrivals(days)
+
+
+def test_schedule_list_says_the_day_goes_out_in_waves(days):
+    days.clock.set(utc(2026, 3, 10, 5, 0))
+    result = days.cli("schedule", "list", "--history", "0")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert ("readers' own times: the issue of 2026-03-10 goes out in 2 waves, from 2026-03-10 07:00 GMT to "
+            "2026-03-10 11:00 GMT") in text
