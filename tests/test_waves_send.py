@@ -69,3 +69,24 @@ def test_schedule_list_says_the_day_goes_out_in_waves(days):
     text = " ".join(result.output.split())
     assert ("readers' own times: the issue of 2026-03-10 goes out in 2 waves, from 2026-03-10 07:00 GMT to "
             "2026-03-10 11:00 GMT") in text
+
+
+def test_a_hand_send_before_the_editors_time_sends_their_readers_now_and_the_others_at_their_own(days):
+    days.clock.set(utc(2026, 3, 10, 5, 0))  # 05:00 London: the editors send by hand, early
+    result = days.cli("send", "--date", "2026-03-10")
+    assert result.exit_code == 0, result.output
+    assert arrivals(days) == {"london@example.com": [utc(2026, 3, 10, 5)]}
+    assert "the next wave at 2026-03-10 11:00 GMT" in result.output
+    days.wake_at(utc(2026, 3, 10, 7, 0))  # the daemon at the editors' time: nothing more (London had it)
+    assert set(arrivals(days)) == {"london@example.com"}
+    days.wake_at(utc(2026, 3, 10, 11, 0))
+    assert {a: len(t) for a, t in arrivals(days).items()} == {"london@example.com": 1, "ny@example.com": 1,
+                                                             "tokyo@example.com": 1}
+
+
+def test_run_once_does_the_days_work_now_for_the_editors_readers(days):
+    days.clock.set(utc(2026, 3, 10, 5, 0))
+    result = days.cli("run", "--once", "--date", "2026-03-10")
+    assert result.exit_code == 0, result.output
+    assert set(arrivals(days)) == {"london@example.com"}
+    assert days.run(date(2026, 3, 10)).state == "waiting"

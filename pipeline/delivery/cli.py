@@ -140,7 +140,7 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
     # each reader's local time (pipeline.scheduling.wave_sends, as the daemon), unless --release-all
     from pipeline.scheduling import wave_sends
     custom = [e.at for e in plan.entries]
-    releases = None if release_all else wave_sends.releases_for(settings, day, "daily", custom)
+    releases = None if release_all else wave_sends.releases_for(settings, day, "daily", custom, by_hand=True)
     if release_all and not dry_run:
         wave_sends.release_all(engine, plan.issue.key, clock.now())
     with signals_stop_the_send():

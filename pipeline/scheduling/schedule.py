@@ -271,7 +271,8 @@ def run_day(engine: Engine, settings: Settings, content_dir: Path | str, day: da
             return calendar.get_run(engine, day, kind)  # type: ignore[return-value]
         log.info("%s issue of %s: started (attempt %d)", kind, day.isoformat(), claimed.attempts)
         try:
-            return _perform(engine, settings, Path(content_dir), day, kind, holder, resume=claimed.attempts > 1)
+            return _perform(engine, settings, Path(content_dir), day, kind, holder, resume=claimed.attempts > 1,
+                            by_hand=force)
         except LeaseLost:
             # this process stalled past its lease and another took the day over: it has
             # written nothing since, and leaves the outcome to the new holder
@@ -281,7 +282,7 @@ def run_day(engine: Engine, settings: Settings, content_dir: Path | str, day: da
 
 
 def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, kind: str, holder: str,
-             *, resume: bool) -> Run:
+             *, resume: bool, by_hand: bool = False) -> Run:
     from pipeline.content.library import check_library
     from pipeline.scheduling.plan import plan_day
 
@@ -315,7 +316,8 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
             held = wave_sends.hold_waves(engine, issue_history.issue_key(day, kind), plan.reason or "held")
             why = f"{plan.reason}; its {held} recipient(s) of later waves are not sent it" if held else plan.reason
             return calendar.finish_run(engine, day, kind, holder, "nothing-to-send", error=why)
-        return _publish_and_send(engine, settings, library, plan.issue, list(plan.entries), holder, resume=resume)
+        return _publish_and_send(engine, settings, library, plan.issue, list(plan.entries), holder, resume=resume,
+                                 by_hand=by_hand)
     except LeaseLost:
         raise
     except ContentError as exc:
@@ -332,7 +334,7 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
 
 
 def _publish_and_send(engine: Engine, settings: Settings, library, issue, entries: list[Entry], holder: str,
-                      *, resume: bool) -> Run:
+                      *, resume: bool, by_hand: bool = False) -> Run:
     from pipeline.delivery.deliver import render_for_send, send_issue
     from pipeline.site.pages import build_site, publish_issue
 
@@ -346,7 +348,8 @@ def _publish_and_send(engine: Engine, settings: Settings, library, issue, entrie
     from pipeline.corrections.notices import site_update
     build_site(library, settings.public_dir, as_of=day,
                notices=site_update(library, day, engine=engine, sent=issue.articles))
-    releases = wave_sends.releases_for(settings, day, kind, [e.at for e in entries])  # each reader's local time
+    # each reader's local time (``run --once`` is the editors sending by hand: their readers get it now)
+    releases = wave_sends.releases_for(settings, day, kind, [e.at for e in entries], by_hand=by_hand)
     summary = send_issue(engine, settings, rendered, frequency=kind, resume=resume, progress=False,
                          releases=releases)
     counts = ledger_counts(engine, [issue.key]).get(issue.key) or {

@@ -39,11 +39,19 @@ D = ledger.DELIVERIES
 I = ledger.ISSUES
 
 
-def releases_for(settings: Settings, day: date, kind: str,
-                 custom: Sequence[str | None] = ()) -> Callable[[Iterable[Group]], dict[Group, datetime]]:
-    """The release of each group of the issue of ``day`` (``custom``: its articles' ``--at``)."""
+def releases_for(settings: Settings, day: date, kind: str, custom: Sequence[str | None] = (), *,
+                 by_hand: bool = False) -> Callable[[Iterable[Group]], dict[Group, datetime]]:
+    """The release of each group of the issue of ``day`` (``custom``: its articles' ``--at``).
+
+    ``by_hand`` (``newsletter send``, ``run --once``): the editors are sending now, so
+    readers who keep the editors' time (no zone, no hour of their own) get it now if
+    that is earlier; everyone else still at their own local time."""
     def releases(groups: Iterable[Group]) -> dict[Group, datetime]:
-        return waves.release_instants(day, kind, settings, groups, custom)
+        found = waves.release_instants(day, kind, settings, groups, custom)
+        editors = Group(None, None)
+        if by_hand and editors in found:
+            found[editors] = min(found[editors], clock.now())
+        return found
     return releases
 
 
