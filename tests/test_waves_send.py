@@ -90,3 +90,11 @@ def test_run_once_does_the_days_work_now_for_the_editors_readers(days):
     assert result.exit_code == 0, result.output
     assert set(arrivals(days)) == {"london@example.com"}
     assert days.run(date(2026, 3, 10)).state == "waiting"
+
+
+def test_an_article_going_out_in_waves_cannot_be_moved_or_scheduled_again(days):
+    assert days.cli("send", "--date", "2026-03-10").exit_code == 0  # London now, the others later
+    result = days.cli("schedule", "move", "microneedling", "--to", "2026-03-12")
+    assert result.exit_code == 1
+    assert "microneedling is going out in the issue of 2026-03-10 at each reader's local time (1 of 3 sent so far)" \
+        in str(result.exception)

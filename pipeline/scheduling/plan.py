@@ -53,7 +53,7 @@ from pipeline.settings import Settings
 log = logging.getLogger("newsletter.schedule")
 
 # ledger issue states in which at least part of an issue may have gone out
-STARTED = ("queued", "sending", "sent", "unfinished")
+STARTED = ("queued", "sending", "sent", "unfinished", "waiting")
 
 
 @dataclass(frozen=True)
@@ -260,6 +260,9 @@ def refuse_if_reached(engine: Engine, slug: str) -> None:
     if reach.finished:
         raise ScheduleError(f"{slug} was already sent on {day.isoformat()} (issue {reach.issue.key}, "
                             f"{reach.sent} recipient(s)); it is never sent twice")
+    if reach.issue.state == "waiting":
+        raise ScheduleError(f"{slug} is going out in the issue of {day.isoformat()} at each reader's local time "
+                            f"({reach.sent} of {reach.total} sent so far); it is never sent twice")
     raise ScheduleError(f"{slug} is in the unfinished issue of {day.isoformat()} ({reach.sent} of {reach.total} "
                         f"sent); finish that issue with {resume_command(day)}, which mails only those not yet "
                         "delivered")
