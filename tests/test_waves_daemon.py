@@ -321,3 +321,12 @@ def test_an_article_added_after_the_first_wave_still_goes_out_that_day(days):
     other = date(2026, 3, 11)
     days.wake_at(utc(2026, 3, 11, 7, 0))  # a day nobody planned ends at the editors' time, as before
     assert days.run(other).state == "nothing-to-send"
+
+
+def test_status_shows_no_waves_when_everyone_keeps_the_editors_time(days):
+    from pipeline.ops import status
+    place(days, "london@example.com", None, None)
+    days.schedule("microneedling", date(2026, 3, 10))
+    days.wake_at(utc(2026, 3, 10, 7, 0))
+    assert days.run(date(2026, 3, 10)).state == "sent"
+    assert status.build(days.engine, days.settings).to_json()["waves"] == []

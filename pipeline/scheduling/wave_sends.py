@@ -178,7 +178,7 @@ def stop_waiting(engine: Engine, day: date, key: str, who: str, tz) -> str:
 
 def current_waves(engine: Engine, now: datetime) -> list[tuple[str, list[WaveCount]]]:
     """What ``status`` shows: each issue with waves still to come or open (oldest first), else
-    the newest issue that had waves; with its waves."""
+    the newest issue that had waves; with its waves (an issue with one wave, released, is left out)."""
     with engine.connect() as conn:
         keys = conn.execute(select(I.c.key).where(I.c.state.in_(("waiting", "queued", "sending", "unfinished")),
                                                   select(D.c.id).where(D.c.issue_id == I.c.id,
@@ -189,7 +189,9 @@ def current_waves(engine: Engine, now: datetime) -> list[tuple[str, list[WaveCou
                 D.c.issue_id == I.c.id, D.c.release_at.is_not(None)).exists())
                 .order_by(I.c.date.desc(), I.c.id.desc()).limit(1)).scalar_one_or_none()
             keys = [newest] if newest else []
-    return [(key, waves_of_issue(engine, key, now)) for key in keys]
+    found = [(key, waves_of_issue(engine, key, now)) for key in keys]
+    # one wave, all released, is an ordinary send: nothing to show
+    return [(key, w) for key, w in found if len(w) > 1 or any(not one.released for one in w)]
 
 
 def plan_lines(engine: Engine, settings: Settings, day: date, kind: str, key: str, custom: Sequence[str | None] = (),
