@@ -19,9 +19,9 @@ cleans them at every edge (the preferences page, CSV import):
   empty is the editors' send time.
 
 ``waves_of`` groups an issue's recipients by (time_zone, delivery_hour) in SQL,
-and ``group_condition`` selects one group, so the ledger can write each wave with
-``INSERT ... SELECT``; ``pipeline.scheduling.waves`` gives each group's release
-instant.
+``group_condition`` selects one group, and ``release_column`` is the CASE over the
+groups that the ledger adds to its ``INSERT ... SELECT`` as ``release_at``;
+``pipeline.scheduling.waves`` gives each group's release instant.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from functools import lru_cache
 from importlib import resources
 from zoneinfo import available_timezones
 
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine, and_, case, func, literal, select
 from sqlalchemy.sql import ColumnElement, Select
 
 from pipeline.errors import SubscriberError
@@ -172,3 +172,22 @@ def waves_of(engine: Engine, recipients: Select) -> list[GroupCount]:
     found = [GroupCount(Group(zone, hour), count) for zone, hour, count in rows]
     return sorted(found, key=lambda g: (g.group.time_zone is not None, g.group.time_zone or "",
                                         g.group.delivery_hour is not None, g.group.delivery_hour or 0))
+
+
+def release_column(conn, recipients: Select, releases) -> ColumnElement | None:
+    """The ``release_at`` column for an ``INSERT ... SELECT`` of ``recipients`` (a SELECT on
+    ``subscribers`` whose second column is ``subscribers.id``, the ledger's): the groups
+    among them are counted in SQL on ``conn``, ``releases(groups)`` gives {group: UTC
+    instant}, and the result is one CASE with a branch per group (else NULL: at once).
+    None when there are no recipients.  Nothing per row in Python."""
+    from pipeline.database import AwareDateTime
+
+    sub = Subscriber.__table__
+    ids = recipients.with_only_columns(sub.c.id).order_by(None)
+    found = conn.execute(select(sub.c.time_zone, sub.c.delivery_hour).where(sub.c.id.in_(ids))
+                         .group_by(sub.c.time_zone, sub.c.delivery_hour)).all()
+    instants = releases([Group(zone, hour) for zone, hour in found]) if found else {}
+    if not instants:
+        return None
+    return case(*[(group_condition(g, sub), literal(at, AwareDateTime())) for g, at in instants.items()],
+                else_=literal(None, AwareDateTime()))

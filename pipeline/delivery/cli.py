@@ -92,10 +92,13 @@ def signals_stop_the_send():
 @click.option("--max-wait", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
               help="Wait at most this long, in all, for deferred recipients' retries to come due; the rest are "
                    "left for the next --resume.")
+@click.option("--release-all", is_flag=True,
+              help="Send to every recipient now, whatever their own delivery time (otherwise each gets the issue "
+                   "at their local time: this sends the waves released so far and leaves the rest to the daemon).")
 @click.pass_obj
 def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: str | None,
          correction_id: int | None, override_review: str | None, uncertain: str | None,
-         max_wait: float | None) -> None:
+         max_wait: float | None, release_all: bool) -> None:
     """Send the day's issue to the daily subscribers, exactly once."""
     if correction_id is not None:
         if day or topic:
@@ -134,12 +137,25 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
         stops.release(engine, day)  # an operator's stop of this day ends here
     if uncertain is not None and not resume:
         raise click.UsageError("--uncertain goes with --resume (it decides rows an earlier send left uncertain)")
+    # each reader's local time (pipeline.scheduling.wave_sends, as the daemon), unless --release-all
+    from pipeline.scheduling import wave_sends
+    custom = [e.at for e in plan.entries]
+    releases = None if release_all else wave_sends.releases_for(settings, day, "daily", custom, by_hand=True)
+    if release_all and not dry_run:
+        wave_sends.release_all(engine, plan.issue.key, clock.now())
     with signals_stop_the_send():
         summary = send_issue(engine, settings, rendered, frequency="daily", resume=resume, dry_run=dry_run,
                              progress=sys.stderr.isatty() if progress is None else progress, uncertain=uncertain,
-                             max_wait=max_wait, notice=lambda line: click.echo(line, err=True))
+                             max_wait=max_wait, notice=lambda line: click.echo(line, err=True), releases=releases)
     for line in summary.lines():
         click.echo(line)
+    if dry_run:
+        found = wave_sends.plan_lines(engine, settings, day, "daily", plan.issue.key, custom, topic,
+                                      rendered.issue.topics)
+        if found and not release_all:
+            click.echo("waves (each reader's local time):")
+            for line in found:
+                click.echo(line)
     if not dry_run:
         audit.write(engine, audit.operator(), "send", plan.issue.key,
                     after={"state": summary.state, "resume": resume, "articles": list(plan.slugs)})
@@ -164,6 +180,11 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
             click.echo(f"unfinished: {summary.deferred} recipient(s) not yet delivered; `{again}` tries them again",
                        err=True)
         raise SystemExit(exits.UNFINISHED)
+    if summary.state == "waiting":
+        when, left = wave_sends.next_release(engine, plan.issue.key, clock.now())
+        click.echo(f"waiting: {left} recipient(s) get it at their own local time, the next wave at "
+                   f"{when.astimezone(ZoneInfo(settings.timezone)):%Y-%m-%d %H:%M %Z}; the daemon sends each wave "
+                   f"(`newsletter send --date {day.isoformat()} --release-all` sends them now)")
 
 
 @click.command("send-test")

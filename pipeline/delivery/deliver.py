@@ -65,7 +65,7 @@ from pipeline.delivery.send_summary import ProgressBar, SendSummary
 
 def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "daily", topic: str | None = None,
                resume: bool = False, dry_run: bool = False, progress: bool = True, uncertain: str | None = None,
-               max_wait: float | None = None, notice=None) -> SendSummary:
+               max_wait: float | None = None, notice=None, releases=None) -> SendSummary:
     """Send ``rendered`` to every matching subscriber exactly once (see the module docstring).
 
     ``topic`` defaults to the issue's ``audience_topic``; without one, the recipients are
@@ -77,7 +77,9 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
     earlier runs: sent again, or closed as skipped.  ``max_wait`` bounds the seconds
     spent waiting for deferred rows to come due.  ``notice(line)`` is told at once
     of what the operator should know mid-send (a relay that cannot be reached, a
-    wait for retries); the summary holds the rest.
+    wait for retries); the summary holds the rest.  ``releases`` gives each recipient
+    group's wave (``ledger.write_recipients``); rows not yet released wait, and the
+    issue ends ``waiting`` when they are all that is left.
     """
     started = clock.monotonic()
     topic = topic if topic is not None else rendered.issue.audience_topic
@@ -109,7 +111,7 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
         summary.recovered = ledger.recover_in_flight(engine, issue.id, settings.uncertain_policy, owner)
         if uncertain is not None:
             summary.decided = ledger.decide_uncertain(engine, issue.id, uncertain, owner)
-        ledger.write_recipients(engine, issue.id, frequency, topic, rendered.issue.topics, owner)
+        ledger.write_recipients(engine, issue.id, frequency, topic, rendered.issue.topics, owner, releases)
         max_attempts = int(settings.smtp_max_attempts)
         if resume:
             max_attempts += ledger.max_deferred_attempts(engine, issue.id)

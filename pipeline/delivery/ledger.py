@@ -43,8 +43,9 @@ DELIVERY_STATES = (QUEUED, SENDING, SENT, DEFERRED, FAILED, BOUNCED, UNCERTAIN, 
 FINAL_STATES = (SENT, FAILED, BOUNCED, SKIPPED)
 
 # Issue states: composed (recorded, no ledger yet) -> queued (ledger written) ->
-# sending -> sent (every row final) or unfinished (rows left deferred/uncertain).
-ISSUE_STATES = ("composed", "queued", "sending", "sent", "unfinished")
+# sending -> sent (every row final) or unfinished (rows left deferred/uncertain), or
+# waiting (every released row final, later waves not released yet: see write_recipients).
+ISSUE_STATES = ("composed", "queued", "sending", "sent", "unfinished", "waiting")
 
 
 class IssueRecord(Base):
@@ -275,11 +276,18 @@ def count_recipients(engine: Engine, frequency: str, topic: str | None = None, t
 
 
 def write_recipients(engine: Engine, issue_id: int, frequency: str, topic: str | None = None,
-                     topics: Sequence[str] = (), owner: str | None = None) -> int | None:
+                     topics: Sequence[str] = (), owner: str | None = None, releases=None) -> int | None:
     """Write one ``queued`` row per recipient, in SQL (INSERT ... SELECT: nothing is
     held in Python), and mark the issue ``queued``; all in one transaction, so a crash
     leaves either every row or none.  Returns the count, or None when the ledger
-    was already written (the recipients are chosen once per issue)."""
+    was already written (the recipients are chosen once per issue).
+
+    ``releases`` (the delivery-time waves, ``pipeline.scheduling.waves``) is called with
+    the recipients' (time_zone, delivery_hour) groups, counted in SQL, and returns
+    {group: UTC instant}; each row's ``release_at`` is its group's instant, by a CASE
+    in the same INSERT.  Without it every row is released at once (NULL)."""
+    from subscribers.delivery_time import release_column
+
     with engine.begin() as conn:
         if owner is not None:
             fence(conn, issue_id, owner)
@@ -287,8 +295,11 @@ def write_recipients(engine: Engine, issue_id: int, frequency: str, topic: str |
         if state != "composed":
             return None
         query = _recipients_query(issue_id, frequency, topic, clock.now(), topics)
-        conn.execute(insert(DELIVERIES).from_select(
-            ["issue_id", "subscriber_id", "email", "state", "attempts", "uncertain", "updated_at"], query))
+        columns = ["issue_id", "subscriber_id", "email", "state", "attempts", "uncertain", "updated_at"]
+        release = release_column(conn, query, releases) if releases is not None else None
+        if release is not None:
+            query, columns = query.add_columns(release), columns + ["release_at"]
+        conn.execute(insert(DELIVERIES).from_select(columns, query))
         count = conn.execute(select(func.count()).select_from(DELIVERIES)
                              .where(DELIVERIES.c.issue_id == issue_id)).scalar_one()
         conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id).values(state="queued", recipients=count))
@@ -352,13 +363,24 @@ def max_deferred_attempts(engine: Engine, issue_id: int) -> int:
 
 
 def finish_issue(engine: Engine, issue_id: int, owner: str | None = None) -> str:
+    """Record how the issue stands after a run: ``sent`` (every row final), ``waiting``
+    (every released row final; rows of later waves not released yet: not unfinished,
+    nothing to alert on) or ``unfinished`` (released rows left open)."""
+    now = clock.now()
     counts = state_counts(engine, issue_id)
-    state = "unfinished" if counts[QUEUED] or counts[DEFERRED] or counts[SENDING] or counts[UNCERTAIN] else "sent"
+    with engine.connect() as conn:
+        unreleased = conn.execute(select(func.count()).where(DELIVERIES.c.issue_id == issue_id,
+                                                             DELIVERIES.c.state == QUEUED,
+                                                             ~released(DELIVERIES, now))).scalar_one()
+    if counts[DEFERRED] or counts[SENDING] or counts[UNCERTAIN] or counts[QUEUED] > unreleased:
+        state = "unfinished"
+    else:
+        state = "waiting" if unreleased else "sent"
     with engine.begin() as conn:
         if owner is not None:
             fence(conn, issue_id, owner)
         conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id)
-                     .values(state=state, finished_at=clock.now() if state == "sent" else None))
+                     .values(state=state, finished_at=now if state == "sent" else None))
     return state
 
 

@@ -142,6 +142,13 @@ def _print(report, settings, engine) -> None:
         for r in notes:  # whole, never cut: the fix command is usually at the end
             console.print(f"  {r.day.isoformat()} {r.kind}: {r.note}", overflow="fold")
 
+    for key, waves in report.waves:  # issues going out at each reader's local time
+        console.print(f"waves of issue {key}:")
+        for w in waves:
+            when = _wave_time(w.instant, tz)
+            left = f"{w.open} to come" if not w.released else f"released, {w.sent} of {w.total} sent" + (
+                f", {w.open} open" if w.open else "")
+            console.print(f"  {when}: {left}" + (f" (of {w.total})" if not w.released else ""))
     from subscribers.mailqueue import status_line
     console.print(status_line(engine))  # transactional mail (sign-ups) waiting for the relay
     if not report.queue_known:
@@ -152,6 +159,10 @@ def _print(report, settings, engine) -> None:
                          " (sent only when scheduled: send_when_nothing_due is off)"))
         for slug, day in report.queue:
             console.print(f"  {slug}  ({'scheduled ' + day.isoformat() if day else 'unscheduled'})")
+
+
+def _wave_time(instant, tz) -> str:
+    return "at once" if instant is None else f"{instant.astimezone(tz):%Y-%m-%d %H:%M %Z}"
 
 
 def model_window(settings):
@@ -177,11 +188,19 @@ def stop(obj, day: str | None, by: str | None, wait: float | None) -> None:
     tz = slots.zone(settings)
     running = sending_days(engine)
     target = slots.parse_day(day, "--date") if day else None
+    from pipeline.scheduling import wave_sends
+    waiting = {d: k for d, k in wave_sends.waiting_days(engine).items()
+               if d not in running and (target is None or d == target)}
+    who = stops.operator(by)
+    for d, key in sorted(waiting.items()):  # between waves: the ones not yet sent are held
+        line = wave_sends.stop_waiting(engine, d, key, who, tz)
+        click.echo(f"{d.isoformat()}: issue {key} {line}; `newsletter resume` or "
+                   f"`newsletter send --date {d.isoformat()} --resume` lets them go")
     days = [target] if target is not None else sorted(running)
     if not days or (target is not None and target not in running):
-        click.echo(f"nothing is being sent{' for ' + target.isoformat() if target else ''}; nothing to stop")
+        if not waiting:
+            click.echo(f"nothing is being sent{' for ' + target.isoformat() if target else ''}; nothing to stop")
         return
-    who = stops.operator(by)
     requests = {d: stops.request(engine, d, who) for d in days}
     click.echo(f"stopping the send of {', '.join(d.isoformat() for d in days)} (no new message; waiting for the replies in flight)...")
     deadline = time.monotonic() + (wait if wait is not None else float(settings.smtp_timeout) + 15.0)

@@ -24,7 +24,10 @@ JSON schema (``status --json``; times are ISO 8601 with offset, days YYYY-MM-DD)
      "alerts":  [{"day", "kind", "state", "message"}],
      "queue":   {"known": bool, "articles": [{"slug", "scheduled": day|null}]},
      "mail_queue": {"waiting": int, "given_up": int, "oldest_failure": {"at", "error"}|null},  (added by status_cli)
-     "bounces": [{"issue", "recipients", "bounces", "complaints", "policy", "bounce_rate", "complaint_rate"}]}
+     "bounces": [{"issue", "recipients", "bounces", "complaints", "policy", "bounce_rate", "complaint_rate"}],
+     "waves":   [{"issue", "waves": [{"instant": time|null, "released": bool, "total", "sent", "open", "to_come"}]}]}
+                (issues going out at each reader's local time: ``wave_sends.current_waves``; instant null:
+                rows released at once; to_come: rows of a wave not released yet)
                 (percent; ``bounce_report``; its alerts join "alerts" with kind "bounces" and day null)
 """
 from __future__ import annotations
@@ -108,6 +111,7 @@ class Status:
     alerts: tuple[Alert, ...]
     queue_known: bool
     queue: tuple[tuple[str, date | None], ...] = field(default=())
+    waves: tuple = field(default=())  # (issue key, [wave_sends.WaveCount]) of the current issues
 
     @property
     def exit_code(self) -> int:
@@ -133,6 +137,8 @@ class Status:
             "alerts": [plain(asdict(a)) for a in self.alerts],
             "queue": {"known": self.queue_known,
                       "articles": [{"slug": slug, "scheduled": plain(day)} for slug, day in self.queue]},
+            "waves": [{"issue": key, "waves": [plain(asdict(w)) | {"to_come": 0 if w.released else w.open}
+                                               for w in found]} for key, found in self.waves],
         }
 
 
@@ -235,7 +241,7 @@ def build(engine: Engine, settings, library=None, *, next_count: int = 5, recent
     for n, (run, key) in enumerate(zip(runs, keys)):
         alert = run_alert(run, stranded)
         resume = _partly_sent(run, live.get(key))
-        if resume and run.state not in ("sent", "running") and run.acknowledged_at is None:
+        if resume and run.state not in ("sent", "running", "waiting") and run.acknowledged_at is None:
             alert = True  # recipients are waiting whatever else the day's state says: name the one action
         if alert:
             message = f"{run.kind} issue of {run.day.isoformat()} {run.state}: {run.error or ''}".rstrip(": ")
@@ -261,9 +267,10 @@ def build(engine: Engine, settings, library=None, *, next_count: int = 5, recent
         sent = issue_history.sent_slugs(engine)
         planned = {e.slug: e.day for e in calendar.entries(engine, states=("scheduled",))}
         queue = [(a.slug, planned.get(a.slug)) for a in library.articles if a.slug not in sent]
+    from pipeline.scheduling.wave_sends import current_waves
     return Status(now, settings.timezone, pause.covers(slots.today(settings)), pause.until,
                   _daemons(engine, settings), _leases(engine), nexts, tuple(infos), tuple(alerts),
-                  library is not None, tuple(queue))
+                  library is not None, tuple(queue), tuple(current_waves(engine, now)))
 
 
 def _partly_sent(run: calendar.Run, counts: dict | None) -> str:
@@ -303,12 +310,13 @@ def _hand_sends(engine: Engine, known: set[str], tz) -> tuple[list[RunInfo], lis
                     and not holders.is_dead(r.lease_owner))
         finished = r.state == "sent" and not any(counts.get(s, 0)
                                                  for s in ("queued", "sending", "deferred", "uncertain"))
-        state = "sent" if finished else "sending" if held else "stopped" if r.key in stopped else "unfinished"
+        state = "sent" if finished else "sending" if held else "stopped" if r.key in stopped else (
+            "waiting" if r.state == "waiting" else "unfinished")  # waiting: later waves not released yet
         again = f"newsletter send --date {r.date.isoformat()}" + (f" --topic {r.audience_topic}"
                                                                   if r.audience_topic else "") + " --resume"
         if r.kind == "correction":  # a correction's notice (pipeline.corrections), numbered by the correction
             again = f"newsletter send --correction {r.number} --resume"
-        note = "" if state in ("sent", "sending") else (
+        note = "" if state in ("sent", "sending", "waiting") else (
             f"hand send {stopped[r.key].describe(tz) if r.key in stopped else 'interrupted'}: "
             f"{counts.get('sent', 0)} of {counts.get('total', 0)} sent; `{again}` finishes it"
             + _uncertain_note(counts))

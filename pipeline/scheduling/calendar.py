@@ -29,8 +29,9 @@ ENTRY_STATES = ("scheduled", "sent", "cancelled", "missed", "failed")
 # an entry in one of these states may be moved back onto the calendar
 MOVABLE = ("scheduled", "missed", "failed")
 
+# waiting: the issue went to its first waves; later ones wait for their readers' local time
 RUN_STATES = ("pending", "running", "sent", "nothing-to-send", "missed", "paused", "content-error", "failed",
-              "stopped")
+              "stopped", "waiting")
 # states after which the daemon never touches the day again on its own
 FINAL = ("sent", "nothing-to-send", "missed", "paused", "content-error")
 # states that mean "something is wrong": `newsletter status` exits non-zero

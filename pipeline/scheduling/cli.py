@@ -116,6 +116,9 @@ def list_(obj, weeks: int, history: int) -> None:
         table.add_row(f"{row.slot.day.isoformat()} {row.slot.day:%a}", f"{local:%H:%M %Z}", row.slot.kind,
                       view.articles_text(row), view.state_text(row))
     console.print(table)
+    note = view.waves_note(engine, settings, rows[0].slot.day) if rows else None
+    if note:
+        console.print(note, overflow="fold")
     today = slots.today(settings)
     stranded = calendar.entries(engine, end=today, states=("missed", "failed"))
     stranded = [e for e in stranded if not calendar.entries(engine, slug=e.slug, states=("scheduled", "sent"))]

@@ -86,7 +86,7 @@ def settle_from_ledger(engine: Engine) -> list[Run]:
     counts, and mark the day's articles sent, so `status` stops alerting."""
     settled = []
     for run in calendar.recent_runs(engine, 30):
-        if run.state not in calendar.ALERT + ("stopped",):
+        if run.state not in calendar.ALERT + ("stopped", "waiting"):
             continue
         key = issue_key(run.day, run.kind)
         with transaction(engine) as session:

@@ -53,7 +53,7 @@ from pipeline.settings import Settings
 log = logging.getLogger("newsletter.schedule")
 
 # ledger issue states in which at least part of an issue may have gone out
-STARTED = ("queued", "sending", "sent", "unfinished")
+STARTED = ("queued", "sending", "sent", "unfinished", "waiting")
 
 
 @dataclass(frozen=True)
@@ -260,6 +260,9 @@ def refuse_if_reached(engine: Engine, slug: str) -> None:
     if reach.finished:
         raise ScheduleError(f"{slug} was already sent on {day.isoformat()} (issue {reach.issue.key}, "
                             f"{reach.sent} recipient(s)); it is never sent twice")
+    if reach.issue.state == "waiting":
+        raise ScheduleError(f"{slug} is going out in the issue of {day.isoformat()} at each reader's local time "
+                            f"({reach.sent} of {reach.total} sent so far); it is never sent twice")
     raise ScheduleError(f"{slug} is in the unfinished issue of {day.isoformat()} ({reach.sent} of {reach.total} "
                         f"sent); finish that issue with {resume_command(day)}, which mails only those not yet "
                         "delivered")
@@ -318,7 +321,9 @@ def record_hand_send(engine: Engine, plan: DayPlan, summary) -> Run | None:
     issue everywhere: its calendar entries are sent (a queued article gains one),
     and the day's run says ``sent``, so the daemon neither records it missed nor
     leaves it out of the weekly digest."""
-    if plan.issue is None or plan.kind != "daily" or plan.issue.audience_topic is not None or summary.state != "sent":
+    state = summary.state  # waiting: sent to the waves released so far; the daemon sends the rest
+    if plan.issue is None or plan.kind != "daily" or plan.issue.audience_topic is not None or \
+            state not in ("sent", "waiting"):
         return None
     day, key = plan.day, plan.issue.key
     slugs = set(plan.slugs)
@@ -335,14 +340,14 @@ def record_hand_send(engine: Engine, plan: DayPlan, summary) -> Run | None:
     if run is None:
         from pipeline.delivery import ledger
         issue = ledger.find_issue(engine, key)  # the send began when the issue was recorded, not at its --resume
-        run = (calendar.record_outcome(engine, day, "daily", "sent", error=note,
+        run = (calendar.record_outcome(engine, day, "daily", state, error=note,
                                        started_at=issue.created_at if issue is not None else None)
                or calendar.get_run(engine, day, "daily"))
-        if run is not None and run.state == "sent" and run.issue_key is None:
-            return calendar.settle_run(engine, run, "sent", issue_key=key, counts=counts, error=note)
+        if run is not None and run.state == state and run.issue_key is None:
+            return calendar.settle_run(engine, run, state, issue_key=key, counts=counts, error=note)
         return run
-    if run.state not in ("sent", "running"):
-        return calendar.settle_run(engine, run, "sent", issue_key=key, counts=counts,
+    if run.state not in ("sent", "running") and not (run.state == state == "waiting"):
+        return calendar.settle_run(engine, run, state, issue_key=key, counts=counts,
                                    error=f"{note} after {run.state}" + (f": {run.error}" if run.error else ""))
     return run
 

@@ -42,7 +42,7 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
 
-from pipeline.scheduling import calendar, schedule
+from pipeline.scheduling import calendar, schedule, wave_sends
 from pipeline.delivery import leases, stops
 from pipeline.scheduling import slots
 from pipeline import clock
@@ -126,8 +126,12 @@ class Daemon:
         settings = self.settings
         now = clock.now()
         start = slots.local_day(now, slots.zone(settings))
-        custom = schedule.custom_times(self.engine, start, start + timedelta(days=9))
-        return slots.next_instant(now, settings, custom, calendar.get_pause(self.engine))
+        custom = schedule.custom_times(self.engine, start, start + timedelta(days=10))
+        pause = calendar.get_pause(self.engine)
+        # the editors' send times, and each reader's wave (a day's first, a waiting issue's next)
+        found = [slots.next_instant(now, settings, custom, pause),
+                 wave_sends.next_instant(self.engine, settings, now, custom, pause)]
+        return min((f for f in found if f is not None), default=None)
 
     def plan(self) -> None:
         """(Re)plan ``next-send`` from the calendar, the pause and the settings."""

@@ -32,11 +32,12 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine
 
-from pipeline.scheduling import calendar
+from pipeline.scheduling import calendar, wave_sends
 from pipeline.delivery import leases
 from pipeline import clock
 from pipeline.scheduling.calendar import Entry, Run
 from pipeline.errors import ContentError, LeaseLost, NewsletterError, ScheduleError
+from pipeline.scheduling import issue_history
 from pipeline.scheduling.issue_history import ledger_counts, settle_from_ledger
 from pipeline.settings import Settings, load_settings
 from pipeline.scheduling.slots import Slot, grace, local_day, slots_for, today, zone
@@ -53,15 +54,21 @@ _work = threading.Lock()  # one run at a time per process (the lease is per hold
 
 # -- the daemon's decisions ----------------------------------------------------------------
 
-def decide(slot: Slot, now: datetime, window: timedelta, run: Run | None, paused: bool) -> str:
+def decide(slot: Slot, now: datetime, window: timedelta, run: Run | None, paused: bool, wave_due: bool = False) -> str:
     """What a waking daemon does about ``slot``:
 
     ``wait`` (not yet), ``run`` (send now, or retry/resume within the window),
     ``miss`` (too late: record missed), ``pause`` (record paused),
     ``expire`` (a failed or interrupted run whose window has closed: leave it to
-    an editor), ``done`` (nothing more to do for this slot).
+    an editor), ``done`` (nothing more to do for this slot).  ``wave_due``: a wave of
+    the day's issue was released since its run last ended (``wave_sends.wave_due``);
+    it is sent whatever the window, unless paused (then it waits for ``resume``).
     """
-    late = now > slot.instant + window
+    late = now > slot.last_call + window
+    if run is not None and run.state in ("waiting", "failed") and wave_due:
+        return "wait" if paused else "run"
+    if run is not None and run.state == "waiting":
+        return "wait"  # the next wave is not released yet
     if reopened(slot, run):
         run = None
     if run is not None and run.state != "pending":
@@ -152,16 +159,19 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
     tz = zone(settings)
     today_ = local_day(now, tz)
     first, _latest = calendar.run_days(engine)
-    days = candidate_days(today_, first)
-    runs = calendar.runs_between(engine, days[0], today_)
-    custom = custom_times(engine, days[0], today_)
+    # and the next two days: their first wave (Pacific/Auckland's 07:00) may be today here
+    days = candidate_days(today_, first) + [today_ + timedelta(days=n) for n in (1, 2)]
+    runs = calendar.runs_between(engine, days[0], days[-1])
+    custom = custom_times(engine, days[0], days[-1])
+    groups = {kind: wave_sends.audience_groups(engine, kind) for kind in calendar.KINDS}
     pause = calendar.get_pause(engine)
     lease = leases.lease_holder(engine, leases.SEND_LEASE)
     done: list[Run] = []
     for day in days:
         for slot in slots_for(day, settings, custom.get(day, [])):
+            slot = wave_sends.opening(slot, settings, groups[slot.kind], custom.get(day, []))
             run = runs.get((day, slot.kind))
-            if first is None and day < today_ and now > slot.instant + window:
+            if first is None and day < today_ and now > slot.last_call + window:
                 continue  # a database that never ran: yesterday was not expected of anyone
             if run is not None and run.state == "stopped":
                 # an operator stopped it: it goes on only once they release the stop
@@ -170,11 +180,16 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
                 if not pause.covers(day) and not stops.blocks(engine, day):
                     done.append(run_day(engine, settings, content_dir, day, slot.kind, holder=holder, slot=slot))
                 continue
-            action = decide(slot, now, window, run, pause.covers(day))
+            due = (run is not None and run.state in ("waiting", "failed") and run.issue_key is not None
+                   and wave_sends.wave_due(engine, run.issue_key, run.finished_at, now))
+            action = decide(slot, now, window, run, pause.covers(day), due)
             if action in ("wait", "done"):
                 continue
             if run is not None and run.state == "running" and lease is not None:
                 continue  # its holder is alive and working on it
+            if action == "run" and run is None and slot.kind == "daily" and slot.editors is not None \
+                    and now < slot.editors and not custom.get(day) and not settings.send_when_nothing_due:
+                continue  # an early wave with nothing planned yet: editors may still add the day's article
             replace = run if reopened(slot, run) else None
             if action == "miss" and slot.kind == "daily" and not custom.get(day) and not settings.send_when_nothing_due:
                 _record_skip(engine, slot, "nothing-to-send", "nothing was scheduled (and the daemon was not running "
@@ -182,7 +197,7 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
             elif action == "miss":
                 _record_skip(engine, slot, "missed",
                              f"not sent: the daemon was not running between {_local(slot.instant, tz)} and "
-                             f"{_local(slot.instant + window, tz)} (grace {settings.grace_minutes} min)", replace)
+                             f"{_local(slot.last_call + window, tz)} (grace {settings.grace_minutes} min)", replace)
             elif action == "pause":
                 _record_skip(engine, slot, "paused", "sending was paused at the send time", replace)
             elif action == "expire":
@@ -240,11 +255,11 @@ def run_day(engine: Engine, settings: Settings, content_dir: Path | str, day: da
         now = clock.now()
         reopen = reopened(slot, current)
         if not force and (current is None or current.state == "pending" or reopen) \
-                and now > slot.instant + grace(settings):
+                and now > slot.last_call + grace(settings):
             _record_skip(engine, slot, "missed", f"too late: more than {settings.grace_minutes} min after the send time",
                          current if reopen else None)
             return calendar.get_run(engine, day, kind) or current  # type: ignore[return-value]
-        retry: tuple[str, ...] = ("pending", "failed", "stopped")
+        retry: tuple[str, ...] = ("pending", "failed", "stopped", "waiting")
         if reopen and current is not None:
             retry += (current.state,)
         if force:
@@ -256,7 +271,8 @@ def run_day(engine: Engine, settings: Settings, content_dir: Path | str, day: da
             return calendar.get_run(engine, day, kind)  # type: ignore[return-value]
         log.info("%s issue of %s: started (attempt %d)", kind, day.isoformat(), claimed.attempts)
         try:
-            return _perform(engine, settings, Path(content_dir), day, kind, holder, resume=claimed.attempts > 1)
+            return _perform(engine, settings, Path(content_dir), day, kind, holder, resume=claimed.attempts > 1,
+                            by_hand=force)
         except LeaseLost:
             # this process stalled past its lease and another took the day over: it has
             # written nothing since, and leaves the outcome to the new holder
@@ -266,7 +282,7 @@ def run_day(engine: Engine, settings: Settings, content_dir: Path | str, day: da
 
 
 def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, kind: str, holder: str,
-             *, resume: bool) -> Run:
+             *, resume: bool, by_hand: bool = False) -> Run:
     from pipeline.content.library import check_library
     from pipeline.scheduling.plan import plan_day
 
@@ -297,8 +313,11 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
         plan = plan_day(engine, settings, library, day, kind)  # the one decider
         if plan.issue is None:
             log.info("%s issue of %s: nothing to send (%s)", kind, day.isoformat(), plan.reason)
-            return calendar.finish_run(engine, day, kind, holder, "nothing-to-send", error=plan.reason)
-        return _publish_and_send(engine, settings, library, plan.issue, list(plan.entries), holder, resume=resume)
+            held = wave_sends.hold_waves(engine, issue_history.issue_key(day, kind), plan.reason or "held")
+            why = f"{plan.reason}; its {held} recipient(s) of later waves are not sent it" if held else plan.reason
+            return calendar.finish_run(engine, day, kind, holder, "nothing-to-send", error=why)
+        return _publish_and_send(engine, settings, library, plan.issue, list(plan.entries), holder, resume=resume,
+                                 by_hand=by_hand)
     except LeaseLost:
         raise
     except ContentError as exc:
@@ -315,7 +334,7 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
 
 
 def _publish_and_send(engine: Engine, settings: Settings, library, issue, entries: list[Entry], holder: str,
-                      *, resume: bool) -> Run:
+                      *, resume: bool, by_hand: bool = False) -> Run:
     from pipeline.delivery.deliver import render_for_send, send_issue
     from pipeline.site.pages import build_site, publish_issue
 
@@ -329,7 +348,10 @@ def _publish_and_send(engine: Engine, settings: Settings, library, issue, entrie
     from pipeline.corrections.notices import site_update
     build_site(library, settings.public_dir, as_of=day,
                notices=site_update(library, day, engine=engine, sent=issue.articles))
-    summary = send_issue(engine, settings, rendered, frequency=kind, resume=resume, progress=False)
+    # each reader's local time (``run --once`` is the editors sending by hand: their readers get it now)
+    releases = wave_sends.releases_for(settings, day, kind, [e.at for e in entries], by_hand=by_hand)
+    summary = send_issue(engine, settings, rendered, frequency=kind, resume=resume, progress=False,
+                         releases=releases)
     counts = ledger_counts(engine, [issue.key]).get(issue.key) or {
         name: int(getattr(summary, name, 0) or 0) for name in ("sent", "deferred", "failed", "bounced")}
     ids = [e.id for e in entries]
@@ -341,6 +363,8 @@ def _publish_and_send(engine: Engine, settings: Settings, library, issue, entrie
         log.warning("%s issue %s: %s", kind, issue.key, note)
         return calendar.finish_run(engine, day, kind, holder, "stopped", issue_key=issue.key, counts=counts,
                                    error=note)
+    if summary.state == "waiting":
+        return wave_sends.wait_for_waves(engine, settings, issue, entries, holder, counts)
     if summary.state != "sent":
         # rows left deferred (or a relay refusing everything): retried, resuming the
         # ledger, inside the grace window; after it `status` alerts
@@ -363,3 +387,4 @@ def _publish_and_send(engine: Engine, settings: Settings, library, issue, entrie
              ", ".join(a.slug for a in issue.articles), counts["sent"], counts["deferred"], counts["failed"],
              counts["bounced"])
     return calendar.finish_run(engine, day, kind, holder, "sent", issue_key=issue.key, counts=counts)
+

@@ -99,12 +99,21 @@ def today(settings: Settings) -> date:
 
 @dataclass(frozen=True)
 class Slot:
-    """One planned send: a day, a kind, its local wall time and its UTC instant."""
+    """One planned send: a day, a kind, its local wall time and its UTC instant.
+
+    With readers' own delivery times (``pipeline.scheduling.wave_sends.opening``)
+    ``instant`` is the first wave and ``editors`` the editors' instant."""
 
     day: date
     kind: str
     at: time
     instant: datetime
+    editors: datetime | None = None
+
+    @property
+    def last_call(self) -> datetime:
+        """The instant the grace window counts from: the editors' time, or the first wave if later."""
+        return max(self.instant, self.editors) if self.editors is not None else self.instant
 
 
 def daily_time(settings: Settings, custom: Sequence[str | None] = ()) -> time:

@@ -130,3 +130,20 @@ def coming_skips(engine, settings, library, until: date | None) -> list[str]:
         lines.append(f"  {row.slot.day.isoformat()} {row.slot.instant.astimezone(tz):%H:%M %Z} {row.slot.kind}: "
                      f"{articles_text(row)}")
     return lines
+
+
+def waves_note(engine, settings, day) -> str | None:
+    """One line for `schedule list` when readers have times of their own: the day's daily
+    issue goes out in waves, from the first to the last (``wave_sends``), else None."""
+    from pipeline.scheduling import wave_sends, waves
+
+    groups = wave_sends.audience_groups(engine, "daily")
+    custom = schedule.custom_times(engine, day, day).get(day, [])
+    found = waves.waves(day, "daily", settings, groups, custom) if groups else []
+    instants = sorted({w.instant for w in found})
+    if len(instants) < 2:
+        return None
+    tz = slots.zone(settings)
+    return (f"readers' own times: the issue of {day.isoformat()} goes out in {len(instants)} waves, from "
+            f"{instants[0].astimezone(tz):%Y-%m-%d %H:%M %Z} to {instants[-1].astimezone(tz):%Y-%m-%d %H:%M %Z} "
+            f"(`newsletter send --date {day.isoformat()} --dry-run` lists them)")
