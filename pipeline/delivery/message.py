@@ -50,6 +50,9 @@ from pipeline.mail.headers import check_finished, check_mailbox_header, display_
 from pipeline.rendering.issue import PLACEHOLDERS, Personal, RenderedIssue
 
 POLICY = email_policy.SMTP  # CRLF line ends, 78-column folding, RFC 2047 for non-ASCII
+# the body parts' policy: quoted-printable lines of at most 76 characters (RFC 2045), where the
+# email package would otherwise write the header limit of 78
+BODY_POLICY = POLICY.clone(max_line_length=76)
 TEST_PREFIX = "[TEST] "
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
@@ -239,7 +242,7 @@ def build_message(rendered: RenderedIssue, settings, *, to: str, personal: Perso
     text, html = _bodies(rendered, personal)
     msg.make_alternative()
     for body, subtype in ((text, "plain"), (html, "html")):  # text first, HTML last (checklist 16)
-        part = MIMEPart(policy=POLICY)
+        part = MIMEPart(policy=BODY_POLICY)
         part.set_content(body, subtype=subtype, charset="utf-8", cte="quoted-printable")
         msg.attach(part)
     data = msg.as_bytes(policy=POLICY)
