@@ -1,7 +1,7 @@
 """The email's HTML made small after inlining, without changing what any client shows.
 
 ``pipeline.rendering.styles.finish`` calls ``compact`` last.  Each step takes out bytes
-that render as nothing:
+that render as nothing (or, the last, bytes of the encoding):
 
 - ``minify_html``: whitespace runs become one space (or one newline), style attributes
   and ``<style>`` blocks lose their spaces and comments, ``margin:0 0 18px 0`` becomes
@@ -13,10 +13,12 @@ that render as nothing:
   ``<tbody>`` (every parser adds it), the XHTML ``xmlns`` (HTML parsers ignore it) and the
   ``<!--[if lte mso 11]>`` block (Outlook 2003 and older); and MJML writes Outlook's tables
   as runs of conditional comments, where ``<![endif]--><!--[if mso | IE]>`` says nothing.
-- ``fit_lines``: the message carries the HTML as quoted-printable, whose lines are at
+- ``fit_lines`` (for the MIME encoder, so the rendered HTML, its golden copy and its web page
+  keep their lines): the message carries the HTML as quoted-printable, whose lines are at
   most 76 characters; a longer line costs a soft break (``=`` CRLF, 3 bytes) every 75.
   A space where HTML allows any whitespace (between words of text, between attributes;
-  ``<style>`` blocks are left as they are) becomes a line break instead, so most lines need no soft break (1 byte instead of 3).
+  ``<style>`` blocks are left as they are) becomes a line break instead, so most lines
+  need no soft break (1 byte instead of 3).
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ QP_LINE = 76  # RFC 2045: an encoded line is at most 76 characters
 
 
 def compact(html: str) -> str:
-    """All of the steps above, in order."""
-    return fit_lines(drop_unused_classes(drop_redundant(minify_html(html))))
+    """The steps above but the last, which ``pipeline.delivery.message`` takes when it
+    encodes the HTML part."""
+    return drop_unused_classes(drop_redundant(minify_html(html)))
 
 
 # -- CSS and whitespace -----------------------------------------------------------------
@@ -148,43 +151,39 @@ def drop_redundant(html: str) -> str:
 
 # -- lines for quoted-printable ---------------------------------------------------------
 
-def qp_width(char: str, line_start: bool = False) -> int:
-    """How many characters ``char`` takes in quoted-printable: ``=`` and every byte of a
-    non-ASCII or control character is ``=XX``; a line-initial ``.`` is written ``=2E``
-    (``pipeline.delivery.message``), so it never needs SMTP dot-stuffing."""
-    if " " <= char <= "~":
-        return 3 if char == "=" or (line_start and char == ".") else 1
-    return 3 * len(char.encode("utf-8"))
+_ESCAPED = re.compile(r"[^ -<>-~]")  # what quoted-printable writes as =XX: "=", controls, non-ASCII
+_TAG_SPACE = re.compile(r"\"[^\"]*\"|'[^']*'|( )")  # a space in a tag, outside quoted values
+
+
+def qp_length(text: str, line_start: bool = False) -> int:
+    """How many characters ``text`` (one line) takes in quoted-printable: ``=`` and every byte
+    of a control or non-ASCII character is ``=XX``; a line-initial ``.`` is written ``=2E``
+    (``pipeline.delivery.message``), so a line never needs SMTP dot-stuffing."""
+    n = len(text) + sum(3 * len(c.encode("utf-8")) - 1 for c in _ESCAPED.findall(text))
+    return n + 2 if line_start and text.startswith(".") else n
 
 
 def _wide(char: str) -> bool:
     # between two East Asian wide characters a line break may render as nothing, not a space
-    return unicodedata.east_asian_width(char) in ("W", "F")
+    return char > "\u2e7f" and unicodedata.east_asian_width(char) in ("W", "F")
 
 
-def _breakable_spaces(html: str) -> set[int]:
+def _breakable_spaces(html: str) -> list[int]:
     """Positions of spaces that may become line breaks without changing the rendering: in
     text (not between two wide characters) and between a tag's attributes.  Never in
     ``<pre>``, ``<title>``, ``<style>``, comments or attribute values."""
-    spots: set[int] = set()
+    spots: list[int] = []
     position = 0
     for i, piece in enumerate(_TOKENS.split(html)):
         if i % 2 == 0:  # text
-            for j, char in enumerate(piece):
-                if char == " ":
-                    before = html[position + j - 1] if position + j else ""
-                    after = html[position + j + 1] if position + j + 1 < len(html) else ""
-                    if not (before and after and _wide(before) and _wide(after)):
-                        spots.add(position + j)
+            j = piece.find(" ")
+            while j != -1:
+                at = position + j
+                if not (0 < at < len(html) - 1 and _wide(html[at - 1]) and _wide(html[at + 1])):
+                    spots.append(at)
+                j = piece.find(" ", j + 1)
         elif not piece.startswith("<!--") and piece[:4].lower() != "<pre" and piece[:6].lower() not in ("<title", "<style"):
-            quote = ""
-            for j, char in enumerate(piece):  # a tag
-                if quote:
-                    quote = "" if char == quote else quote
-                elif char in "\"'":
-                    quote = char
-                elif char == " ":
-                    spots.add(position + j)
+            spots.extend(position + m.start(1) for m in _TAG_SPACE.finditer(piece) if m.group(1))
         position += len(piece)
     return spots
 
@@ -192,23 +191,24 @@ def _breakable_spaces(html: str) -> set[int]:
 def fit_lines(html: str, width: int = QP_LINE) -> str:
     """``html`` with spaces turned into line breaks (greedily, as late as possible) so that
     its lines fit in ``width`` quoted-printable characters where a breakable space allows.
-    A line without one stays long, and the encoder soft-breaks it as before."""
+    A line without one stays long, and the encoder soft-breaks it as before.  Placeholders
+    (``pipeline.rendering.issue.PLACEHOLDERS``) hold no space, so they are never cut."""
     spots = _breakable_spaces(html)
-    out = list(html)
-    column, candidate = 0, -1
-    for i, char in enumerate(html):
-        if char == "\n":
-            column, candidate = 0, -1
-            continue
-        if i in spots:
-            if column + 1 > width:  # not even the space fits: break here
-                out[i] = "\n"
-                column, candidate = 0, -1
-                continue
-            candidate = i
-        elif column + qp_width(char, column == 0) > width and candidate >= 0:
-            out[candidate] = "\n"
-            column = sum(qp_width(c, k == 0) for k, c in enumerate(html[candidate + 1:i]))
-            candidate = -1
-        column += qp_width(char, column == 0)
+    if not spots:
+        return html
+    out: list[str] = []
+    start, column = 0, 0
+    for spot in [*spots, len(html)]:
+        word = html[start:spot]  # the text up to the next breakable space (hard breaks included)
+        first, newline, _ = word.partition("\n")
+        if start and column + 1 + qp_length(first) > width:
+            out.append("\n")
+            column = 0
+        elif start:
+            out.append(" ")
+            column += 1
+        out.append(word)
+        last = word.rpartition("\n")[2]
+        column = qp_length(last, line_start=True) if newline else column + qp_length(first, column == 0)
+        start = spot + 1
     return "".join(out)
