@@ -15,7 +15,8 @@ MJML's own reset blocks stay in ``<head>`` as MJML means them, instead of being
 copied onto every table and cell.  Then ``compact`` takes out what changes no
 rendering: layout attributes premailer copies onto inline elements here, and
 ``pipeline.rendering.minify`` the rest (whitespace, classes only the inliner
-needed, lines fitted to quoted-printable).
+needed, MJML's leftovers).  The message fits the lines for quoted-printable
+(``pipeline.delivery.qp``).
 
 ``finish(html, compact=False)`` builds the email the earlier way (every rule
 inlined, every block kept, nothing minified): tests render both in Chromium and
