@@ -25,8 +25,9 @@ SENTENCE = ("Microneedling helps with acne scars, enlarged pores and hyperhidros
 IMAGE = '![A dermaroller – 微针](https://images.example.org/roller.jpg "The roller"){width=1200 height=800}'
 BODY = f"{SENTENCE * 4}\n\n{IMAGE}\n\n## Details – 微针\n\nMore detail with markers.[^1,2] {SENTENCE}\n"
 
-MEASURE = """() => [...document.querySelectorAll('sup.cite')].map(sup => {
-    const group = sup.closest('.cite-group');
+MEASURE = """() => [...document.querySelectorAll('sup')].filter(sup => sup.querySelector('a[href*="#ref-"]')).map(sup => {
+    // the page marks the word and its marker with a class; the email keeps their inline no-wrap only
+    const group = sup.closest('.cite-group') || (sup.parentElement.style.whiteSpace === 'nowrap' ? sup.parentElement : null);
     return {
         supLines: sup.getClientRects().length,
         groupLines: group ? group.getClientRects().length : 0,

@@ -10,13 +10,8 @@ Two builders that give the same message:
   pre-encoded byte strings with the freshly encoded values.  A test proves both
   give the same structure, headers and decoded bodies.
 
-How the cut stays valid quoted-printable: every static piece is encoded on its
-own starting at column 0, and ends with a soft line break (``=`` CRLF) unless it
-ends with a real line break; every inserted value is encoded on its own lines and
-ends with a soft line break too.  Soft breaks vanish when decoded, so the text is
-exactly the rendered text, and no encoded line is longer than 76 characters.  A
-``.`` at the start of an encoded line is written ``=2E`` so the bytes never need
-SMTP dot-stuffing.
+The quoted-printable pieces come from ``pipeline.delivery.qp``, which also fits the HTML's
+lines to 76 characters (``wire_html``) for both builders.
 
 Header safety (checklist point 20): header values that come from content or
 subscribers never carry CR or LF.  Subjects are sanitised (control characters
@@ -35,7 +30,6 @@ body differs per recipient (the token URLs); see that module for its cost.
 """
 from __future__ import annotations
 
-import binascii
 import re
 import secrets
 from email import policy as email_policy
@@ -44,12 +38,16 @@ from email.utils import format_datetime, formataddr, make_msgid, parseaddr, quot
 from html import escape
 
 from pipeline import clock
+from pipeline.delivery.qp import normalise_text, qp_static, qp_value, wire_html
 from pipeline.errors import DeliveryError
 from pipeline.mail.dkim import DKIM_HEADERS, DkimSigner, dkim_key, dkim_signer  # noqa: F401  (re-exported)
 from pipeline.mail.headers import check_finished, check_mailbox_header, display_name, mailbox, unstructured
 from pipeline.rendering.issue import PLACEHOLDERS, Personal, RenderedIssue
 
 POLICY = email_policy.SMTP  # CRLF line ends, 78-column folding, RFC 2047 for non-ASCII
+# the body parts' policy: quoted-printable lines of at most 76 characters (RFC 2045), where the
+# email package would otherwise write the header limit of 78
+BODY_POLICY = POLICY.clone(max_line_length=76)
 TEST_PREFIX = "[TEST] "
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
@@ -195,7 +193,7 @@ def expected_headers(settings, headers: list[tuple[str, str]], to: tuple[str, st
 def _bodies(rendered: RenderedIssue, personal: Personal) -> tuple[str, str]:
     """(text, html) for one recipient; values are HTML-escaped in the HTML."""
     values = _personal_values(personal)
-    text, html = rendered.text, rendered.html
+    text, html = rendered.text, wire_html(rendered.html)
     for key, placeholder in PLACEHOLDERS.items():
         text = text.replace(placeholder, values[key])
         html = html.replace(placeholder, escape(values[key], quote=True))
@@ -239,7 +237,7 @@ def build_message(rendered: RenderedIssue, settings, *, to: str, personal: Perso
     text, html = _bodies(rendered, personal)
     msg.make_alternative()
     for body, subtype in ((text, "plain"), (html, "html")):  # text first, HTML last (checklist 16)
-        part = MIMEPart(policy=POLICY)
+        part = MIMEPart(policy=BODY_POLICY)
         part.set_content(body, subtype=subtype, charset="utf-8", cte="quoted-printable")
         msg.attach(part)
     data = msg.as_bytes(policy=POLICY)
@@ -250,58 +248,6 @@ def build_message(rendered: RenderedIssue, settings, *, to: str, personal: Perso
 
 
 # -- the fast builder ---------------------------------------------------------------
-
-def _crlf(data: bytes) -> bytes:
-    return data.replace(b"\n", b"\r\n")
-
-
-def _no_leading_dots(encoded: bytes) -> bytes:
-    """Write a line-initial "." as "=2E" (it decodes the same), re-wrapping the line
-    if that makes it longer than 76.  ``encoded`` is LF-terminated here."""
-    if not encoded.startswith(b".") and b"\n." not in encoded:
-        return encoded
-    return b"\n".join(_escape_dot(line) if line.startswith(b".") else line for line in encoded.split(b"\n"))
-
-
-def _escape_dot(line: bytes) -> bytes:
-    line = b"=2E" + line[1:]
-    if len(line) <= 76:
-        return line
-    # split with a soft break at the last token boundary that fits (never inside an
-    # "=XX" escape); the short tail gets the same treatment if it starts with "."
-    boundaries, i = [], 0
-    while i < len(line):
-        boundaries.append(i)
-        i += 3 if line[i] == 61 and i + 2 < len(line) else 1  # 61 is "="
-    cut = max(b for b in boundaries if b <= 75)
-    tail = line[cut:]
-    return line[:cut] + b"=\n" + (b"=2E" + tail[1:] if tail.startswith(b".") else tail)
-
-
-def qp_static(text: str) -> bytes:
-    """Quoted-printable for a piece of body that starts at column 0.  The result
-    ends at column 0: with the piece's own line break, or with a soft break."""
-    if not text:
-        return b""
-    encoded = _no_leading_dots(binascii.b2a_qp(text.encode("utf-8"), istext=True))
-    if not encoded.endswith(b"\n") or encoded.endswith(b"=\n"):
-        encoded += b"=\n"
-    return _crlf(encoded)
-
-
-def qp_value(value: str) -> bytes:
-    """Quoted-printable for an inserted value (no line breaks of its own)."""
-    if not value:
-        return b""
-    encoded = binascii.b2a_qp(value.encode("utf-8"), istext=False)
-    return _crlf(_no_leading_dots(encoded) + b"=\n")
-
-
-def _normalise_text(text: str) -> str:
-    """Line ends as LF and a final line end, as the email package writes them."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text if text.endswith("\n") else text + "\n"
-
 
 _SPLIT = re.compile("(" + "|".join(re.escape(p) for p in PLACEHOLDERS.values()) + ")")
 _KEY_OF = {placeholder: key for key, placeholder in PLACEHOLDERS.items()}
@@ -337,9 +283,9 @@ class MessageTemplate:
         self._mailto = unsubscribe_mailto(settings).encode("ascii")
         part_head = "--{b}\r\nContent-Type: text/{t}; charset=\"utf-8\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
         body: list = [b"\r\n", part_head.format(b=self.boundary, t="plain").encode("ascii")]
-        body += _split_body(_normalise_text(rendered.text), html=False)
+        body += _split_body(normalise_text(rendered.text), html=False)
         body.append(b"\r\n" + part_head.format(b=self.boundary, t="html").encode("ascii"))
-        body += _split_body(_normalise_text(rendered.html), html=True)
+        body += _split_body(normalise_text(wire_html(rendered.html)), html=True)
         body.append(f"\r\n--{self.boundary}--\r\n".encode("ascii"))
         # merge neighbouring static bytes so render joins as few pieces as possible
         merged: list = []

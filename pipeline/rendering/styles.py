@@ -13,8 +13,10 @@ Two stylesheets in ``templates/email/``:
 
 MJML's own reset blocks stay in ``<head>`` as MJML means them, instead of being
 copied onto every table and cell.  Then ``compact`` takes out what changes no
-rendering: spaces inside style attributes, whitespace runs (``<pre>`` is kept),
-CSS comments and layout attributes premailer copies onto inline elements.
+rendering: layout attributes premailer copies onto inline elements here, and
+``pipeline.rendering.minify`` the rest (whitespace, classes only the inliner
+needed, MJML's leftovers).  The message fits the lines for quoted-printable
+(``pipeline.delivery.qp``).
 
 ``finish(html, compact=False)`` builds the email the earlier way (every rule
 inlined, every block kept, nothing minified): tests render both in Chromium and
@@ -28,6 +30,9 @@ from functools import lru_cache
 from pathlib import Path
 
 from premailer import Premailer
+
+from pipeline.rendering.minify import compact as compact_html
+from pipeline.rendering.minify import minify_css
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "email"
 DOCTYPE = "<!DOCTYPE html>"
@@ -87,73 +92,7 @@ def finish(html: str, *, compact: bool = True) -> str:
     out = re.sub(r"^\s*<!doctype[^>]*>\s*", "", out, flags=re.I)
     if compact:
         out = out.replace("</head>", _head_block(head) + "</head>", 1)
-        out = minify_html(out)
+        out = compact_html(out.replace(' data-premailer="ignore"', ""))  # only premailer reads it
     else:
         out = out.replace("</head>", COLOR_SCHEME_META + "</head>", 1)
     return f"{DOCTYPE}\n{out}"
-
-
-# -- minifying -----------------------------------------------------------------------------
-
-_CSS_COMMENT = re.compile(r"/\*.*?\*/", re.S)
-_CSS_SPACE = re.compile(r"\s*([{};,>])\s*")
-
-
-def minify_css(css: str) -> str:
-    """Comments out, whitespace collapsed and dropped around ``{ } ; , >``. Spaces that
-    separate words (``only screen and``, ``0 0 18px 0``, ``!important``) stay."""
-    css = " ".join(_CSS_COMMENT.sub(" ", css).split())
-    css = _CSS_SPACE.sub(r"\1", css)
-    return css.replace(": ", ":").replace(";}", "}")
-
-
-def _shorter_box(match: re.Match) -> str:
-    """``margin:0 0 18px 0`` as ``margin:0 0 18px``: the same four sides, fewer bytes."""
-    top, right, bottom, left = match.group(2).split()
-    sides = [top, right, bottom, left]
-    if left == right:
-        sides.pop()
-        if bottom == top:
-            sides.pop()
-            if right == top:
-                sides.pop()
-    return f"{match.group(1)}:{' '.join(sides)}"
-
-
-_BOX = re.compile(r"(?<![\w-])(margin|padding):((?:-?[\d.]+(?:px|em|%)?\s+){3}-?[\d.]+(?:px|em|%)?)(?=;|$)")
-
-
-def _compact_style(match: re.Match) -> str:
-    value = re.sub(r"\s*;\s*", ";", match.group(2)).strip().rstrip(";")
-    value = re.sub(r"\s*:\s*", ":", value)
-    value = re.sub(r",\s+", ",", value)
-    value = _BOX.sub(_shorter_box, value)
-    return f'{match.group(1)}"{value}"'
-
-
-# one token: a <pre>, <title> or <style> element, a comment, a tag, or text between them
-_TOKENS = re.compile(r"(<pre\b.*?</pre>|<title\b.*?</title>|<style\b[^>]*>.*?</style>|<!--.*?-->|<[^>]+>)",
-                     re.S | re.I)
-_STYLE_ATTR = re.compile(r'(\sstyle=)"([^"]*)"')
-
-
-def minify_html(html: str) -> str:
-    """Whitespace runs become one space (a newline when they held one: lines stay short for
-    quoted-printable), style attributes lose their spaces, ``<style>`` blocks are minified.
-    Nothing that renders changes: a run of whitespace renders as one space wherever it does at
-    all, and ``<pre>`` and ``<title>`` are left alone."""
-    out = []
-    for i, piece in enumerate(_TOKENS.split(html)):
-        if not piece:
-            continue
-        if i % 2 == 0:  # text
-            out.append(re.sub(r"\s+", lambda m: "\n" if "\n" in m.group() else " ", piece))
-        elif piece[:6].lower() == "<style":
-            head, _, rest = piece.partition(">")
-            css, _, _ = rest.rpartition("</")
-            out.append(f"{head}>{minify_css(css)}</style>")
-        elif piece.startswith("<!--") or piece[:4].lower() == "<pre" or piece[:6].lower() == "<title":
-            out.append(piece)
-        else:
-            out.append(_STYLE_ATTR.sub(_compact_style, piece))
-    return "".join(out)
