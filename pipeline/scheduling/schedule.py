@@ -174,7 +174,10 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
             if action in ("wait", "done"):
                 continue
             if run is not None and run.state == "running" and lease is not None:
-                continue  # its holder is alive and working on it
+                # its holder is alive and working on it; on PostgreSQL this node joins its send (nodes15)
+                from pipeline.scheduling.joining import join_day
+                join_day(engine, settings, content_dir, run)
+                continue
             replace = run if reopened(slot, run) else None
             if action == "miss" and slot.kind == "daily" and not custom.get(day) and not settings.send_when_nothing_due:
                 _record_skip(engine, slot, "nothing-to-send", "nothing was scheduled (and the daemon was not running "
