@@ -4,6 +4,7 @@ rate limit is the issue's whatever the number of nodes, and SQLite refuses to
 share in one line.  The three-process kill test is in test_send_nodes_kill.py."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -158,6 +159,16 @@ def test_two_nodes_share_the_rate_limit_rather_than_double_it(postgres_database,
     # n messages at `rate` a second take (n - 1) / rate seconds in all, not half that
     assert span >= 0.85 * (n - 1) / rate, (span, by_node)
     assert span <= 2.5 * (n - 1) / rate, (span, by_node)
+    # `newsletter status` names both nodes and each one's count, from the ledger
+    done = subprocess.run([str(NEWSLETTER), "--content", str(content_dir), "status", "--json"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    senders = json.loads(done.stdout)["senders"]
+    assert {(x["node"], x["sent"]) for x in senders} == set(by_node.items()), senders
+    assert all(x["issue"] == "2026-03-02" and not x["live"] and x["ended"] == "done" and x["holding"] == 0
+               for x in senders), senders
+    shown = subprocess.run([str(NEWSLETTER), "--content", str(content_dir), "status"], env=env | {"COLUMNS": "200"},
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "Senders" in shown and all(f"pid {x['pid']} on {x['host']}" in shown for x in senders), shown
 
 
 def test_sqlite_refuses_to_share_a_send_in_one_line(content_dir, db_url):

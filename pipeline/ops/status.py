@@ -24,7 +24,10 @@ JSON schema (``status --json``; times are ISO 8601 with offset, days YYYY-MM-DD)
      "alerts":  [{"day", "kind", "state", "message"}],
      "queue":   {"known": bool, "articles": [{"slug", "scheduled": day|null}]},
      "mail_queue": {"waiting": int, "given_up": int, "oldest_failure": {"at", "error"}|null},  (added by status_cli)
-     "bounces": [{"issue", "recipients", "bounces", "complaints", "policy", "bounce_rate", "complaint_rate"}]}
+     "bounces": [{"issue", "recipients", "bounces", "complaints", "policy", "bounce_rate", "complaint_rate"}],
+     "senders": [{"issue", "node", "host", "pid", "joined_at", "live": bool, "ended": "done"|"expired"|null,
+                  "sent": int, "holding": int}]}
+                (the nodes of the newest shared sends, PostgreSQL: who sends, and each node's count)
                 (percent; ``bounce_report``; its alerts join "alerts" with kind "bounces" and day null)
 """
 from __future__ import annotations
@@ -60,6 +63,21 @@ class LeaseInfo:
     holder: str
     expires_at: datetime
     alive: bool
+
+
+@dataclass(frozen=True)
+class SenderInfo:
+    """One node of a shared send (``pipeline.delivery.claims``) and its rows."""
+
+    issue: str
+    node: str
+    host: str
+    pid: int
+    joined_at: datetime
+    live: bool
+    ended: str | None
+    sent: int  # rows whose outcome this node recorded as sent
+    holding: int  # rows it has claimed now
 
 
 @dataclass(frozen=True)
@@ -108,6 +126,7 @@ class Status:
     alerts: tuple[Alert, ...]
     queue_known: bool
     queue: tuple[tuple[str, date | None], ...] = field(default=())
+    senders: tuple["SenderInfo", ...] = field(default=())
 
     @property
     def exit_code(self) -> int:
@@ -133,6 +152,7 @@ class Status:
             "alerts": [plain(asdict(a)) for a in self.alerts],
             "queue": {"known": self.queue_known,
                       "articles": [{"slug": slug, "scheduled": plain(day)} for slug, day in self.queue]},
+            "senders": [plain(asdict(n)) for n in self.senders],
         }
 
 
@@ -263,7 +283,7 @@ def build(engine: Engine, settings, library=None, *, next_count: int = 5, recent
         queue = [(a.slug, planned.get(a.slug)) for a in library.articles if a.slug not in sent]
     return Status(now, settings.timezone, pause.covers(slots.today(settings)), pause.until,
                   _daemons(engine, settings), _leases(engine), nexts, tuple(infos), tuple(alerts),
-                  library is not None, tuple(queue))
+                  library is not None, tuple(queue), senders(engine))
 
 
 def _partly_sent(run: calendar.Run, counts: dict | None) -> str:
@@ -328,3 +348,17 @@ def bounce_report(engine: Engine, settings) -> tuple[list[dict], list[str]]:
     found = rates.recent(engine)
     return [r.to_json() for r in found], [line for r in found for line in r.alerts(settings)]
 
+
+
+def senders(engine: Engine, issues: int = 3) -> tuple[SenderInfo, ...]:
+    """The nodes of the ``issues`` newest shared sends, each with its count from the ledger."""
+    from pipeline.delivery import claims, ledger
+
+    with engine.connect() as conn:
+        newest = conn.execute(select(ledger.ISSUES.c.id, ledger.ISSUES.c.key)
+                              .where(ledger.ISSUES.c.id.in_(select(claims.NODES.c.issue_id)))
+                              .order_by(ledger.ISSUES.c.id.desc()).limit(issues)).all()
+    keys = dict(newest)
+    found = claims.shares(engine, list(keys))
+    return tuple(SenderInfo(keys[iid], n.node, n.host, n.pid, n.joined_at, n.live, n.ended, n.sent, n.holding)
+                 for iid, _ in newest for n in found.get(iid, []))
