@@ -8,11 +8,12 @@ import json
 import os
 import subprocess
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from conftest import free_port
 from fixtures_delivery import Script, add_subscribers, small_rendered, start_scripted_server
@@ -194,3 +195,41 @@ def test_sharing_is_decided_by_the_setting_and_the_database(settings, db_url):
         claims.sharing(settings.replace(send_nodes="share"), sqlite)
     with pytest.raises(DeliveryError, match="send_nodes must be"):
         claims.sharing(settings.replace(send_nodes="many"), sqlite)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_two_daemons_on_postgresql_share_the_days_send(tmp_path, content_dir, postgres_database, settings):
+    """The daemon's hook: a daemon that finds the day being sent by another live daemon
+    joins the send (it used to wait).  One run row, one "sent" log line, two senders."""
+    from datetime import date, datetime, timezone
+
+    from fixtures_stop import SECRET, Processes, eventually, start_relay
+    from pipeline.scheduling import calendar
+
+    day, n = date(2026, 6, 16), 300
+    engine = open_database(postgres_database)
+    add_subscribers(engine, settings.replace(secret_key=SECRET), n)
+    calendar.add_entry(engine, "microneedling", day, None)
+    controller, relay = start_relay(delay=0.02)  # the send lasts a few seconds: long enough to join
+    procs = Processes(tmp_path, content_dir, postgres_database, relay.port,
+                      datetime(2026, 6, 16, 5, 59, 58, tzinfo=timezone.utc), NEWSLETTER_LEASE_SECONDS="5")
+    try:
+        procs.start("a", "run", "--no-web")
+        procs.start("b", "run", "--no-web", "--join")
+        run = eventually(lambda: (r := calendar.get_run(engine, day, "daily")) and r.state != "running" and r, 90,
+                         "the day's send to end")
+        time.sleep(1)
+        with engine.connect() as conn:
+            shares = dict(conn.execute(select(D.c.sent_by, func.count()).where(D.c.state == ledger.SENT)
+                                       .group_by(D.c.sent_by)).all())
+        logs = procs.logs()
+        assert run.state == "sent" and run.sent == n, (run, logs)
+        counts = relay.by_recipient()
+        assert len(counts) == n and max(counts.values()) == 1, logs  # everyone once
+        assert len(shares) == 2 and min(shares.values()) >= n // 10, (shares, logs)  # both daemons sent
+        assert "joining the send" in logs and "Traceback" not in logs, logs
+        assert logs.count("daily issue 2026-06-16 (microneedling): sent") == 1, logs
+    finally:
+        procs.close()
+        controller.stop()
