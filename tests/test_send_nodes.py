@@ -27,6 +27,15 @@ NEWSLETTER = ROOT / ".venv" / "bin" / "newsletter"
 D = ledger.DELIVERIES
 
 
+@pytest.fixture(autouse=True)
+def close_engines():
+    """Close this test's pooled connections when it ends: the session's PostgreSQL server
+    has max_connections 100, and later tests (50 parallel web clients) need them."""
+    yield
+    from pipeline.database import dispose_all
+    dispose_all()
+
+
 @pytest.fixture
 def s(settings):
     return settings.replace(secret_key="nodes-test-secret")

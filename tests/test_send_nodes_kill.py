@@ -30,6 +30,15 @@ D = ledger.DELIVERIES
 MESSAGE_ID = re.compile(rb"^Message-ID:\s*(<[^>\r\n]+>)", re.MULTILINE | re.IGNORECASE)
 
 
+@pytest.fixture(autouse=True)
+def close_engines():
+    """Close this test's pooled connections when it ends: the session's PostgreSQL server
+    has max_connections 100, and later tests (50 parallel web clients) need them."""
+    yield
+    from pipeline.database import dispose_all
+    dispose_all()
+
+
 class Counting:
     """An aiosmtpd handler that keeps (recipient, Message-ID) of each message it accepts
     (read from the header block only, so 20,000 messages cost the test little)."""
