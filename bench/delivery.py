@@ -180,6 +180,12 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a cProfile of each send to stderr")
     parser.add_argument("--skip-source", action="store_true", help="do not run smtp-source")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--nodes", default=None, metavar="1,2,4",
+                        help="N sender processes sharing one send on PostgreSQL instead (bench/nodes.py)")
+    if "--nodes" in sys.argv[1:]:  # the sender nodes benchmark has its own options (bench/nodes.py --help)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import nodes
+        return nodes.main(sys.argv[1:])
     args = parser.parse_args()
     if args.child:
         return child(args)

@@ -98,6 +98,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Lifetime of the send leases (the daemons' and each issue's), renewed every third of it by a heartbeat "
             "thread; a holder that dies or stalls longer than this is taken over (a dead one on this host at once).",
             kind=float),
+    Setting("send_nodes", "auto", "Whether several processes share one send: 'auto' (on PostgreSQL every sending "
+            "process joins the send and claims batches of ledger rows; on SQLite one sends and the others wait), "
+            "'single' (one sender per issue on any database) or 'share' (join, and refuse to start on SQLite). "
+            "`newsletter run --join` is 'share' for that process. Give every node the same value."),
     Setting("web_host", "127.0.0.1", "Address the web service of `newsletter run` listens on."),
     Setting("web_port", 8000, "Port the web service of `newsletter run` listens on.", kind=int),
     Setting("web_root_path", "",

@@ -73,7 +73,8 @@ def test_a_daemon_whose_process_died_is_shown_dead_at_once_and_json_has_the_sche
     assert f"daemon: dead (pid {gone.pid}" in out.output and "daemon: running" in out.output, out.output
     report = json.loads(days.cli("status", "--json").output)
     assert set(report) == {"now", "timezone", "exit_code", "sending", "daemons", "leases", "next", "runs", "alerts",
-                           "queue", "mail_queue", "bounces", "waves"}
+                           "queue", "mail_queue", "bounces", "waves", "senders"}
+    assert report["senders"] == []  # no shared send (SQLite: one sender per issue)
     assert report["mail_queue"] == {"waiting": 0, "given_up": 0, "oldest_failure": None}
     assert report["bounces"] == []  # no issue has recipients yet
     assert sorted(d["state"] for d in report["daemons"]) == ["dead", "running"]

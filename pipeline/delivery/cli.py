@@ -113,6 +113,8 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
     settings = library.settings
     day = day.date() if day else local_today(settings)
     engine = open_database(settings.database_url)
+    from pipeline.delivery.claims import sharing
+    sharing(settings, engine)  # asked to share sends on SQLite: one line, before anything is recorded
     if override_review is not None and not override_review.strip():
         raise ScheduleError("--override-review needs the reason, in words (it goes in the audit log)")
     plan = day_plan(engine, library, day, topic=topic, override_review=override_review)

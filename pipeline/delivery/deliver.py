@@ -30,9 +30,13 @@ The ledger (``pipeline/delivery/ledger.py``) sits between building and sending:
    until ``newsletter send --resume --uncertain resend|skip``).  The summary
    counts them from the ledger.
 
-Only one process sends an issue at a time (a lease in ``issues``; one held by a
-dead process on this host is taken over at once).  Sending twice never mails
-anyone twice: only ``queued`` and ``deferred`` rows are ever sent.
+On SQLite only one process sends an issue at a time (a lease in ``issues``; one
+held by a dead process on this host is taken over at once).  On PostgreSQL every
+process that sends the issue joins the send as a node and claims batches of rows
+with ``SELECT ... FOR UPDATE SKIP LOCKED`` (``pipeline/delivery/claims.py``); the
+first one (the issue's lease holder) does the issue-level steps first.  Sending
+twice never mails anyone twice: only ``queued`` and ``deferred`` rows are ever
+sent, each by the one node that claimed it.
 
 A message whose connection drops before its content went out is certainly not
 delivered and is retried.  One that drops (or times out) after its content went
@@ -49,10 +53,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from contextlib import nullcontext
 
 from pipeline import clock
-from pipeline.delivery import ledger
+from pipeline.delivery import claims, ledger, stops
 from pipeline.errors import DeliveryError, NewsletterError
 from pipeline.rendering.issue import RenderedIssue
 from pipeline.delivery.message import MessageTemplate, dkim_signer
@@ -103,25 +108,38 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
             signer.sign(data)
         return SendSummary(issue_key, recipients=n, dry_run=True, elapsed=clock.monotonic() - started)
 
+    shared = claims.sharing(settings, engine)  # several nodes (PostgreSQL), or one sender per issue
     issue = ledger.record_issue(engine, rendered.issue, rendered.subject)
     seconds = float(settings.lease_seconds)
-    owner = ledger.acquire_lease(engine, issue.id, seconds)
+    owner = ledger.lease_owner()
+    if shared:
+        leading = lead(engine, issue.id, seconds, owner)
+    else:
+        leading = bool(ledger.acquire_lease(engine, issue.id, seconds, owner))
     summary = SendSummary(issue_key)
+    renew = None
+    if shared:
+        claims.join(engine, issue.id, owner, seconds)
+        renew = node_renewal(engine, issue.id, owner, seconds, lambda: leading)
     try:
-        summary.recovered = ledger.recover_in_flight(engine, issue.id, settings.uncertain_policy, owner)
-        if uncertain is not None:
-            summary.decided = ledger.decide_uncertain(engine, issue.id, uncertain, owner)
-        ledger.write_recipients(engine, issue.id, frequency, topic, rendered.issue.topics, owner, releases)
+        if shared and not leading:
+            leading = wait_for_ledger(engine, issue, owner, seconds)
+        if leading:  # the issue-level steps, by the issue's lease holder, before any row is claimed
+            summary.recovered = (claims.reap(engine, issue.id, settings.uncertain_policy, orphans=True) if shared
+                                 else ledger.recover_in_flight(engine, issue.id, settings.uncertain_policy, owner))
+            if uncertain is not None:
+                summary.decided = ledger.decide_uncertain(engine, issue.id, uncertain, owner)
+            ledger.write_recipients(engine, issue.id, frequency, topic, rendered.issue.topics, owner, releases)
         max_attempts = int(settings.smtp_max_attempts)
         if resume:
             max_attempts += ledger.max_deferred_attempts(engine, issue.id)
         before = ledger.state_counts(engine, issue.id)
         summary.previously_sent = before[ledger.SENT]
         pending = before[ledger.QUEUED] + before[ledger.DEFERRED]
-        with SendGuard(engine, issue.id, rendered.issue.date, owner, seconds) as guard, \
+        with SendGuard(engine, issue.id, rendered.issue.date, owner, seconds, renew) as guard, \
                 (ProgressBar(pending, issue_key) if progress and pending else nullcontext()) as bar:
             run = SendRun(engine, settings, issue, template, signer, owner, max_attempts, summary, bar, guard,
-                          notice=notice, max_wait=max_wait)
+                          notice=notice, max_wait=max_wait, shared=shared)
             run_coroutine(drive(run))
         summary.error = run.stop
         summary.pool = run.pool.describe(max(1, int(settings.smtp_connections)))
@@ -134,7 +152,8 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
             summary.lease_lost = True
             summary.state = "unfinished"
             return summary
-        summary.state = ledger.finish_issue(engine, issue.id, owner)
+        summary.state = ledger.finish_issue(engine, issue.id, owner, fence_with=(
+            (lambda conn: claims.fence_node(conn, issue.id, owner)) if shared else None))
         if summary.state == "sent" and guard.stopped_on_request:
             summary.error = ""  # the stop came after the last message: nothing was stopped
         if guard.stopped_on_request and summary.state != "sent":
@@ -145,9 +164,48 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
     except ledger.LeaseLost:
         summary.lease_lost, summary.state, summary.error = True, "unfinished", LEASE_LOST
     finally:
+        if shared:
+            claims.leave(engine, issue.id, owner)
         ledger.release_lease(engine, issue.id, owner)
         summary.elapsed = clock.monotonic() - started
     return summary
+
+
+# -- a node of a shared send (PostgreSQL: pipeline/delivery/claims.py) ----------------------------
+
+def lead(engine, issue_id: int, seconds: float, owner: str) -> bool:
+    """Take the issue's lease (this node does the issue-level steps); False when a live
+    node holds it, and this one joins that send instead."""
+    try:
+        ledger.acquire_lease(engine, issue_id, seconds, owner)
+    except DeliveryError:
+        return False
+    return True
+
+
+def node_renewal(engine, issue_id: int, owner: str, seconds: float, leading):
+    """The heartbeat of a node: its own lease (which fences its rows), and the issue's
+    while it holds that too."""
+    def renew() -> bool:
+        if leading():
+            ledger.renew_issue_lease(engine, issue_id, owner, seconds)
+        return claims.renew(engine, issue_id, owner, seconds)
+    return renew
+
+
+def wait_for_ledger(engine, issue: ledger.IssueInfo, owner: str, seconds: float) -> bool:
+    """A node that joined before the leader wrote the recipients waits for them (or
+    leads itself, when the leader died first).  True when this node now leads."""
+    while not stops.SIGNALLED:
+        found = ledger.find_issue(engine, issue.key)
+        if found is None or found.state != "composed":
+            return False
+        if lead(engine, issue.id, seconds, owner):
+            return True
+        if not claims.renew(engine, issue.id, owner, seconds):
+            raise ledger.LeaseLost(claims.NODE_LOST)
+        time.sleep(0.2)
+    return False
 
 
 def render_for_send(issue, settings) -> RenderedIssue:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Sequence
 
-from sqlalchemy import (Date, Engine, ForeignKey, Index, Integer, String, Text, UniqueConstraint, and_, bindparam,
+from sqlalchemy import (Date, Engine, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, and_, bindparam,
                         case, exists, func, insert, literal, or_, select, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
@@ -65,6 +65,7 @@ class IssueRecord(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))  # host:pid of the sending process
     lease_expires_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+    rate_next: Mapped[float | None] = mapped_column(Float)  # a shared send's next free rate slot (epoch s)
 
 
 class Delivery(Base):
@@ -73,6 +74,8 @@ class Delivery(Base):
         UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
         Index("ix_deliveries_issue_state", "issue_id", "state"),
         Index("ix_deliveries_issue_release", "issue_id", "release_at"),
+        Index("ix_deliveries_issue_state_id", "issue_id", "state", "id"),
+        Index("ix_deliveries_claimed_by", "claimed_by"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -88,6 +91,9 @@ class Delivery(Base):
     updated_at: Mapped[datetime] = mapped_column(AwareDateTime())
     # the UTC instant from which the row may be sent (its wave: migration 0010); NULL: at once
     release_at: Mapped[datetime | None] = mapped_column(AwareDateTime())
+    # a shared send's node holding the row now, and the node that recorded its outcome (migration 0011)
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    sent_by: Mapped[str | None] = mapped_column(String(200))
 
 
 # -- reads and writes ----------------------------------------------------------------
@@ -202,13 +208,13 @@ def fence(conn, issue_id: int, owner: str) -> None:
         raise LeaseLost("the send lease expired and another process took the issue over")
 
 
-def acquire_lease(engine: Engine, issue_id: int, seconds: float = LEASE_SECONDS) -> str:
+def acquire_lease(engine: Engine, issue_id: int, seconds: float = LEASE_SECONDS, owner: str | None = None) -> str:
     """Take the issue's send lease, or raise ``DeliveryError`` if a live process holds it.
 
     A lease held by a dead process on this host is taken at once; one held from
     another host is taken only after it expires (its holder renews it while sending).
     """
-    owner = lease_owner()
+    owner = owner or lease_owner()
     now = clock.now()
     with engine.begin() as conn:
         row = conn.execute(select(ISSUES.c.key, ISSUES.c.lease_owner, ISSUES.c.lease_expires_at)
@@ -362,22 +368,32 @@ def max_deferred_attempts(engine: Engine, issue_id: int) -> int:
                             .where(DELIVERIES.c.issue_id == issue_id, DELIVERIES.c.state == DEFERRED)).scalar_one()
 
 
-def finish_issue(engine: Engine, issue_id: int, owner: str | None = None) -> str:
-    """Record how the issue stands after a run: ``sent`` (every row final), ``waiting``
-    (every released row final; rows of later waves not released yet: not unfinished,
-    nothing to alert on) or ``unfinished`` (released rows left open)."""
-    now = clock.now()
-    counts = state_counts(engine, issue_id)
-    with engine.connect() as conn:
-        unreleased = conn.execute(select(func.count()).where(DELIVERIES.c.issue_id == issue_id,
-                                                             DELIVERIES.c.state == QUEUED,
-                                                             ~released(DELIVERIES, now))).scalar_one()
+def issue_state(counts: dict[str, int], unreleased: int = 0) -> str:
+    """How an issue stands from its rows (the one place it is decided): ``sent`` when
+    every row is final; ``waiting`` when the only open rows are ``unreleased`` queued
+    rows of later waves (nothing to alert on); else ``unfinished``."""
     if counts[DEFERRED] or counts[SENDING] or counts[UNCERTAIN] or counts[QUEUED] > unreleased:
-        state = "unfinished"
-    else:
-        state = "waiting" if unreleased else "sent"
+        return "unfinished"
+    return "waiting" if unreleased else "sent"
+
+
+def unreleased_count(engine: Engine, issue_id: int, now: datetime) -> int:
+    """Queued rows whose wave is not released by ``now``."""
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).where(DELIVERIES.c.issue_id == issue_id,
+                                                       DELIVERIES.c.state == QUEUED,
+                                                       ~released(DELIVERIES, now))).scalar_one()
+
+
+def finish_issue(engine: Engine, issue_id: int, owner: str | None = None, *, fence_with=None) -> str:
+    """Record the issue's state from its rows (``issue_state``); ``fence_with(conn)``
+    replaces the issue lease's fence (a node of a shared send fences with its own lease)."""
+    now = clock.now()
+    state = issue_state(state_counts(engine, issue_id), unreleased_count(engine, issue_id, now))
     with engine.begin() as conn:
-        if owner is not None:
+        if fence_with is not None:
+            fence_with(conn)
+        elif owner is not None:
             fence(conn, issue_id, owner)
         conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id)
                      .values(state=state, finished_at=now if state == "sent" else None))
@@ -426,6 +442,9 @@ class LedgerRun:
                                  last_reply=bindparam("reply"), message_id=bindparam("mid"),
                                  next_attempt_at=bindparam("retry_at"), updated_at=bindparam("now")))
 
+    def _fence(self, conn) -> None:
+        fence(conn, self.issue_id, self.owner)
+
     def page(self, phase: str, after: int, limit: int, max_attempts: int) -> list[Pending]:
         query = self._queued if phase == QUEUED else self._deferred
         params = {"after": after, "limit": limit, "now": clock.now()}
@@ -463,7 +482,7 @@ class LedgerRun:
         open_: set[int] = set()
         with self.engine.begin() as conn:
             if self.fenced:
-                fence(conn, self.issue_id, self.owner)
+                self._fence(conn)
             if ids:
                 still = set(conn.execute(self._still_eligible, {"ids": ids}).scalars())
                 skipped = skipped + [i for i in ids if i not in still]
@@ -489,7 +508,7 @@ class LedgerRun:
         marked: set[int] = set()
         with self.engine.begin() as conn:
             if self.fenced:
-                fence(conn, self.issue_id, self.owner)
+                self._fence(conn)
             if rows:
                 conn.execute(self._outcome, rows)
             if bounced:

@@ -4,7 +4,8 @@
 relay that takes seconds per reply, or a long retry wait, never lets it lapse)
 and answers, before each message, whether the send must stop:
 
-- the lease is lost: a renewal found another holder, or this process was
+- the lease is lost (the issue's, or on a shared send this node's own,
+  ``pipeline.delivery.claims``): a renewal found another holder, or this process was
   stalled (SIGSTOP, a frozen VM) for longer than it is sure to hold the lease.
   The loop then stops at once and writes nothing more (the ledger's writes are
   fenced as well, see pipeline/delivery/ledger.py);
@@ -31,8 +32,10 @@ LEASE_LOST = "the send lease expired and another process took the issue over"
 
 
 class SendGuard:
-    def __init__(self, engine, issue_id: int, day: date, owner: str, seconds: float):
+    def __init__(self, engine, issue_id: int, day: date, owner: str, seconds: float, renew=None):
         self.engine, self.issue_id, self.day, self.owner = engine, issue_id, day, owner
+        # what the heartbeat renews: the issue's lease, or (a node of a shared send) the node's own
+        self.renew = renew or (lambda: ledger.renew_issue_lease(engine, issue_id, owner, self.seconds))
         self.seconds = max(float(seconds), 0.5)
         self.since_id = stops.newest_id(engine)
         self.valid_until = clock.monotonic() + self.seconds  # the lease was just taken
@@ -56,7 +59,7 @@ class SendGuard:
         while not self._done.wait(self.seconds / 3):
             started = clock.monotonic()
             try:
-                if ledger.renew_issue_lease(self.engine, self.issue_id, self.owner, self.seconds):
+                if self.renew():
                     self.valid_until = started + self.seconds
                 else:
                     self.lost = True

@@ -10,6 +10,9 @@ transaction as its connection's previous outcome), as
 a time limit, is ``pipeline/delivery/pool.py``; waiting for deferred rows to come
 due, with the retry schedule shown, is ``pipeline/delivery/retry_wait.py``.
 ``TokenBucket`` is the global rate limit; ``drive`` runs the workers to the end.
+A node of a shared send (PostgreSQL, ``pipeline/delivery/claims.py``) claims its
+batches with ``SKIP LOCKED`` instead of reading pages, shares the rate limit with
+the other nodes through the database, and ends only when no live node holds a row.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import asyncio
 import logging
 
 from pipeline import clock
-from pipeline.delivery import ledger
+from pipeline.delivery import claims, ledger
 from pipeline.delivery.outcomes import Recorder, updates_for
 from pipeline.delivery.pool import Pool
 from pipeline.delivery.retry_wait import RetryWait
@@ -34,6 +37,7 @@ from pipeline.mail.transport import Envelope, Halt, Outbox, Outcome, Reply, SMTP
 log = logging.getLogger("newsletter.deliver")
 
 PAGE = 500  # ledger rows read per query (a keyset page; memory stays flat)
+PEER_POLL = 0.2  # seconds between looks at the other nodes' rows while they hold the last ones
 FAILURE_STREAK = 10  # consecutive non-bounce refusals that stop the run: the relay refuses everything
 
 
@@ -76,12 +80,15 @@ class TokenBucket:
 class SendRun:
     def __init__(self, engine, settings, issue: ledger.IssueInfo, template: MessageTemplate,
                  signer: DkimSigner | None, owner: str, max_attempts: int, summary: SendSummary, bar,
-                 guard: SendGuard, notice=None, max_wait: float | None = None):
+                 guard: SendGuard, notice=None, max_wait: float | None = None, shared: bool = False):
         self.engine, self.settings, self.issue = engine, settings, issue
         self.notice = notice or log.warning  # one line for the operator, at once (stderr, else the log)
         self.template, self.signer = template, signer
         self.guard = guard
-        self.ledger = ledger.LedgerRun(engine, issue.id, owner, lease_seconds=float(settings.lease_seconds))
+        self.shared = shared  # a node of a shared send: claims by SKIP LOCKED (pipeline/delivery/claims.py)
+        self.owner = owner
+        self.ledger = (claims.SharedLedgerRun if shared else ledger.LedgerRun)(
+            engine, issue.id, owner, lease_seconds=float(settings.lease_seconds))
         self.max_attempts = max_attempts
         self.summary = summary
         self.bar = bar
@@ -121,6 +128,8 @@ class SendRun:
             if reason:
                 self.stop = reason
                 return []
+            if self.shared:
+                return self._claim_shared(limit)
             rows: list[ledger.Pending] = []
             while len(rows) < limit and (self.page or self._refill()):
                 row = self.page.pop()
@@ -145,6 +154,39 @@ class SendRun:
                 return send
         return []
 
+    def _claim_shared(self, limit: int) -> list[ledger.Pending]:
+        """A node's claim: queued rows first, then deferred ones that are due."""
+        while not self.stop:
+            try:
+                send, skipped = self.ledger.claim_batch(self.phase, limit, self.max_attempts)
+            except ledger.LeaseLost:
+                self.stop = LEASE_LOST
+                return []
+            self.summary.skipped += skipped
+            self._advance(skipped)
+            if send:
+                self.in_flight += len(send)
+                self.held.update(r.id for r in send)
+                return send
+            if skipped:
+                continue
+            if self.phase == ledger.QUEUED:
+                self.phase = ledger.DEFERRED
+                continue
+            self.phase = ledger.QUEUED  # the next look starts from the queue again (rows reaped back)
+            return []
+        return []
+
+    async def _peers_busy(self) -> bool:
+        """A node with nothing to claim: take back the rows of dead nodes (then claim
+        again), or wait while live nodes still hold rows (they may defer them, or die)."""
+        if claims.reap(self.engine, self.issue.id, self.policy):
+            return True
+        if claims.held_by_others(self.engine, self.issue.id, self.owner):
+            await asyncio.sleep(PEER_POLL)
+            return True
+        return False
+
     async def next_batch(self, limit: int) -> list[ledger.Pending]:
         """The next batch, waiting for deferred rows to come due; [] when the run is over."""
         while not self.stop:
@@ -153,6 +195,8 @@ class SendRun:
                 return batch
             if self.in_flight:  # another connection may still defer rows
                 await asyncio.sleep(0.05)
+                continue
+            if self.shared and await self._peers_busy():
                 continue
             due, waiting = self.ledger.next_due(self.max_attempts)
             if not waiting or not await self.waiting.wait(due, waiting):
@@ -326,7 +370,10 @@ async def drive(run: SendRun) -> None:
     if settings.transport == "outbox":
         await run.outbox_worker()
         return
-    bucket = TokenBucket(settings.smtp_rate_limit) if float(settings.smtp_rate_limit) > 0 else None
+    rate = float(settings.smtp_rate_limit)
+    bucket = None
+    if rate > 0:  # a shared send's rate is the issue's, booked in the database by every node
+        bucket = claims.SharedRate(run.engine, run.issue.id, rate) if run.shared else TokenBucket(rate)
     workers = [asyncio.create_task(run.smtp_worker(bucket)) for _ in range(max(1, int(settings.smtp_connections)))]
     try:
         await asyncio.gather(*workers)

@@ -136,6 +136,12 @@ def _print(report, settings, engine) -> None:
                       str(c.get("failed", 0)), str(c.get("bounced", 0)), str(c.get("sending", 0)),
                       str(c.get("total", 0)), _hm(r.planned_at, tz), _hm(r.started_at, tz), r.subject or "")
     console.print(table)
+    if report.senders:  # the nodes of the newest shared sends (PostgreSQL) and each one's count
+        table = Table("issue", "node", "state", "sent", "holding", "joined", title="Senders")
+        for n in report.senders:
+            state = "sending" if n.live else (n.ended or "gone")
+            table.add_row(n.issue, f"pid {n.pid} on {n.host}", state, str(n.sent), str(n.holding), _hm(n.joined_at, tz))
+        console.print(table)
     notes = [r for r in report.runs if r.note]
     if notes:
         console.print("Notes:")

@@ -25,10 +25,13 @@ JSON schema (``status --json``; times are ISO 8601 with offset, days YYYY-MM-DD)
      "queue":   {"known": bool, "articles": [{"slug", "scheduled": day|null}]},
      "mail_queue": {"waiting": int, "given_up": int, "oldest_failure": {"at", "error"}|null},  (added by status_cli)
      "bounces": [{"issue", "recipients", "bounces", "complaints", "policy", "bounce_rate", "complaint_rate"}],
-     "waves":   [{"issue", "waves": [{"instant": time|null, "released": bool, "total", "sent", "open", "to_come"}]}]}
+                (percent; ``bounce_report``; its alerts join "alerts" with kind "bounces" and day null)
+     "waves":   [{"issue", "waves": [{"instant": time|null, "released": bool, "total", "sent", "open", "to_come"}]}],
                 (issues going out at each reader's local time: ``wave_sends.current_waves``; instant null:
                 rows released at once; to_come: rows of a wave not released yet)
-                (percent; ``bounce_report``; its alerts join "alerts" with kind "bounces" and day null)
+     "senders": [{"issue", "node", "host", "pid", "joined_at", "live": bool, "ended": "done"|"expired"|null,
+                  "sent": int, "holding": int}]}
+                (the nodes of the newest shared sends, PostgreSQL: who sends, and each node's count)
 """
 from __future__ import annotations
 
@@ -63,6 +66,21 @@ class LeaseInfo:
     holder: str
     expires_at: datetime
     alive: bool
+
+
+@dataclass(frozen=True)
+class SenderInfo:
+    """One node of a shared send (``pipeline.delivery.claims``) and its rows."""
+
+    issue: str
+    node: str
+    host: str
+    pid: int
+    joined_at: datetime
+    live: bool
+    ended: str | None
+    sent: int  # rows whose outcome this node recorded as sent
+    holding: int  # rows it has claimed now
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,7 @@ class Status:
     queue_known: bool
     queue: tuple[tuple[str, date | None], ...] = field(default=())
     waves: tuple = field(default=())  # (issue key, [wave_sends.WaveCount]) of the current issues
+    senders: tuple["SenderInfo", ...] = field(default=())
 
     @property
     def exit_code(self) -> int:
@@ -139,6 +158,7 @@ class Status:
                       "articles": [{"slug": slug, "scheduled": plain(day)} for slug, day in self.queue]},
             "waves": [{"issue": key, "waves": [plain(asdict(w)) | {"to_come": 0 if w.released else w.open}
                                                for w in found]} for key, found in self.waves],
+            "senders": [plain(asdict(n)) for n in self.senders],
         }
 
 
@@ -270,7 +290,7 @@ def build(engine: Engine, settings, library=None, *, next_count: int = 5, recent
     from pipeline.scheduling.wave_sends import current_waves
     return Status(now, settings.timezone, pause.covers(slots.today(settings)), pause.until,
                   _daemons(engine, settings), _leases(engine), nexts, tuple(infos), tuple(alerts),
-                  library is not None, tuple(queue), tuple(current_waves(engine, now)))
+                  library is not None, tuple(queue), tuple(current_waves(engine, now)), senders(engine))
 
 
 def _partly_sent(run: calendar.Run, counts: dict | None) -> str:
@@ -336,3 +356,17 @@ def bounce_report(engine: Engine, settings) -> tuple[list[dict], list[str]]:
     found = rates.recent(engine)
     return [r.to_json() for r in found], [line for r in found for line in r.alerts(settings)]
 
+
+
+def senders(engine: Engine, issues: int = 3) -> tuple[SenderInfo, ...]:
+    """The nodes of the ``issues`` newest shared sends, each with its count from the ledger."""
+    from pipeline.delivery import claims, ledger
+
+    with engine.connect() as conn:
+        newest = conn.execute(select(ledger.ISSUES.c.id, ledger.ISSUES.c.key)
+                              .where(ledger.ISSUES.c.id.in_(select(claims.NODES.c.issue_id)))
+                              .order_by(ledger.ISSUES.c.id.desc()).limit(issues)).all()
+    keys = dict(newest)
+    found = claims.shares(engine, list(keys))
+    return tuple(SenderInfo(keys[iid], n.node, n.host, n.pid, n.joined_at, n.live, n.ended, n.sent, n.holding)
+                 for iid, _ in newest for n in found.get(iid, []))

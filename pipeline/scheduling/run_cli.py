@@ -91,7 +91,8 @@ class Daemon:
             log.error("site settings do not load, keeping the previous ones: %s", exc)
             return
         # the database cannot change under a running daemon
-        self.settings = fresh.replace(database_url=self.settings.database_url)
+        self.settings = fresh.replace(database_url=self.settings.database_url,
+                                      send_nodes=self.settings.send_nodes)  # nor whether it shares sends
 
     def reconcile(self) -> None:
         with self._reconciling:
@@ -332,9 +333,11 @@ def configure_logging() -> None:
 @click.option("--port", type=int, default=None, help="Web service port (default: the web_port setting).")
 @click.option("--root-path", default=None, metavar="PATH",
               help="base_url's path, when a reverse proxy strips it (default: the web_root_path setting).")
+@click.option("--join", is_flag=True, help="Share every send with the other nodes (send_nodes 'share'; "
+                                           "PostgreSQL only).")
 @click.pass_obj
 def run(obj, once: bool, day: str | None, at: str | None, no_web: bool, host: str | None,
-        port: int | None, root_path: str | None) -> None:
+        port: int | None, root_path: str | None, join: bool) -> None:
     """Run the newsletter: send each day's issue at the send time, serve the web service.
 
     With --once, do one day's work now and exit (non-zero if it failed).
@@ -349,8 +352,12 @@ def run(obj, once: bool, day: str | None, at: str | None, no_web: bool, host: st
         raise ScheduleError("give --date or --at, not both")
     settings = obj.settings()
     require_valid(settings)  # a bad send_time or weekly_day stops here, not every reconcile
+    if join:
+        settings = settings.replace(send_nodes="share")
     configure_logging()
     engine = open_database(settings.database_url)
+    from pipeline.delivery.claims import sharing
+    sharing(settings, engine)  # nodes15: asked to share sends on SQLite, one line and exit 1 here
     if once and at is not None:
         rehearse(engine, settings, obj.content_dir, at)
         return

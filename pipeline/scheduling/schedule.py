@@ -186,7 +186,10 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
             if action in ("wait", "done"):
                 continue
             if run is not None and run.state == "running" and lease is not None:
-                continue  # its holder is alive and working on it
+                # its holder is alive and working on it; on PostgreSQL this node joins its send (nodes15)
+                from pipeline.scheduling.joining import join_day
+                join_day(engine, settings, content_dir, run)
+                continue
             if action == "run" and run is None and slot.kind == "daily" and slot.editors is not None \
                     and now < slot.editors and not custom.get(day) and not settings.send_when_nothing_due:
                 continue  # an early wave with nothing planned yet: editors may still add the day's article
