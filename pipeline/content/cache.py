@@ -60,11 +60,30 @@ def write_json(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, separators=(",", ":"))
+            handle.writelines(_json_chunks(data))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _json_chunks(data: dict):
+    """``json.dumps(data, ensure_ascii=False, separators=(",", ":"))`` in pieces of one entry of
+    each mapping inside ``data``: the C encoder's speed (``json.dump`` goes through the pure-Python
+    one, several times slower) without the whole text in memory at once (tens of MB at 10,000 articles)."""
+    def dumps(value) -> str:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    yield "{"
+    for i, (key, value) in enumerate(data.items()):
+        yield ("," if i else "") + dumps(key) + ":"
+        if isinstance(value, dict) and value:
+            yield "{"
+            for j, (name, entry) in enumerate(value.items()):
+                yield ("," if j else "") + dumps(name) + ":" + dumps(entry)
+            yield "}"
+        else:
+            yield dumps(value)
+    yield "}"
 
 
 def read_json(path: Path) -> dict:

@@ -232,6 +232,8 @@ def article_page(view: ArticleView, settings: Settings, topic_urls: dict[str, st
         if topic.id in topic_urls:
             feeds += feed_links(settings, topics.channel(settings, topic))
     template = "article_retracted.html" if view.retraction else "article.html"
+    if not view.retraction:
+        view.page_body_html  # first: its one parse also gives the standfirst and the lead image
     return _render(template, settings, feeds=feeds, view=view, article=view.article, page_url=view.url,
                    meta=article_meta(view, settings), jsonld=script_json(article_jsonld(view, settings)),
                    review=reviewed(view), topic_urls=topic_urls)
