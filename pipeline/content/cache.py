@@ -105,13 +105,17 @@ def _article_record(article: Article) -> dict:
             "body_line": article.body_line, "body_chars": len(article.body)}
 
 
+@lru_cache(maxsize=65536)
+def _date(text: str) -> date:
+    return date.fromisoformat(text)  # a library has a few thousand distinct dates, read 80,000 times
+
+
 def _article_from(record: dict, body: str, source: Path, authors: dict[str, Author]) -> Article:
     return Article(slug=record["slug"], title=record["title"], summary=record["summary"],
-                   published=date.fromisoformat(record["published"]),
-                   updated=date.fromisoformat(record["updated"]) if record["updated"] else None,
+                   published=_date(record["published"]),
+                   updated=_date(record["updated"]) if record["updated"] else None,
                    author=authors[record["author"]], body=body, topics=tuple(record["topics"]),
-                   references=tuple(Reference(number=i, text=text, url=url,
-                                              cited=date.fromisoformat(cited) if cited else None)
+                   references=tuple(Reference(number=i, text=text, url=url, cited=_date(cited) if cited else None)
                                     for i, (text, url, cited) in enumerate(record["references"], 1)),
                    source=source, body_line=int(record["body_line"]))
 
