@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -299,8 +299,26 @@ class Settings(Mapping[str, Any]):
         return self.sender_address.rpartition("@")[2]
 
     @property
+    def database_not_created(self) -> bool:
+        """True when ``database_url`` names a SQLite file that does not exist yet: nothing was ever
+        reviewed or corrected there, and a command that only reads (``build``, ``preview``) must
+        not create it. Decided without importing SQLAlchemy, so such a build never pays for it."""
+        return sqlite_file_missing(str(self.database_url))
+
+    @property
     def sensitive_topics(self) -> frozenset[str]:
         return frozenset(t for t, spec in self.topics.items() if (spec or {}).get("sensitive"))
+
+
+def sqlite_file_missing(url: str) -> bool:
+    """True for a SQLite URL (``sqlite:///relative.db``, ``sqlite:////abs.db``, any driver) whose
+    file does not exist; False for any other database, and for SQLite in memory."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0].lower() != "sqlite":
+        return False
+    database = unquote(rest.partition("/")[2].partition("?")[0])  # what SQLAlchemy's make_url gives
+    return bool(database) and database != ":memory:" and not database.startswith("file:") \
+        and not Path(database).exists()
 
 
 def _coerce(setting: Setting, raw: str) -> Any:

@@ -154,11 +154,15 @@ def test_a_template_change_rebuilds_everything(big, tmp_path, monkeypatch):
 def test_feeds_render_only_the_newest_items(big, monkeypatch):
     library = load_library(big)
     rendered: list[str] = []
-    real = markup.to_html
-    monkeypatch.setattr(markup, "to_html", lambda body, *a, **k: rendered.append(body) or real(body, *a, **k))
+    real = markup.render_body
+    monkeypatch.setattr(markup, "render_body", lambda body, *a, **k: rendered.append(body) or real(body, *a, **k))
+    parsed = []
+    real_parse = markup.parser().parse
+    monkeypatch.setattr(markup.parser(), "parse", lambda body, *a, **k: parsed.append(body) or real_parse(body, *a, **k))
     files = render_feeds(library, synthetic.last_day(N))
     items = int(library.settings.feed_items)
     assert len(rendered) == items  # once per item for all three feeds, nothing for the other 980
+    assert len(parsed) == items  # and that one parse also gives the standfirst (no second parse)
     newest = sorted(library.articles, key=lambda a: (a.published, a.slug), reverse=True)[:items]
     assert set(rendered) == {a.body for a in newest}
     atom = lxml.etree.fromstring(files["atom.xml"])

@@ -83,7 +83,7 @@ def check_body(body: str, body_line: int, reference_count: int | None, path: Pat
         elif child.type == "html_inline":
             _check_html_hrefs(child.content, body_line + offset, path, out)
     # links from a parser that keeps every URL: the renderer's turns [x](javascript:...) into text
-    for offset, child in inline_lines(markup.link_parser().parse(body)):
+    for offset, child in inline_lines(markup.link_tokens(body, toks)):
         if child.type == "link_open":
             _check_link(child.attrGet("href") or "", body_line + offset, path, out)
     for token in toks:

@@ -60,11 +60,30 @@ def write_json(path: Path, data: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, ensure_ascii=False, separators=(",", ":"))
+            handle.writelines(_json_chunks(data))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _json_chunks(data: dict):
+    """``json.dumps(data, ensure_ascii=False, separators=(",", ":"))`` in pieces of one entry of
+    each mapping inside ``data``: the C encoder's speed (``json.dump`` goes through the pure-Python
+    one, several times slower) without the whole text in memory at once (tens of MB at 10,000 articles)."""
+    def dumps(value) -> str:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    yield "{"
+    for i, (key, value) in enumerate(data.items()):
+        yield ("," if i else "") + dumps(key) + ":"
+        if isinstance(value, dict) and value:
+            yield "{"
+            for j, (name, entry) in enumerate(value.items()):
+                yield ("," if j else "") + dumps(name) + ":" + dumps(entry)
+            yield "}"
+        else:
+            yield dumps(value)
+    yield "}"
 
 
 def read_json(path: Path) -> dict:
@@ -86,13 +105,17 @@ def _article_record(article: Article) -> dict:
             "body_line": article.body_line, "body_chars": len(article.body)}
 
 
+@lru_cache(maxsize=65536)
+def _date(text: str) -> date:
+    return date.fromisoformat(text)  # a library has a few thousand distinct dates, read 80,000 times
+
+
 def _article_from(record: dict, body: str, source: Path, authors: dict[str, Author]) -> Article:
     return Article(slug=record["slug"], title=record["title"], summary=record["summary"],
-                   published=date.fromisoformat(record["published"]),
-                   updated=date.fromisoformat(record["updated"]) if record["updated"] else None,
+                   published=_date(record["published"]),
+                   updated=_date(record["updated"]) if record["updated"] else None,
                    author=authors[record["author"]], body=body, topics=tuple(record["topics"]),
-                   references=tuple(Reference(number=i, text=text, url=url,
-                                              cited=date.fromisoformat(cited) if cited else None)
+                   references=tuple(Reference(number=i, text=text, url=url, cited=_date(cited) if cited else None)
                                     for i, (text, url, cited) in enumerate(record["references"], 1)),
                    source=source, body_line=int(record["body_line"]))
 

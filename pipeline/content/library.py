@@ -334,7 +334,8 @@ def _load_article(path: Path, authors: dict[str, Author], topics: dict | None,
     else:
         check_body(body, body_line, len(references) if references is not None else None, path, out, toks=toks)
         summary = data.get("summary")
-        if isinstance(summary, str) and markup.repeats_opening(summary, body):
+        if isinstance(summary, str) and markup.repeats_opening(summary, body,
+                                                               first_paragraph=markup.opening(body, toks)):
             out.warning(path, lines.get("summary"), "the summary copies the body's first sentence(s); it is not "
                         "shown as a standfirst (it would say the opening twice): write one that adds to the opening")
     if references:

@@ -17,6 +17,7 @@ where it is also scaled down to the content column.
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -118,6 +119,7 @@ def parser() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": True, "linkify": False, "typographer": False}).enable("table")
     md.inline.ruler.before("link", "citation", _citation_rule)
     md.core.ruler.push("image_attrs", _image_attrs_rule)
+    md.validateLink = _noting_refusals(md.validateLink)
     md.add_render_rule("citation", _render_citation)
     md.add_render_rule("heading_open", _render_heading_open)
     md.add_render_rule("image", _render_image)
@@ -140,8 +142,39 @@ def link_parser() -> MarkdownIt:
     return md
 
 
-def tokens(markdown: str) -> list[Token]:
-    return parser().parse(markdown)
+# Whether the parse under way refused a link URL (``javascript:``...): the one way its tokens can
+# differ from ``link_parser()``'s. Per thread: the web service parses in worker threads.
+_refusals = threading.local()
+
+
+def _noting_refusals(validate: Callable[[str], bool]) -> Callable[[str], bool]:
+    def validate_link(url: str) -> bool:
+        ok = validate(url)
+        if not ok:
+            _refusals.seen = True
+        return ok
+    return validate_link
+
+
+class Tokens(list):
+    """A parse's tokens; ``refused_links``: markdown-it refused a link URL while making them."""
+
+    refused_links = True  # unknown: assume it did
+
+
+def tokens(markdown: str) -> Tokens:
+    _refusals.seen = False
+    toks = Tokens(parser().parse(markdown))
+    toks.refused_links = _refusals.seen
+    return toks
+
+
+def link_tokens(markdown: str, toks: list[Token] | None = None) -> list[Token]:
+    """``link_parser()``'s tokens of ``markdown``: ``toks`` themselves when they come from ``tokens``
+    and no link was refused (the two parsers differ in nothing else, so the parse would be the same)."""
+    if isinstance(toks, Tokens) and not toks.refused_links:
+        return toks
+    return link_parser().parse(markdown)
 
 
 def citations(markdown: str) -> Iterable[tuple[int, int]]:
@@ -183,9 +216,9 @@ def _words(text: str) -> list[str]:
     return re.findall(r"\w+", unicodedata.normalize("NFKC", text).casefold())
 
 
-def opening(markdown: str) -> str:
-    """The text of the body's first paragraph (citations left out)."""
-    toks = tokens(markdown)
+def opening(markdown: str, toks: list[Token] | None = None) -> str:
+    """The text of the body's first paragraph (citations left out); ``toks``: the body already parsed."""
+    toks = toks if toks is not None else tokens(markdown)
     for i, token in enumerate(toks):
         if token.type == "paragraph_open":
             return "".join(" " if c.type in ("softbreak", "hardbreak") else c.content
@@ -193,13 +226,16 @@ def opening(markdown: str) -> str:
     return ""
 
 
-def repeats_opening(summary: str, markdown: str) -> bool:
+def repeats_opening(summary: str, markdown: str, *, first_paragraph: str | None = None) -> bool:
     """True when the summary copies the body's first sentence(s), so showing it as a
     standfirst would say the opening twice. Compared word by word, ignoring case and
-    punctuation; a summary's first sentence of fewer than four words never counts."""
+    punctuation; a summary's first sentence of fewer than four words never counts.
+    ``first_paragraph``: ``opening(markdown)``, when a parse already gave it."""
     first = re.split(r"(?<=[.!?])\s+", " ".join(summary.split()), maxsplit=1)[0]
     words = _words(first)
-    return len(words) >= 4 and _words(opening(markdown))[:len(words)] == words
+    if len(words) < 4:
+        return False
+    return _words(opening(markdown) if first_paragraph is None else first_paragraph)[:len(words)] == words
 
 
 def slugify(text: str) -> str:
@@ -314,11 +350,30 @@ def to_html(markdown: str, cite_href: CiteHref, heading_ids: bool = False, *, em
             reserved_ids: Iterable[str] = ()) -> str:
     """Render an article body to sanitised HTML. ``cite_href(n)`` gives each citation's link;
     ``email`` makes figures email-safe; ``reserved_ids`` are ids the page already uses."""
+    return render_body(markdown, cite_href, heading_ids, email=email, reserved_ids=reserved_ids).html
+
+
+@dataclass(frozen=True)
+class RenderedBody:
+    """What one parse of a body gives: its HTML, its opening (``opening``) and its images (``images``)."""
+
+    html: str
+    opening: str
+    images: tuple[Image, ...]
+
+
+def render_body(markdown: str, cite_href: CiteHref, heading_ids: bool = False, *, email: bool = False,
+                reserved_ids: Iterable[str] = ()) -> RenderedBody:
+    """``to_html``, with the opening and the images read from the same parse (parsing is most of
+    the cost of a page)."""
     md = parser()
     env = {"cite_href": cite_href, "heading_ids": heading_ids, "email": email, "reserved_ids": tuple(reserved_ids)}
     toks = md.parse(markdown, env)
+    first = opening(markdown, toks)  # before the words move into the citations
+    found = tuple(image_of(child) for token in toks if token.type == "inline"
+                  for child in token.children or () if child.type == "image")
     _keep_markers_with_words(toks)
-    return sanitize(md.renderer.render(toks, md.options, env))
+    return RenderedBody(sanitize(md.renderer.render(toks, md.options, env)), first, found)
 
 
 def sanitize(html: str) -> str:

@@ -12,10 +12,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import date, datetime
-from pathlib import Path
 
 from sqlalchemy import Engine, select
-from sqlalchemy.engine import make_url
 
 from pipeline.corrections import records
 from pipeline.corrections.records import CORRECTIONS, RETRACTION, Correction
@@ -89,9 +87,7 @@ def existing_engine(settings) -> Engine | None:
     (nothing was ever corrected there, and a build must not create it)."""
     from pipeline.database import open_database
 
-    url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
-            and not Path(url.database).exists():
+    if settings.database_not_created:
         return None
     return open_database(settings.database_url)
 

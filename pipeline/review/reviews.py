@@ -231,9 +231,6 @@ def attach_from_settings(library):
     a SQLite file that does not exist yet holds no review, and is not created."""
     from pipeline.database import open_database
 
-    url = library.settings.database_url
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-        from pathlib import Path
-        if not Path(url.removeprefix("sqlite:///")).exists():
-            return library
-    return attach(open_database(url), library)
+    if library.settings.database_not_created:
+        return library
+    return attach(open_database(library.settings.database_url), library)

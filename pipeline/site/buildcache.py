@@ -70,6 +70,12 @@ class SiteManifest:
             self.files[relative] = entry
             self.changed = True
 
+    def adopt(self, relative: str, entry: list) -> None:
+        """An entry ``record`` made in a worker process (``pipeline.site.parallel``)."""
+        if self.files.get(relative) != entry:
+            self.files[relative] = entry
+            self.changed = True
+
     def forget_under(self, relative: str) -> None:
         prefix = relative.rstrip("/") + "/"
         for name in [n for n in self.files if n.startswith(prefix)]:

@@ -78,12 +78,14 @@ def _build(obj, out: Path | None, day: datetime | None) -> None:
         except ContentError:
             out = None  # check_library reports it, with every other problem
     library = load_checked(obj.content_dir, out / CACHE_DIR if out is not None else None)
-    from pipeline.review.reviews import attach_from_settings
-    library = attach_from_settings(library)  # "Medically reviewed by ..." on approved articles' pages
     out = out or Path(library.settings.public_dir)
-    from pipeline.corrections.notices import site_update
-    # first: a build that cannot read the corrections writes nothing (a retraction never reverts)
-    notices = site_update(library, max(today(library.settings), day.date()) if day else today(library.settings))
+    notices = {}
+    if not library.settings.database_not_created:  # else no review or correction exists (nor SQLAlchemy import)
+        from pipeline.review.reviews import attach_from_settings
+        library = attach_from_settings(library)  # "Medically reviewed by ..." on approved articles' pages
+        from pipeline.corrections.notices import site_update
+        # first: a build that cannot read the corrections writes nothing (a retraction never reverts)
+        notices = site_update(library, max(today(library.settings), day.date()) if day else today(library.settings))
     _report(_write(library, out, day, notices), out)
 
 

@@ -27,18 +27,21 @@ import json
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from feedgen.feed import FeedGenerator
 
 from pipeline.content import markup
 from pipeline.content.library import Library
-from pipeline.corrections.notices import ArticleNotices
 from pipeline.errors import ContentError
 from pipeline.settings import Settings
 from pipeline.site import icons
 from pipeline.site.meta import rights_line
 from pipeline.site.views import (ArticleView, article_view, due_articles, same_day_offsets, site_url,
                                  web_templates)
+
+if TYPE_CHECKING:  # the notices module imports SQLAlchemy, which a build without a database never needs
+    from pipeline.corrections.notices import ArticleNotices
 
 RSS_FILE, ATOM_FILE, JSON_FILE = "feed.xml", "atom.xml", "feed.json"
 # file name -> (media type, human name); the static server and the pages' autodiscovery links read this
@@ -69,10 +72,18 @@ def site_channel(settings: Settings) -> Channel:
 
 
 def item_html(view: ArticleView, settings: Settings) -> str:
-    """The full article as one HTML fragment for a feed item."""
+    """The full article as one HTML fragment for a feed item; kept on the view, since the three
+    formats (and each topic's feeds the view is in) show the same fragment."""
+    kept = view.__dict__.get("_item_html")
+    if kept is not None and kept[0] is settings:
+        return kept[1]
     template = "feed_item_retracted.html" if view.retraction else "feed_item.html"
-    return web_templates().get_template(template).render(view=view, article=view.article,
+    if not view.retraction:
+        view.body_html  # first: its one parse also gives the standfirst
+    html = web_templates().get_template(template).render(view=view, article=view.article,
                                                                  settings=settings).strip()
+    view.__dict__["_item_html"] = (settings, html)  # a frozen dataclass: as cached_property does
+    return html
 
 
 # -- the three feeds ----------------------------------------------------------------

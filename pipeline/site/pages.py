@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 
 from pipeline.content.library import Library
 from pipeline.errors import ContentError, RenderError
-from pipeline.site import archive, icons, issue_page, topics
+from pipeline.site import archive, icons, issue_page, parallel, topics
 from pipeline.site.archive import ArchivePage
 from pipeline.content.cache import digest
 from pipeline.site.buildcache import SiteManifest, article_key, build_hash
@@ -113,6 +113,13 @@ class SiteWriter:
         if self.manifest is not None:
             self.manifest.record(relative, path, sha, key)
         return True
+
+    def adopt(self, relative: str, changed: bool, entry: list | None) -> None:
+        """Take in the outcome of a ``write`` a worker process made with a copy of this writer
+        (``pipeline.site.parallel``): whether the file changed, and its manifest entry."""
+        (self.written if changed else self.unchanged).append(relative)
+        if self.manifest is not None and entry is not None:
+            self.manifest.adopt(relative, entry)
 
     def remove_tree(self, relative: str) -> None:
         path = self.target(relative)
@@ -232,6 +239,8 @@ def article_page(view: ArticleView, settings: Settings, topic_urls: dict[str, st
         if topic.id in topic_urls:
             feeds += feed_links(settings, topics.channel(settings, topic))
     template = "article_retracted.html" if view.retraction else "article.html"
+    if not view.retraction:
+        view.page_body_html  # first: its one parse also gives the standfirst and the lead image
     return _render(template, settings, feeds=feeds, view=view, article=view.article, page_url=view.url,
                    meta=article_meta(view, settings), jsonld=script_json(article_jsonld(view, settings)),
                    review=reviewed(view), topic_urls=topic_urls)
@@ -312,6 +321,7 @@ def build_site(library: Library, public_dir: Path | str, *, as_of: date | None =
         if not writer.fresh(name, ICONS_KEY):
             writer.write(name, icons.file(name), key=ICONS_KEY)
     topic_urls = topics.topic_links(settings, topic_list)
+    stale = []
     for view in views:
         relative = f"{ARTICLES_DIR}/{view.article.slug}/index.html"
         # the instants too: a same-day neighbour added or edited moves this article's second
@@ -320,8 +330,9 @@ def build_site(library: Library, public_dir: Path | str, *, as_of: date | None =
                      repr([topic_urls.get(t) for t in view.article.topics]),
                      view.notices.key if view.notices else "")
         if not writer.fresh(relative, key):
-            # a fresh view: the rendered body is dropped with it, not kept for 10,000 pages
-            writer.write(relative, article_page(replace(view), settings, topic_urls), key=key)
+            stale.append((relative, key, view))
+    # a fresh view for each page: the rendered body is dropped with it, not kept for 10,000 pages
+    parallel.write_pages(writer, stale, lambda view: article_page(replace(view), settings, topic_urls))
     _remove_withdrawn(writer, ARTICLES_DIR, {v.article.slug for v in views})
     for issue in issues:
         _mark_issue(writer, issue, notices, settings)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
@@ -27,9 +28,11 @@ from pipeline import clock
 from pipeline.content import legal, markup
 from pipeline.content.article import Article
 from pipeline.content.library import Library
-from pipeline.corrections.notices import ArticleNotices
 from pipeline.errors import ContentError
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:  # the notices module imports SQLAlchemy, which a build without a database never needs
+    from pipeline.corrections.notices import ArticleNotices
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "web"
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
@@ -76,22 +79,30 @@ class ArticleView:
     def _reserved(self) -> tuple[str, ...]:
         return (*PAGE_IDS, *(f"ref-{ref.number}" for ref in self.article.references))
 
+    def _render(self, cite_href) -> str:
+        rendered = markup.render_body(self.article.body, cite_href=cite_href, heading_ids=True,
+                                      reserved_ids=self._reserved)
+        # the same parse gives the opening and the images: no second parse for the standfirst
+        self.__dict__.setdefault("_parsed", rendered)
+        return rendered.html
+
     @cached_property
     def body_html(self) -> str:
         """Sanitised; citations are absolute links to the references on the article page."""
-        return markup.to_html(self.article.body, cite_href=lambda n: f"{self.url}#ref-{n}", heading_ids=True,
-                              reserved_ids=self._reserved)
+        return self._render(lambda n: f"{self.url}#ref-{n}")
 
     @cached_property
     def page_body_html(self) -> str:
         """The same for the article page itself: citations are in-page (#ref-N) links."""
-        return markup.to_html(self.article.body, cite_href=lambda n: f"#ref-{n}", heading_ids=True,
-                              reserved_ids=self._reserved)
+        return self._render(lambda n: f"#ref-{n}")
 
     @cached_property
     def standfirst(self) -> str:
         """The summary shown above the body; "" when it would repeat the body's opening."""
-        return "" if markup.repeats_opening(self.article.summary, self.article.body) else self.article.summary
+        parsed = self.__dict__.get("_parsed")
+        first = parsed.opening if parsed is not None else None
+        return "" if markup.repeats_opening(self.article.summary, self.article.body, first_paragraph=first) \
+            else self.article.summary
 
     @cached_property
     def image(self) -> markup.Image | None:
@@ -99,7 +110,8 @@ class ArticleView:
         A body without "![" has no Markdown image, and is not parsed again to learn it."""
         if "![" not in self.article.body:
             return None
-        images = markup.images(self.article.body)
+        parsed = self.__dict__.get("_parsed")
+        images = parsed.images if parsed is not None else markup.images(self.article.body)
         return images[0] if images else None
 
 
@@ -207,6 +219,23 @@ def long_date(value: date) -> str:
     return f"{value.day} {MONTHS[value.month - 1]} {value.year}"
 
 
+def _per_settings(function):
+    """``function(..., settings)`` remembered per settings object (settings are read-only:
+    ``replace`` makes a new object): every page of a build shows the same legal text."""
+    memo: dict[tuple, tuple] = {}
+
+    def call(*args):
+        settings = args[-1]
+        key = (id(settings), *args[:-1])
+        hit = memo.get(key)
+        if hit is None or hit[0] is not settings:  # an id can come back for another object
+            if len(memo) > 256:
+                memo.clear()
+            hit = memo[key] = (settings, function(*args))
+        return hit[1]
+    return call
+
+
 @lru_cache(maxsize=1)
 def web_templates() -> jinja2.Environment:
     """The Jinja environment of templates/web/, shared by the feeds and the pages."""
@@ -220,7 +249,7 @@ def web_templates() -> jinja2.Environment:
     )
     env.filters["long_date"] = long_date
     # the legal text's phrases linked where settings give their pages (one decider for every output)
-    env.globals["legal_html"] = legal.html
-    env.globals["privacy_policy_html"] = legal.policy_html
+    env.globals["legal_html"] = _per_settings(legal.html)
+    env.globals["privacy_policy_html"] = _per_settings(legal.policy_html)
     return env
 
