@@ -25,7 +25,7 @@ from typing import Any
 
 from pipeline.content.article import Article, Author, Reference
 
-FORMAT = 2  # 2: no review in the record (reviews come from the database)
+FORMAT = 3  # 2: no review in the record (reviews come from the database); 3: "sha" is the plain SHA-256 of the file
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # all of pipeline/: a code change anywhere rebuilds
 
 
@@ -35,6 +35,12 @@ def digest(*parts: str | bytes) -> str:
         h.update(part.encode("utf-8") if isinstance(part, str) else part)
         h.update(b"\0")
     return h.hexdigest()
+
+
+def file_sha(data: bytes) -> str:
+    """The plain SHA-256 of a file's bytes: the content cache's key, and an article's version
+    when its bytes need no normalising (``pipeline.content.versions``)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def tree_hash(root: Path, pattern: str) -> str:
@@ -136,11 +142,12 @@ class ContentCache:
     def context(authors: dict[str, Author], topics: dict | None) -> str:
         return digest(code_hash(), repr(sorted(authors.items())), repr(sorted(topics) if topics is not None else None))
 
-    def get(self, path: Path, data: bytes, context: str, authors: dict[str, Author]):
-        """(article or None, slug line, [(level, line, message)]) when cached, else None."""
+    def get(self, path: Path, data: bytes, context: str, authors: dict[str, Author], sha: str | None = None):
+        """(article or None, slug line, [(level, line, message)]) when cached, else None
+        (``sha``: ``file_sha(data)`` when the caller has it)."""
         key = str(path)
         self.seen.add(key)
-        sha = digest(data)
+        sha = sha or file_sha(data)
         self.input_keys[key] = digest(key, sha, context)
         entry = self.entries.get(key)
         if not entry or entry["sha"] != sha or entry["context"] != context:
@@ -155,11 +162,11 @@ class ContentCache:
         return article, entry["slug_line"], entry["problems"]
 
     def put(self, path: Path, data: bytes, context: str, article: Article | None, slug_line: int | None,
-            problems: list[tuple[str, int | None, str]], *, embargoed_after: date) -> None:
+            problems: list[tuple[str, int | None, str]], *, embargoed_after: date, sha: str | None = None) -> None:
         if article is not None and article.published > embargoed_after:
             self.entries.pop(str(path), None)  # keep a future article's text off disk
             return
-        self.entries[str(path)] = {"sha": digest(data), "context": context, "slug_line": slug_line,
+        self.entries[str(path)] = {"sha": sha or file_sha(data), "context": context, "slug_line": slug_line,
                                    "article": _article_record(article) if article else None,
                                    "problems": [list(p) for p in problems]}
         self.changed = True

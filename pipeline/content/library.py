@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -18,10 +19,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from pipeline import clock
-from pipeline.content import legal, markup
+from pipeline.content import legal, markup, versions
 from pipeline.content.body_check import check_body, citation_lines, is_absolute_http_url
 from pipeline.content.article import Article, Author, Reference
-from pipeline.content.cache import ContentCache
+from pipeline.content.cache import ContentCache, file_sha
 from pipeline.errors import ContentError
 from pipeline.settings import Settings, load_settings
 
@@ -401,10 +402,14 @@ def _load_article_cached(path: Path, authors: dict[str, Author], topics: dict | 
                          cache: ContentCache, context: str, today: date) -> tuple[Article | None, int | None]:
     """``_load_article`` through the content cache, keyed by the file's bytes (always read)."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            file_stamp = versions.stamp(os.fstat(handle.fileno()))  # before the read: see content/versions.py
+            data = handle.read()
     except OSError:
         return _load_article(path, authors, topics, out)  # reports why
-    hit = cache.get(path, data, context, authors)
+    sha = file_sha(data)
+    versions.note(path, file_stamp, data, sha)
+    hit = cache.get(path, data, context, authors, sha)
     if hit is not None:
         article, slug_line, problems = hit
         out.problems.extend(Problem(path, line, message, level) for level, line, message in problems)
@@ -413,7 +418,7 @@ def _load_article_cached(path: Path, authors: dict[str, Author], topics: dict | 
     article, slug_line = _load_article(path, authors, topics, own)
     out.problems.extend(own.problems)
     cache.put(path, data, context, article, slug_line, [(p.level, p.line, p.message) for p in own.problems
-                                                        if p.path == path], embargoed_after=today)
+                                                        if p.path == path], embargoed_after=today, sha=sha)
     return article, slug_line
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, select
 
 from pipeline import clock
+from pipeline.content import versions
 from pipeline.content.article import Reviewer
 from pipeline.database import transaction
 from pipeline.errors import StaffError
@@ -41,20 +42,15 @@ MAX_COMMENT = 4000
 
 
 def article_version(article) -> str:
-    """The SHA-256 of the article's front matter and body as written."""
+    """The SHA-256 of the article's front matter and body as written (``pipeline.content.versions``)."""
     source = getattr(article, "source", None)
-    try:
-        data = source.read_bytes() if source is not None else None
-    except OSError:
-        data = None
-    if data is None:  # an article made in code: its fields are its content
+    version = versions.of_file(source) if source is not None else None
+    if version is None:  # an article made in code: its fields are its content
         fields = (article.slug, article.title, article.summary, article.published, article.updated,
                   article.author.id, article.topics,
                   tuple((r.number, r.text, r.url, r.cited) for r in article.references), article.body)
-        data = repr(fields).encode("utf-8")
-    else:
-        data = data.removeprefix(b"\xef\xbb\xbf").replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    return hashlib.sha256(data).hexdigest()
+        version = hashlib.sha256(repr(fields).encode("utf-8")).hexdigest()
+    return version
 
 
 @dataclass(frozen=True)
