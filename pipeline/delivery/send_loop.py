@@ -166,7 +166,12 @@ class SendRun:
         rcpt, head, values, message_id = self.parts(row)
         data = self.template.layout.message(head, values)
         if self.signer is not None:
-            data = self.signer.signatures_for(self.template.layout, head, values) + data
+            try:
+                data = self.signer.signatures_for(self.template.layout, head, values) + data
+            except NewsletterError:
+                raise
+            except Exception as exc:  # a bug: this one message's failure, recorded with its row
+                raise DeliveryError(f"cannot DKIM-sign the message: {type(exc).__name__}: {exc}") from None
         return rcpt, data, message_id
 
     def parts(self, row: ledger.Pending) -> tuple[str, bytes, tuple[bytes, ...], str]:
