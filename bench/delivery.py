@@ -121,8 +121,11 @@ def child(args) -> None:
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
     import gc
     gc.collect()  # the signer goes, and with it its worker processes (joined, so wait4 counts their CPU)
+    import resource
+    me, workers = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     print(json.dumps({"sent": summary.sent, "deferred": summary.deferred, "failed": summary.failed,
-                      "elapsed": elapsed, "error": summary.error}))
+                      "elapsed": elapsed, "error": summary.error, "sender_cpu": me.ru_utime + me.ru_stime,
+                      "workers_cpu": workers.ru_utime + workers.ru_stime}))
 
 
 def timed(argv: list[str], **popen) -> tuple[subprocess.Popen, bytes, float, object]:
@@ -237,6 +240,9 @@ def main() -> None:
             print(f"{name:9} ours:        {ours['sent']:,} x {size:,} bytes in {ours['elapsed']:.2f}s = "
                   f"{rate:,.0f} msg/s, {1000 * ours['cpu'] / max(ours['sent'], 1):.2f} ms CPU/msg (deferred "
                   f"{ours['deferred']}, failed {ours['failed']}), peak RSS {ours['rss_mb']:.0f} MB", flush=True)
+            if ours["workers_cpu"]:
+                print(f"{'':9} CPU/msg: sender {1000 * ours['sender_cpu'] / max(ours['sent'], 1):.2f} ms, signing "
+                      f"workers {1000 * ours['workers_cpu'] / max(ours['sent'], 1):.2f} ms", flush=True)
             if ours["error"]:
                 print(f"  stopped early: {ours['error']}")
             if args.skip_source:

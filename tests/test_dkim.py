@@ -25,7 +25,8 @@ from pipeline.database import open_database
 from pipeline.delivery.deliver import send_issue
 from pipeline.delivery.message import MessageTemplate, build_message, recipient
 from pipeline.errors import DeliveryError
-from pipeline.mail.dkim import dkim_signer, relaxed_body, relaxed_header, split_message
+from pipeline.mail.dkim import dkim_signer
+from pipeline.mail.dkim_canon import relaxed_body, relaxed_header, split_message
 from pipeline.rendering.issue import Personal
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,7 +232,7 @@ def test_a_batch_signed_in_worker_processes_verifies_and_survives_a_dead_worker(
 
     async def run():
         first = await signer.sign_batch(messages[:2])
-        workers = list(signer._pool._executor._processes.values())
+        workers = signer._pool.processes()
         assert workers and all(p.pid != os.getpid() for p in workers)
         for p in workers:  # Ctrl-C at the terminal reaches the workers too: they leave stopping to the sender
             os.kill(p.pid, signal.SIGINT)

@@ -41,6 +41,7 @@ from pipeline import clock
 from pipeline.delivery.qp import normalise_text, qp_static, qp_value, wire_html
 from pipeline.errors import DeliveryError
 from pipeline.mail.dkim import DKIM_HEADERS, DkimSigner, dkim_key, dkim_signer  # noqa: F401  (re-exported)
+from pipeline.mail.dkim_canon import Layout
 from pipeline.mail.headers import check_finished, check_mailbox_header, display_name, mailbox, unstructured
 from pipeline.rendering.issue import PLACEHOLDERS, Personal, RenderedIssue
 
@@ -287,15 +288,24 @@ class MessageTemplate:
         body.append(b"\r\n" + part_head.format(b=self.boundary, t="html").encode("ascii"))
         body += _split_body(normalise_text(wire_html(rendered.html)), html=True)
         body.append(f"\r\n--{self.boundary}--\r\n".encode("ascii"))
-        # merge neighbouring static bytes so render joins as few pieces as possible
+        # merge neighbouring static bytes so render joins as few pieces as possible; each distinct
+        # (value key, html?) slot becomes the index of its value in the tuple ``parts`` gives
         merged: list = []
+        self._slots: list[tuple[str, bool]] = []
         for piece in body:
-            if isinstance(piece, bytes) and merged and isinstance(merged[-1], bytes):
-                merged[-1] += piece
+            if isinstance(piece, bytes):
+                if merged and isinstance(merged[-1], bytes):
+                    merged[-1] += piece
+                else:
+                    merged.append(piece)
             else:
-                merged.append(piece)
-        self._body = merged
-        self.size = len(self._head) + sum(len(p) for p in merged if isinstance(p, bytes))
+                if piece not in self._slots:
+                    self._slots.append(piece)
+                merged.append(self._slots.index(piece))
+        merged[0] = merged[0].removeprefix(b"\r\n")  # the blank line after the headers: Layout.message writes it
+        # the issue's bytes as the DKIM signer sees them; Layout.message is the one join of a message
+        self.layout = Layout(self.boundary, self._head, tuple(merged))
+        self.size = len(self._head) + 2 + sum(len(p) for p in merged if isinstance(p, bytes))
         # the issue-wide bytes, checked once: a sample with a name in To, parsed back whole
         sample_to, sample_id = ("Sample Reader", "sample@example.com"), f"<sample@{settings.sender_domain}>"
         sample_url = f"https://{settings.sender_domain}/unsubscribe/sample"
@@ -328,23 +338,22 @@ class MessageTemplate:
     def render_to(self, email: str, name: str | None, *, personal: Personal, message_id: str) -> bytes:
         """``render`` for a subscriber's address and name, without formatting and
         re-parsing a To string (the send loop's path)."""
+        return self.layout.message(*self.parts_to(email, name, personal=personal, message_id=message_id))
+
+    def parts_to(self, email: str, name: str | None, *, personal: Personal,
+                 message_id: str) -> tuple[bytes, tuple[bytes, ...]]:
+        """The recipient's own parts of ``render_to``'s message: (header lines, body values), which
+        ``self.layout.message`` joins into it, and which are all a DKIM signer needs besides the layout."""
         check_address(email, "recipient address")
-        return self._render(self._to_line_for(display_name(name), email), personal, message_id)
+        return self._parts(self._to_line_for(display_name(name), email), personal, message_id)
 
     def _render(self, to_line: bytes, personal: Personal, message_id: str) -> bytes:
+        return self.layout.message(*self._parts(to_line, personal, message_id))
+
+    def _parts(self, to_line: bytes, personal: Personal, message_id: str) -> tuple[bytes, tuple[bytes, ...]]:
         _check_message_id(message_id)
         values = _personal_values(personal)
-        encoded: dict[tuple[str, bool], bytes] = {}
-        parts = [self._head, to_line, b"Message-ID: ", message_id.encode("ascii"),
-                 b"\r\nList-Unsubscribe: <", values["unsubscribe_url"].encode("ascii"), b">,\r\n <",
-                 self._mailto, b">\r\n"]
-        for piece in self._body:
-            if piece.__class__ is bytes:
-                parts.append(piece)
-            else:
-                value = encoded.get(piece)
-                if value is None:
-                    key, html = piece
-                    value = encoded[piece] = qp_value(escape(values[key], quote=True) if html else values[key])
-                parts.append(value)
-        return b"".join(parts)
+        head = b"".join((to_line, b"Message-ID: ", message_id.encode("ascii"), b"\r\nList-Unsubscribe: <",
+                         values["unsubscribe_url"].encode("ascii"), b">,\r\n <", self._mailto, b">\r\n"))
+        return head, tuple(qp_value(escape(values[key], quote=True) if html else values[key])
+                           for key, html in self._slots)

@@ -204,21 +204,32 @@ class SendRun:
         return []
 
     # messages ------------------------------------------------------------------------------
-    def build(self, row: ledger.Pending, sign: bool = True) -> tuple[str, bytes, str]:
-        """(envelope recipient, bytes, Message-ID); DeliveryError for a bad address
-        or anything else that stops this one message being built (recorded as failed).
-        ``sign=False`` leaves DKIM to the caller (``_send_smtp`` signs a whole batch at once)."""
+    def build(self, row: ledger.Pending) -> tuple[str, bytes, str]:
+        """(envelope recipient, bytes, Message-ID), signed when DKIM is on; DeliveryError for a bad
+        address or anything else that stops this one message being built (recorded as failed)."""
+        rcpt, head, values, message_id = self.parts(row)
+        data = self.template.layout.message(head, values)
+        if self.signer is not None:
+            try:
+                data = self.signer.signatures_for(self.template.layout, head, values) + data
+            except NewsletterError:
+                raise
+            except Exception as exc:  # a bug: this one message's failure, recorded with its row
+                raise DeliveryError(f"cannot DKIM-sign the message: {type(exc).__name__}: {exc}") from None
+        return rcpt, data, message_id
+
+    def parts(self, row: ledger.Pending) -> tuple[str, bytes, tuple[bytes, ...], str]:
+        """(envelope recipient, the recipient's header lines, body values, Message-ID): what
+        ``template.layout.message`` joins into the message, and what a DKIM signer needs of it."""
         message_id = self.message_id(row.id)
         try:
-            data = self.template.render_to(row.email, row.name, message_id=message_id,
-                                           personal=personal_for(self.settings, row.subscriber_id, row.name))
-            if sign and self.signer is not None:
-                data = self.signer.sign(data)
+            head, values = self.template.parts_to(row.email, row.name, message_id=message_id,
+                                                  personal=personal_for(self.settings, row.subscriber_id, row.name))
         except NewsletterError:
             raise
         except Exception as exc:  # a bug must not stop everyone else's message; the row records it
             raise DeliveryError(f"cannot build the message: {type(exc).__name__}: {exc}") from None
-        return row.email, data, message_id
+        return row.email, head, values, message_id
 
     # recording ---------------------------------------------------------------------------------
     async def commit(self, triples, hand: ledger.Pending | None = None) -> bool:
@@ -287,25 +298,30 @@ class SendRun:
                 await self.pool.close(conn)
 
     async def _send_smtp(self, conn: SMTPConnection, batch: list[ledger.Pending], bucket) -> None:
-        rows, messages, ids = [], [], []
+        rows, parts, ids = [], [], []
         refused = []
         for row in batch:
             try:
-                rcpt, data, mid = self.build(row, sign=False)
+                rcpt, head, values, mid = self.parts(row)
             except DeliveryError as exc:
                 refused.append((row, _refused(str(exc)), None))
                 continue
             rows.append(row)
-            messages.append((rcpt, data, verp.return_path(self.settings, "d", row.id)))  # VERP: bounces name the row
+            parts.append((rcpt, head, values))
             ids.append(mid)
-        if self.signer is not None and messages:  # DKIM for the whole batch, in worker processes (mail/dkim.py)
-            signed = await self.signer.sign_batch([data for _, data, _ in messages])
-            for i in reversed(range(len(signed))):
-                if isinstance(signed[i], str):  # this message could not be signed: refused, like a build error
-                    refused.append((rows.pop(i), _refused(signed.pop(i)), None))
-                    messages.pop(i)
+        layout = self.template.layout
+        signatures = [b""] * len(parts)
+        if self.signer is not None and parts:
+            # DKIM for the whole batch, in worker processes (mail/dkim.py): only each recipient's own
+            # parts cross to them, and only the signature headers come back
+            signatures = await self.signer.headers_batch(layout, [(head, values) for _, head, values in parts])
+            for i in reversed(range(len(signatures))):
+                if isinstance(signatures[i], str):  # this message could not be signed: refused, like a build error
+                    refused.append((rows.pop(i), _refused(signatures.pop(i)), None))
+                    parts.pop(i)
                     ids.pop(i)
-            messages = [(rcpt, data, sender) for (rcpt, _, sender), data in zip(messages, signed)]
+        messages = [(rcpt, sig + layout.message(head, values), verp.return_path(self.settings, "d", row.id))
+                    for (rcpt, head, values), sig, row in zip(parts, signatures, rows)]  # VERP: bounces name the row
         # MessageTemplate never starts a line with "." (and a DKIM header cannot), so no dot-stuffing scan
         recorded: set[int] = set()
 

@@ -1,13 +1,16 @@
 """DKIM signing of finished messages (RFC 6376), with OpenSSL doing the arithmetic.
 
 ``DkimSigner`` signs each message separately, because the body differs per
-recipient (the token URLs).  Relaxed/relaxed canonicalisation is written here
-(RFC 6376 sections 3.4.2 and 3.4.4) on bytes with a few C-speed passes, the body
-hash is hashlib's SHA-256, and the RSA signature (RSASSA-PKCS1-v1_5 with SHA-256)
-is made by OpenSSL through ``cryptography``.  About 0.4 ms per 70 KB message on
-one core, of which the RSA-2048 signature is 0.25-0.33 ms; dkimpy's pure-Python
-RSA took 7-9.5 ms (bench/README.md).  ``pipeline.mail.dkim_pool`` spreads the
-signing of a batch across processes.
+recipient (the token URLs).  Relaxed/relaxed canonicalisation is ours
+(``pipeline.mail.dkim_canon``: a few C-speed passes over the bytes), the body hash
+is hashlib's SHA-256, and the RSA signature (RSASSA-PKCS1-v1_5 with SHA-256) is
+made by OpenSSL through ``cryptography``.  A whole 70 KB message costs about
+0.45 ms on one core, of which the RSA-2048 signature is 0.25-0.33 ms; dkimpy's
+pure-Python RSA took 7-9.5 ms (bench/README.md).  An issue's messages are signed
+from their parts (``signatures_for`` with a ``dkim_canon.Layout``): the fixed
+bytes are canonicalised once per issue, so a message costs its few values, one
+SHA-256 pass and the signature.  ``pipeline.mail.dkim_pool`` spreads the signing
+of a batch across processes, sending them only those parts.
 
 With an Ed25519 key configured as well, each message is signed twice (RFC 8463,
 ``ed25519-sha256`` under its own selector), RSA first: receivers that do not know
@@ -28,6 +31,8 @@ from pathlib import Path
 
 from pipeline import clock
 from pipeline.errors import DeliveryError
+from pipeline.mail.dkim_canon import (Layout, Prepared, canonical_fields, head_fields, relaxed_body,
+                                      relaxed_header, split_message)
 
 # Headers the DKIM signature covers (checklist 19 asks for the first four at least), every instance present.
 DKIM_HEADERS = (b"From", b"To", b"Subject", b"Date", b"Message-ID", b"List-Unsubscribe",
@@ -39,85 +44,8 @@ _SIGNED = tuple(h.lower() for h in DKIM_HEADERS)
 MIN_RSA_BITS = 1024  # RFC 8301: verifiers need not accept shorter keys
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_WSP_RUN = re.compile(rb"  +")  # run after tabs became spaces; a literal prefix keeps the scan fast
-_HEADER_WSP = re.compile(rb"[ \t]+")
 _DNS_NAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
-
-
-# -- canonicalisation (RFC 6376 3.4.2, 3.4.4) -------------------------------------------------------
-
-def relaxed_body(body: bytes) -> bytes:
-    """The relaxed canonical body: whitespace runs become one space, whitespace at line ends goes,
-    empty lines at the end go, and a non-empty body ends with CRLF (an empty one stays empty)."""
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    if b"\t" in body:
-        body = body.replace(b"\t", b" ")
-    body = _WSP_RUN.sub(b" ", body)
-    if b" \r\n" in body:  # after the line above, a single space is all that can precede a line end
-        body = body.replace(b" \r\n", b"\r\n")
-    end = len(body)
-    while end >= 2 and body.endswith(b"\r\n", 0, end):
-        end -= 2
-    if not end:
-        return b""
-    return body if end == len(body) - 2 else body[:end] + b"\r\n"
-
-
-def relaxed_header(name: bytes, value: bytes) -> bytes:
-    """``name:value`` relaxed (lower-case name, unfolded value, one space per whitespace run,
-    none around the colon or at the end), without the line's CRLF."""
-    value = value.replace(b"\r\n", b"").replace(b"\n", b"").replace(b"\r", b"")
-    return name.rstrip(b" \t").lower() + b":" + _HEADER_WSP.sub(b" ", value).strip(b" \t")
-
-
-def split_message(data: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """([(name, raw value with its folds)], body) of a CRLF message."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        head, body = data[:-2] if data.endswith(b"\r\n") else data, b""
-    else:
-        head, body = data[:end], data[end + 4:]
-    fields: list[tuple[bytes, bytes]] = []
-    for line in head.split(b"\r\n"):
-        if line[:1] in (b" ", b"\t") and fields:
-            name, value = fields[-1]
-            fields[-1] = (name, value + b"\r\n" + line)
-            continue
-        name, colon, value = line.partition(b":")
-        if not colon:
-            raise DeliveryError(f"cannot DKIM-sign: not a header line: {line[:60]!r}")
-        fields.append((name, value))
-    return fields, body
-
-
-_CANONICAL: dict[tuple[bytes, bytes], bytes] = {}  # header lines repeat across an issue's messages
-
-
-def _canonical(name: bytes, value: bytes) -> bytes:
-    line = _CANONICAL.get((name, value))
-    if line is None:
-        if len(_CANONICAL) > 4096:  # per-recipient lines never repeat: keep the memo small
-            _CANONICAL.clear()
-        line = _CANONICAL[(name, value)] = relaxed_header(name, value)
-    return line
-
-
-def _select(fields: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes]]:
-    """(the h= names, the canonical header lines they select), per RFC 6376 5.4.2: a name listed
-    n times selects its last n instances, bottom up; names beyond the instances select nothing."""
-    by_name: dict[bytes, list[tuple[bytes, bytes]]] = {}
-    for name, value in fields:
-        by_name.setdefault(name.strip().lower(), []).append((name, value))
-    names, lines = [], []
-    for key in _SIGNED:
-        for name, value in reversed(by_name.get(key, ())):
-            names.append(key)
-            lines.append(_canonical(name, value))
-        if key in OVERSIGNED:
-            names.append(key)
-    return names, lines
 
 
 # -- keys ---------------------------------------------------------------------------------------------
@@ -203,6 +131,7 @@ class DkimSigner:
             self._ed = load_private_key(ed25519_pem, "ed25519")
         self.processes = max(0, int(processes))
         self._pool = None
+        self._layouts: dict[str, Prepared] = {}
         self.sign(b"From: a@b.c\r\nSubject: x\r\n\r\nx\r\n")  # fail now, not at the first message
 
     @classmethod
@@ -213,12 +142,35 @@ class DkimSigner:
     def signatures(self, data: bytes, stamp: int | None = None) -> bytes:
         """The DKIM-Signature header lines (CRLF-terminated) for ``data``, to be put on top of it;
         ``stamp`` is the t= time (default: now)."""
+        fields, body = split_message(data)
+        return self._signed(canonical_fields(fields), hashlib.sha256(relaxed_body(body)).digest(), stamp)
+
+    # -- messages in pieces (dkim_canon.Layout): the issue-wide work done once ------------------------
+    def learn(self, layout: Layout) -> Prepared:
+        """The layout's canonical forms, made on first use and kept (the last few layouts)."""
+        prepared = self._layouts.get(layout.key)
+        if prepared is None:
+            if len(self._layouts) >= 4:
+                self._layouts.pop(next(iter(self._layouts)))
+            prepared = self._layouts[layout.key] = Prepared(layout)
+        return prepared
+
+    def knows(self, key: str) -> bool:
+        return key in self._layouts
+
+    def signatures_for(self, layout: Layout | str, head: bytes, values, stamp: int | None = None) -> bytes:
+        """``signatures(layout.message(head, values))``, without joining or scanning the message:
+        the layout's fixed parts were canonicalised once (``learn``).  ``layout`` may be the key
+        of a layout learnt before."""
+        prepared = self._layouts[layout] if isinstance(layout, str) else self.learn(layout)
+        return self._signed(prepared.fields + head_fields(head), prepared.body_hash(values), stamp)
+
+    def _signed(self, fields: list[tuple[bytes, bytes]], body_hash: bytes, stamp: int | None) -> bytes:
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import padding
 
-        fields, body = split_message(data)
         names, lines = _select(fields)
-        bh = base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+        bh = base64.b64encode(body_hash)
         signed = b"\r\n".join(lines) + b"\r\n" if lines else b""
         t = str(int(clock.now().timestamp()) if stamp is None else int(stamp)).encode("ascii")
         h = b":".join(names)
@@ -245,12 +197,11 @@ class DkimSigner:
     def header_or_error(self, data: bytes, stamp: int) -> bytes | str:
         """The signature headers for ``data``, or why it cannot be signed (one message's problem
         must not stop the others: the caller records it against that message)."""
-        try:
-            return self.signatures(data, stamp)
-        except DeliveryError as exc:
-            return str(exc)
-        except Exception as exc:  # a bug: still one message's failure, recorded with its row
-            return f"cannot DKIM-sign the message: {type(exc).__name__}: {exc}"
+        return _or_error(self.signatures, data, stamp)
+
+    def headers_for(self, layout: Layout | str, items, stamp: int) -> list[bytes | str]:
+        """``signatures_for`` each (head, values) of ``items``, or for one that cannot be signed, why."""
+        return [_or_error(self.signatures_for, layout, head, values, stamp) for head, values in items]
 
     async def sign_batch(self, messages: list[bytes]) -> list[bytes | str]:
         """Each message signed (or, for one that cannot be, the reason as a string).  With
@@ -259,22 +210,68 @@ class DkimSigner:
         stamp = int(clock.now().timestamp())
         headers = None
         if self.processes and messages:
-            if self._pool is None:
-                from pipeline.mail.dkim_pool import SigningPool
-                self._pool = SigningPool(self.keys, self.processes)
-                weakref.finalize(self, self._pool.close)  # the workers go with the signer
-            headers = await self._pool.signatures(messages, stamp)
+            headers = await self._workers().signatures(messages, stamp)
             if headers is None:  # the pool broke (a worker died): sign here from now on rather than stop
-                self.close()
-                self.processes = 0
+                self._lose_pool()
         if headers is None:
             headers = [self.header_or_error(m, stamp) for m in messages]
         return [h + m if isinstance(h, bytes) else h for h, m in zip(headers, messages)]
+
+    async def headers_batch(self, layout: Layout, items: list[tuple[bytes, tuple]]) -> list[bytes | str]:
+        """The signature headers of each (head, values) of ``layout`` (or, for one that cannot be
+        signed, the reason).  With ``processes`` > 0 the pool signs while the event loop goes on,
+        and what crosses to it is the per-recipient parts (about 1 KB a message), not the message."""
+        stamp = int(clock.now().timestamp())
+        headers = None
+        if self.processes and items:
+            headers = await self._workers().headers_for(layout, items, stamp)
+            if headers is None:
+                self._lose_pool()
+        if headers is None:
+            headers = self.headers_for(layout, items, stamp)
+        return headers
+
+    def _workers(self):
+        if self._pool is None:
+            from pipeline.mail.dkim_pool import SigningPool
+            self._pool = SigningPool(self.keys, self.processes)
+            weakref.finalize(self, self._pool.close)  # the workers go with the signer
+        return self._pool
+
+    def _lose_pool(self) -> None:
+        self.close()
+        self.processes = 0
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+
+
+def _or_error(sign, *args) -> bytes | str:
+    try:
+        return sign(*args)
+    except DeliveryError as exc:
+        return str(exc)
+    except Exception as exc:  # a bug: still one message's failure, recorded with its row
+        return f"cannot DKIM-sign the message: {type(exc).__name__}: {exc}"
+
+
+def _select(fields: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes]]:
+    """(the h= names, the canonical header lines they select) of [(lower-case name, canonical line)], per
+    RFC 6376 5.4.2: a name listed n times selects its last n instances, bottom up; names beyond the
+    instances select nothing."""
+    by_name: dict[bytes, list[bytes]] = {}
+    for name, line in fields:
+        by_name.setdefault(name, []).append(line)
+    names, lines = [], []
+    for key in _SIGNED:
+        for line in reversed(by_name.get(key, ())):
+            names.append(key)
+            lines.append(line)
+        if key in OVERSIGNED:
+            names.append(key)
+    return names, lines
 
 
 def _signature_head(algorithm: bytes, domain: bytes, selector: bytes, stamp: bytes, h: bytes, bh: bytes) -> bytes:
