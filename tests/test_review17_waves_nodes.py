@@ -54,3 +54,30 @@ def test_a_daemon_killed_during_a_later_wave_sends_that_wave_after_a_restart(day
     assert {a: len(t) for a, t in arrivals(days).items()} == {"london@example.com": 1, "tokyo@example.com": 1}, \
         days.run(DAY)
     assert days.run(DAY).state == "sent", days.run(DAY)
+
+
+def test_a_stop_honoured_by_one_node_still_stops_the_other_nodes(days):
+    """``newsletter stop`` during a shared send (PostgreSQL, several nodes).  Each node's
+    ``SendGuard`` polls ``stop_requests`` every 0.5 s, and ``stops.pending_for`` leaves out
+    requests already honoured.  The first node to see the stop honours it within a few
+    milliseconds (in-flight replies, ``finish_issue``, ``guard.honour``), so a node whose
+    next poll comes after that never sees it and sends the rest of the issue: the stop is
+    reported as honoured ("stopped by editor, N of M sent") while mail goes on."""
+    from pipeline.delivery import stops
+    from pipeline.delivery.send_guard import SendGuard
+
+    issue = ledger.record_issue(days.engine, _issue_of(days), "subject")
+    node_a = SendGuard(days.engine, issue.id, DAY, "host:1:x:a", 60, renew=lambda: True)
+    node_b = SendGuard(days.engine, issue.id, DAY, "host:2:x:b", 60, renew=lambda: True)
+    stops.request(days.engine, DAY, "editor")
+    assert node_a.stop_reason() == "stopped by editor"
+    assert node_a.honour(issue.key, 10, 100) is not None  # node a stopped and recorded it
+    node_b._polled = -1e9  # node b's next poll is due now (0.5 s later in real life)
+    assert node_b.stop_reason() == "stopped by editor"  # on main: "" -- node b sends on
+
+
+def _issue_of(days):
+    from pipeline.content.library import load_library
+    from pipeline.scheduling.plan import plan_day
+    plan = plan_day(days.engine, days.settings, load_library(days.content_dir), DAY, "daily")
+    return plan.issue
