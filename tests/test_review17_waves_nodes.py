@@ -81,3 +81,39 @@ def _issue_of(days):
     from pipeline.scheduling.plan import plan_day
     plan = plan_day(days.engine, days.settings, load_library(days.content_dir), DAY, "daily")
     return plan.issue
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_newsletter_stop_stops_every_node_of_a_shared_send(postgres_database, settings, content_dir):
+    """The same, end to end: two `newsletter send` processes share a send on PostgreSQL
+    (40 msg/s shared), an editor stops the day 1.5 s in.  Every message after the stop
+    was honoured is one the editor asked not to send."""
+    import time
+
+    from sqlalchemy import func, select
+
+    from fixtures_delivery import Script, add_subscribers, start_scripted_server
+    from conftest import free_port
+    from pipeline.database import dispose_all, open_database
+    from pipeline.delivery import stops
+    from test_send_nodes import node_env, run_send
+
+    engine = open_database(postgres_database)
+    n = 200
+    add_subscribers(engine, settings.replace(secret_key="nodes-test-secret"), n)
+    port = free_port()
+    controller, server = start_scripted_server(Script(pipelining=True), port)
+    env = node_env(postgres_database, port, NEWSLETTER_SMTP_RATE_LIMIT="40", NEWSLETTER_SMTP_CONNECTIONS="1",
+                   NEWSLETTER_DELIVERY_BATCH_SIZE="2")
+    try:
+        procs = [run_send(env, content_dir) for _ in range(2)]
+        time.sleep(2.5)
+        stops.request(engine, date(2026, 3, 2), "editor")
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        controller.stop()
+    with engine.connect() as conn:
+        sent = conn.execute(select(func.count()).where(ledger.DELIVERIES.c.state == ledger.SENT)).scalar_one()
+    dispose_all()
+    assert [p.returncode for p in procs] != [0, 0] and sent < n, (sent, outs)
