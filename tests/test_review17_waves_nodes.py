@@ -117,3 +117,31 @@ def test_newsletter_stop_stops_every_node_of_a_shared_send(postgres_database, se
         sent = conn.execute(select(func.count()).where(ledger.DELIVERIES.c.state == ledger.SENT)).scalar_one()
     dispose_all()
     assert [p.returncode for p in procs] != [0, 0] and sent < n, (sent, outs)
+
+
+@pytest.mark.postgres
+def test_a_joining_node_that_takes_the_lead_keeps_each_readers_local_time(content_dir, tmp_path, postgres_database):
+    """A daemon joins the day's send (``joining.join_day``) while the leading daemon has
+    recorded the issue but not yet written its ledger, and the leader dies there.  The
+    joiner takes the lead in ``wait_for_ledger`` and writes the recipients itself -- but
+    ``join_day`` calls ``send_issue`` without ``releases``, so every row is released at
+    once: the Tokyo reader (20:00 JST) gets the issue at 07:00Z, four hours early."""
+    from pipeline.clock import frozen_clock
+    from pipeline.database import dispose_all
+    from pipeline.delivery.deliver import render_for_send
+    from pipeline.scheduling.joining import join_day
+
+    with frozen_clock(utc(2026, 3, 10, 7, 0, 30)) as clock:
+        days = Day(content_dir, tmp_path, postgres_database, clock)
+        place(days, "london@example.com", None, None)
+        place(days, "tokyo@example.com", "Asia/Tokyo", 20)
+        days.schedule("microneedling", DAY)
+        issue = _issue_of(days)
+        dead = dead_holder()
+        recorded = ledger.record_issue(days.engine, issue, render_for_send(issue, days.settings).subject)
+        ledger.acquire_lease(days.engine, recorded.id, 60, dead)  # the leader, killed before write_recipients
+        run = calendar.claim_run(days.engine, DAY, "daily", dead, planned_at=utc(2026, 3, 10, 7, 0))
+        join_day(days.engine, days.settings, content_dir, run)
+        got = arrivals(days)
+        dispose_all()
+    assert "tokyo@example.com" not in got, got  # 20:00 in Tokyo is 11:00Z
