@@ -145,3 +145,25 @@ def test_a_joining_node_that_takes_the_lead_keeps_each_readers_local_time(conten
         got = arrivals(days)
         dispose_all()
     assert "tokyo@example.com" not in got, got  # 20:00 in Tokyo is 11:00Z
+
+
+def test_stopping_one_node_for_an_upgrade_does_not_hold_the_later_waves(days):
+    """docs/deploy.md, "Upgrading one node at a time", step 2: stop a node with systemctl
+    (SIGTERM) during a send, "which the other nodes go on sending".  On main the stopped
+    node records a *signal* stop request for the day (``SendGuard.honour`` ->
+    ``stops.record_signal``), never released, and the day's run ``stopped``; from then on
+    ``stops.blocks(day)`` keeps every node (the restarted one too) from sending the
+    day's later waves until someone runs ``newsletter resume``: the Tokyo reader is held."""
+    from pipeline.delivery import stops
+
+    stops.SIGNALLED.set("shutdown of newsletter run (pid 4242)")  # systemctl stop, as the wave begins
+    try:
+        days.wake_at(utc(2026, 3, 10, 7, 0))
+    finally:
+        stops.SIGNALLED.clear()
+    assert days.run(DAY).state == "stopped"
+    days.wake_at(utc(2026, 3, 10, 7, 1))  # the upgraded node is back (or another node wakes)
+    days.wake_at(utc(2026, 3, 10, 11, 0))
+    days.wake_at(utc(2026, 3, 10, 11, 1))
+    assert {a: len(t) for a, t in arrivals(days).items()} == {"london@example.com": 1, "tokyo@example.com": 1}, \
+        days.run(DAY)
