@@ -167,3 +167,40 @@ def test_stopping_one_node_for_an_upgrade_does_not_hold_the_later_waves(days):
     days.wake_at(utc(2026, 3, 10, 11, 1))
     assert {a: len(t) for a, t in arrivals(days).items()} == {"london@example.com": 1, "tokyo@example.com": 1}, \
         days.run(DAY)
+
+
+@pytest.mark.postgres
+def test_stop_and_status_see_a_shared_send_whose_first_node_died(content_dir, tmp_path, postgres_database):
+    """Three `newsletter send` nodes share a send; the first one (the issue's lease holder)
+    is killed, the others go on (test_send_nodes_kill).  ``sending_days`` and status's
+    ``_hand_sends`` still decide "is this issue being sent" from the issue's lease alone, so
+    on main `newsletter stop --date D` answers "nothing is being sent; nothing to stop"
+    while a live node is mailing, and `status` alerts "hand send interrupted ... --resume"."""
+    import json
+
+    from pipeline.clock import frozen_clock
+    from pipeline.database import dispose_all
+    from pipeline.delivery import claims
+    from pipeline import holders
+
+    with frozen_clock(utc(2026, 3, 10, 7, 0, 30)) as clock:
+        days = Day(content_dir, tmp_path, postgres_database, clock)
+        for i in range(20):
+            place(days, f"reader{i}@example.com", None, None)
+        days.schedule("microneedling", DAY)
+        recorded = ledger.record_issue(days.engine, _issue_of(days), "subject")
+        dead = dead_holder()
+        ledger.acquire_lease(days.engine, recorded.id, 60, dead)  # the first node, killed
+        assert ledger.write_recipients(days.engine, recorded.id, "daily", owner=dead) == 20
+        claims.join(days.engine, recorded.id, dead, 60)
+        survivor = holders.new_holder()  # this process: a live node, still sending
+        claims.join(days.engine, recorded.id, survivor, 60)
+        rows, _ = claims.SharedLedgerRun(days.engine, recorded.id, survivor).claim_batch(ledger.QUEUED, 5, 3)
+        assert len(rows) == 5
+        status = days.cli("status", "--json")
+        stop = days.cli("stop", "--date", "2026-03-10", "--wait", "0.5")
+        dispose_all()
+    runs = json.loads(status.output)["runs"]
+    mine = [r for r in runs if r["issue_key"] == "2026-03-10"]
+    assert mine and mine[0]["state"] == "sending" and not mine[0]["alert"], mine
+    assert "nothing to stop" not in stop.output, stop.output
