@@ -165,8 +165,8 @@ def test_stopping_one_node_for_an_upgrade_does_not_hold_the_later_waves(days):
     days.wake_at(utc(2026, 3, 10, 7, 1))  # the upgraded node is back (or another node wakes)
     days.wake_at(utc(2026, 3, 10, 11, 0))
     days.wake_at(utc(2026, 3, 10, 11, 1))
-    assert {a: len(t) for a, t in arrivals(days).items()} == {"london@example.com": 1, "tokyo@example.com": 1}, \
-        days.run(DAY)
+    # the stopped wave's own rows may wait for `resume` (deploy.md, systemd units); the later wave may not
+    assert len(arrivals(days).get("tokyo@example.com", [])) == 1, days.run(DAY)
 
 
 @pytest.mark.postgres
