@@ -106,7 +106,6 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
         from pipeline.corrections.cli import send_correction
         return send_correction(obj, correction_id, resume=resume, dry_run=dry_run, progress=progress)
     from pipeline.database import open_database
-    from pipeline.delivery.deliver import send_issue
     from pipeline.staff import audit
 
     library = obj.library()
@@ -142,13 +141,13 @@ def send(obj, day, dry_run: bool, resume: bool, progress: bool | None, topic: st
     # each reader's local time (pipeline.scheduling.wave_sends, as the daemon), unless --release-all
     from pipeline.scheduling import wave_sends
     custom = [e.at for e in plan.entries]
-    releases = None if release_all else wave_sends.releases_for(settings, day, "daily", custom, by_hand=True)
     if release_all and not dry_run:
         wave_sends.release_all(engine, plan.issue.key, clock.now())
     with signals_stop_the_send():
-        summary = send_issue(engine, settings, rendered, frequency="daily", resume=resume, dry_run=dry_run,
-                             progress=sys.stderr.isatty() if progress is None else progress, uncertain=uncertain,
-                             max_wait=max_wait, notice=lambda line: click.echo(line, err=True), releases=releases)
+        summary = wave_sends.send_with_waves(
+            engine, settings, rendered, custom, by_hand=True, release_all=release_all, frequency="daily",
+            resume=resume, dry_run=dry_run, progress=sys.stderr.isatty() if progress is None else progress,
+            uncertain=uncertain, max_wait=max_wait, notice=lambda line: click.echo(line, err=True))
     for line in summary.lines():
         click.echo(line)
     if dry_run:

@@ -33,9 +33,10 @@ def join_day(engine: Engine, settings: Settings, content_dir: Path | str, run: R
         if recorded is None or recorded.state == "sent":
             return  # not started yet (the next wake looks again), or done
         from pipeline.content.library import check_library
-        from pipeline.delivery.deliver import render_for_send, send_issue
+        from pipeline.delivery.deliver import render_for_send
         from pipeline.review.reviews import attach
         from pipeline.scheduling.plan import plan_day
+        from pipeline.scheduling.wave_sends import send_with_waves
 
         library, found = check_library(content_dir, settings, cache_dir=Path(settings.public_dir) / ".cache")
         if library is None or any(p.level == "error" for p in found):
@@ -44,8 +45,10 @@ def join_day(engine: Engine, settings: Settings, content_dir: Path | str, run: R
         if plan.issue is None or plan.issue.key != recorded.key:
             return
         log.info("%s issue %s: joining the send of %s", run.kind, recorded.key, run.holder)
-        summary = send_issue(engine, settings, render_for_send(plan.issue, settings), frequency=run.kind,
-                             progress=False)
+        # through the waves: when the leader died before writing the recipients, this node
+        # writes them, each at its reader's local time as the leader would have
+        summary = send_with_waves(engine, settings, render_for_send(plan.issue, settings),
+                                  [e.at for e in plan.entries], frequency=run.kind, progress=False)
         log.info("%s issue %s: this node sent %d (the issue is %s)", run.kind, recorded.key, summary.sent,
                  summary.state)
     except NewsletterError as exc:

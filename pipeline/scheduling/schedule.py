@@ -54,18 +54,22 @@ _work = threading.Lock()  # one run at a time per process (the lease is per hold
 
 # -- the daemon's decisions ----------------------------------------------------------------
 
-def decide(slot: Slot, now: datetime, window: timedelta, run: Run | None, paused: bool, wave_due: bool = False) -> str:
+def decide(slot: Slot, now: datetime, window: timedelta, run: Run | None, paused: bool, wave_due: bool = False,
+           wave_call: datetime | None = None) -> str:
     """What a waking daemon does about ``slot``:
 
     ``wait`` (not yet), ``run`` (send now, or retry/resume within the window),
     ``miss`` (too late: record missed), ``pause`` (record paused),
     ``expire`` (a failed or interrupted run whose window has closed: leave it to
-    an editor), ``done`` (nothing more to do for this slot).  ``wave_due``: a wave of
-    the day's issue was released since its run last ended (``wave_sends.wave_due``);
-    it is sent whatever the window, unless paused (then it waits for ``resume``).
+    an editor), ``done`` (nothing more to do for this slot).  ``wave_due``: a released
+    wave of the day's issue has readers not yet tried (``wave_sends.wave_due``); it is
+    sent whatever state the run was left in (waiting, failed, or running under a holder
+    that died), unless paused (then it waits for ``resume``).  ``wave_call``: the latest
+    released wave with rows still open (``wave_sends.last_open_wave``); a run's window
+    counts from it when later than the editors' time (each wave has its own grace).
     """
-    late = now > slot.last_call + window
-    if run is not None and run.state in ("waiting", "failed") and wave_due:
+    late = now > max(slot.last_call, wave_call or slot.last_call) + window
+    if run is not None and run.state in ("waiting", "failed", "running") and wave_due:
         return "wait" if paused else "run"
     if run is not None and run.state == "waiting":
         return "wait"  # the next wave is not released yet
@@ -180,9 +184,11 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
                 if not pause.covers(day) and not stops.blocks(engine, day):
                     done.append(run_day(engine, settings, content_dir, day, slot.kind, holder=holder, slot=slot))
                 continue
-            due = (run is not None and run.state in ("waiting", "failed") and run.issue_key is not None
-                   and wave_sends.wave_due(engine, run.issue_key, run.finished_at, now))
-            action = decide(slot, now, window, run, pause.covers(day), due)
+            due, call = False, None
+            if run is not None and run.state in ("waiting", "failed", "running") and run.issue_key is not None:
+                due = wave_sends.wave_due(engine, run.issue_key, run.finished_at, now, window)
+                call = wave_sends.last_open_wave(engine, run.issue_key, now)
+            action = decide(slot, now, window, run, pause.covers(day), due, call)
             if action in ("wait", "done"):
                 continue
             if run is not None and run.state == "running" and lease is not None:
@@ -338,7 +344,7 @@ def _perform(engine: Engine, settings: Settings, content_dir: Path, day: date, k
 
 def _publish_and_send(engine: Engine, settings: Settings, library, issue, entries: list[Entry], holder: str,
                       *, resume: bool, by_hand: bool = False) -> Run:
-    from pipeline.delivery.deliver import render_for_send, send_issue
+    from pipeline.delivery.deliver import render_for_send
     from pipeline.site.pages import build_site, publish_issue
 
     kind, day = issue.kind, issue.date
@@ -352,9 +358,8 @@ def _publish_and_send(engine: Engine, settings: Settings, library, issue, entrie
     build_site(library, settings.public_dir, as_of=day,
                notices=site_update(library, day, engine=engine, sent=issue.articles))
     # each reader's local time (``run --once`` is the editors sending by hand: their readers get it now)
-    releases = wave_sends.releases_for(settings, day, kind, [e.at for e in entries], by_hand=by_hand)
-    summary = send_issue(engine, settings, rendered, frequency=kind, resume=resume, progress=False,
-                         releases=releases)
+    summary = wave_sends.send_with_waves(engine, settings, rendered, [e.at for e in entries], by_hand=by_hand,
+                                         frequency=kind, resume=resume, progress=False)
     counts = ledger_counts(engine, [issue.key]).get(issue.key) or {
         name: int(getattr(summary, name, 0) or 0) for name in ("sent", "deferred", "failed", "bounced")}
     ids = [e.id for e in entries]

@@ -4,7 +4,8 @@
 the issue of a date; this module applies that to the send ledger and the daemon:
 
 - ``releases_for`` is the one decider of each ledger row's ``release_at``: it is
-  handed to ``send_issue`` (the daemon and ``newsletter send`` alike), and the
+  handed to ``send_issue`` by ``send_with_waves``, the one way the daemon,
+  ``newsletter send`` and a node joining a send call it, and the
   ledger calls it with the recipients' groups while it writes the rows (one
   INSERT ... SELECT with a CASE per group).  Correction notices are not waved:
   they go at once.
@@ -24,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Callable, Iterable, Sequence
 
-from sqlalchemy import Engine, and_, case, func, select, true, update
+from sqlalchemy import Engine, and_, case, func, or_, select, update
 
 from pipeline import clock
 from pipeline.delivery import ledger
@@ -53,6 +54,20 @@ def releases_for(settings: Settings, day: date, kind: str, custom: Sequence[str 
             found[editors] = min(found[editors], clock.now())
         return found
     return releases
+
+
+def send_with_waves(engine: Engine, settings: Settings, rendered, custom: Sequence[str | None] = (), *,
+                    by_hand: bool = False, release_all: bool = False, **options):
+    """``send_issue`` with each reader's wave (``releases_for``): the one way the daemon,
+    ``newsletter send`` and a node joining a send reach the ledger, so whichever of them
+    ends up writing the recipients (a joiner takes the lead when the leader died first)
+    releases each row at its reader's local time.  ``release_all``
+    (``newsletter send --release-all``) is the one exception: every row at once."""
+    from pipeline.delivery.deliver import send_issue
+
+    issue = rendered.issue
+    releases = None if release_all else releases_for(settings, issue.date, issue.kind, custom, by_hand=by_hand)
+    return send_issue(engine, settings, rendered, releases=releases, **options)
 
 
 def audience_groups(engine: Engine, kind: str) -> list[Group]:
@@ -86,15 +101,35 @@ def _issue_id(conn, key: str) -> int | None:
     return conn.execute(select(I.c.id).where(I.c.key == key)).scalar_one_or_none()
 
 
-def wave_due(engine: Engine, key: str, since: datetime | None, now: datetime) -> bool:
-    """Has a wave of issue ``key`` been released after ``since`` (the run's last end) with
-    rows still queued?  Then the daemon sends it, even past the day's grace window."""
+OPEN = (ledger.QUEUED, ledger.DEFERRED, ledger.SENDING, ledger.UNCERTAIN)
+
+
+def wave_due(engine: Engine, key: str, since: datetime | None, now: datetime, window: timedelta) -> bool:
+    """Has issue ``key`` a released wave whose readers were never tried (rows still queued)
+    and that is not late?  A wave is late ``window`` after its own release instant (not the
+    editors' time), except one released after ``since`` (the run's last end: no daemon was
+    there at its instant), which goes whatever the time.  Then the daemon sends it, whatever
+    state its run was left in (waiting, failed, or running under a holder that died); the
+    ledger skips whoever already has it."""
+    fresh = D.c.release_at >= now - window
+    if since is not None:
+        fresh = or_(fresh, D.c.release_at > since)
     with engine.connect() as conn:
         found = conn.execute(select(func.count()).select_from(D.join(I, I.c.id == D.c.issue_id))
                              .where(I.c.key == key, D.c.state == ledger.QUEUED, D.c.release_at.is_not(None),
-                                    D.c.release_at <= now,
-                                    D.c.release_at > since if since is not None else true())).scalar_one()
+                                    D.c.release_at <= now, fresh)).scalar_one()
     return found > 0
+
+
+def last_open_wave(engine: Engine, key: str, now: datetime) -> datetime | None:
+    """The latest wave of issue ``key`` released by ``now`` that still has rows not final
+    (queued, deferred, sending, uncertain): the daemon's grace for the issue's run counts
+    from it, so a run interrupted or failed in a later wave is resumed or retried within
+    that wave's own window."""
+    with engine.connect() as conn:
+        when = conn.execute(select(func.max(D.c.release_at)).select_from(D.join(I, I.c.id == D.c.issue_id))
+                            .where(I.c.key == key, D.c.state.in_(OPEN), D.c.release_at <= now)).scalar_one()
+    return _aware(when)
 
 
 def next_release(engine: Engine, key: str, now: datetime) -> tuple[datetime | None, int]:
@@ -129,7 +164,7 @@ class WaveCount:
 
 def waves_of_issue(engine: Engine, key: str, now: datetime) -> list[WaveCount]:
     """Issue ``key``'s rows by release instant, earliest first."""
-    open_ = case((D.c.state.in_((ledger.QUEUED, ledger.DEFERRED, ledger.SENDING, ledger.UNCERTAIN)), 1), else_=0)
+    open_ = case((D.c.state.in_(OPEN), 1), else_=0)
     sent = case((D.c.state == ledger.SENT, 1), else_=0)
     with engine.connect() as conn:
         rows = conn.execute(select(D.c.release_at, func.count(), func.sum(sent), func.sum(open_))
