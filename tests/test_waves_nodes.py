@@ -79,8 +79,9 @@ def test_a_run_killed_in_a_later_wave_expires_after_that_waves_own_grace(days):
 def test_a_wave_released_while_a_send_finished_is_sent_at_the_next_wake(days):
     """A send finishing just after 11:00Z counts the Tokyo row (released a moment before,
     never claimed) as undelivered: the issue is unfinished and the run failed, after the
-    run's last end.  The next wake sends that wave (it is inside its own window) instead
-    of leaving it for good because the editors' grace closed at 09:00Z."""
+    run's last end.  The next wake sends that wave at once (it was released after that
+    attempt began) instead of leaving it for good because the editors' grace closed at
+    09:00Z."""
     days.wake_at(utc(2026, 3, 10, 7, 0))
     assert days.run(DAY).state == "waiting"
     days.clock.set(utc(2026, 3, 10, 10, 59, 59))

@@ -61,10 +61,10 @@ def decide(slot: Slot, now: datetime, window: timedelta, run: Run | None, paused
     ``wait`` (not yet), ``run`` (send now, or retry/resume within the window),
     ``miss`` (too late: record missed), ``pause`` (record paused),
     ``expire`` (a failed or interrupted run whose window has closed: leave it to
-    an editor), ``done`` (nothing more to do for this slot).  ``wave_due``: a released
-    wave of the day's issue has readers not yet tried (``wave_sends.wave_due``); it is
-    sent whatever state the run was left in (waiting, failed, or running under a holder
-    that died), unless paused (then it waits for ``resume``).  ``wave_call``: the latest
+    an editor), ``done`` (nothing more to do for this slot).  ``wave_due``: a wave of
+    the day's issue was released since the run's last attempt began, and has rows still
+    queued (``wave_sends.wave_due``); it is sent at once whatever state the run was left
+    in, unless paused (then it waits for ``resume``).  ``wave_call``: the latest
     released wave with rows still open (``wave_sends.last_open_wave``); a run's window
     counts from it when later than the editors' time (each wave has its own grace).
     """
@@ -186,7 +186,7 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
                 continue
             due, call = False, None
             if run is not None and run.state in ("waiting", "failed", "running") and run.issue_key is not None:
-                due = wave_sends.wave_due(engine, run.issue_key, run.finished_at, now, window)
+                due = wave_sends.wave_due(engine, run.issue_key, run.started_at, now)
                 call = wave_sends.last_open_wave(engine, run.issue_key, now)
             action = decide(slot, now, window, run, pause.covers(day), due, call)
             if action in ("wait", "done"):

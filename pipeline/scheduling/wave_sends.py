@@ -12,8 +12,8 @@ the issue of a date; this module applies that to the send ledger and the daemon:
 - ``opening`` moves a day's slot to its first wave, so the daemon composes the
   issue (renders it once, writes its ledger) at the first reader's local time;
   the grace window still counts from the editors' time (``Slot.last_call``).
-- ``wave_due`` tells the daemon that a wave was released since the run last
-  ended; ``next_release`` when the next one is; ``waves_of_issue`` what
+- ``wave_due`` tells the daemon that a wave was released since the run's last
+  attempt began, and ``last_open_wave`` the wave a run's grace counts from; ``next_release`` when the next one is; ``waves_of_issue`` what
   ``status`` shows per wave; ``release_all`` is ``newsletter send --release-all``.
 
 Nothing here sends; ``pipeline.scheduling.schedule`` does.
@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import Callable, Iterable, Sequence
 
-from sqlalchemy import Engine, and_, case, func, or_, select, update
+from sqlalchemy import Engine, and_, case, func, select, true, update
 
 from pipeline import clock
 from pipeline.delivery import ledger
@@ -104,20 +104,16 @@ def _issue_id(conn, key: str) -> int | None:
 OPEN = (ledger.QUEUED, ledger.DEFERRED, ledger.SENDING, ledger.UNCERTAIN)
 
 
-def wave_due(engine: Engine, key: str, since: datetime | None, now: datetime, window: timedelta) -> bool:
-    """Has issue ``key`` a released wave whose readers were never tried (rows still queued)
-    and that is not late?  A wave is late ``window`` after its own release instant (not the
-    editors' time), except one released after ``since`` (the run's last end: no daemon was
-    there at its instant), which goes whatever the time.  Then the daemon sends it, whatever
-    state its run was left in (waiting, failed, or running under a holder that died); the
-    ledger skips whoever already has it."""
-    fresh = D.c.release_at >= now - window
-    if since is not None:
-        fresh = or_(fresh, D.c.release_at > since)
+def wave_due(engine: Engine, key: str, since: datetime | None, now: datetime) -> bool:
+    """Has a wave of issue ``key`` been released after ``since`` (when the run's last attempt
+    began: that attempt may have ended before the wave, or counted it unfinished as it came
+    in) with rows still queued?  Then the daemon sends it at once, whatever state the run
+    was left in and even past the day's grace window; the ledger skips whoever has it."""
     with engine.connect() as conn:
         found = conn.execute(select(func.count()).select_from(D.join(I, I.c.id == D.c.issue_id))
                              .where(I.c.key == key, D.c.state == ledger.QUEUED, D.c.release_at.is_not(None),
-                                    D.c.release_at <= now, fresh)).scalar_one()
+                                    D.c.release_at <= now,
+                                    D.c.release_at > since if since is not None else true())).scalar_one()
     return found > 0
 
 
