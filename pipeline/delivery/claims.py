@@ -169,6 +169,22 @@ def reap(engine: Engine, issue_id: int, policy: str, *, orphans: bool = False) -
     return found
 
 
+def live_nodes(engine: Engine, issue_ids: list[int] | None = None) -> dict[int, list[str]]:
+    """The live nodes (not left, lease unexpired, process not gone) of each issue being
+    sent now, or of ``issue_ids``: {issue id: [node, ...]}.  The one place that decides
+    "a node is still in this send" (``stop``, ``pause``, ``status`` and a signalled node)."""
+    query = select(NODES.c.issue_id, NODES.c.node).where(NODES.c.left_at.is_(None), NODES.c.expires_at > clock.now())
+    if issue_ids is not None:
+        query = query.where(NODES.c.issue_id.in_(issue_ids))
+    with engine.connect() as conn:
+        rows = conn.execute(query.order_by(NODES.c.id)).all()
+    found: dict[int, list[str]] = {}
+    for r in rows:
+        if not holders.is_dead(r.node):
+            found.setdefault(r.issue_id, []).append(r.node)
+    return found
+
+
 def held_by_others(engine: Engine, issue_id: int, node: str) -> int:
     """Rows other nodes hold now (claimed, outcome not yet recorded)."""
     d = DELIVERIES

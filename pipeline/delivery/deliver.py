@@ -161,6 +161,9 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
             if request is not None:
                 from zoneinfo import ZoneInfo
                 summary.stopped = request.describe(ZoneInfo(settings.timezone))
+            elif guard.left_to:  # a signal to one node of a shared send: the others go on
+                summary.stopped = (f"{run.stop}: this node left the send, "
+                                   f"{len(guard.left_to)} other node(s) go on sending it")
     except ledger.LeaseLost:
         summary.lease_lost, summary.state, summary.error = True, "unfinished", LEASE_LOST
     finally:

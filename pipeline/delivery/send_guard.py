@@ -13,6 +13,8 @@ and answers, before each message, whether the send must stop:
   ``pause`` row in the database, polled at most every ``POLL`` seconds, or a
   signal to this process.  The loop hands over nothing more and records the
   replies of the messages in flight, so the stop leaves nothing uncertain.
+  On a shared send a signal to one node while others are live makes it leave
+  (``honour`` records nothing; its unstarted rows go back to them).
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ import logging
 import threading
 from datetime import date
 
+from sqlalchemy import select
+
 from pipeline import clock
-from pipeline.delivery import ledger
+from pipeline.delivery import claims, ledger
 from pipeline.delivery import stops
 from pipeline.mail.transport import Halt
 
@@ -31,6 +35,11 @@ POLL = 0.5  # seconds between looks at the stop_requests table
 LEASE_LOST = "the send lease expired and another process took the issue over"
 
 
+def _key_of(engine, issue_id: int) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(select(ledger.ISSUES.c.key).where(ledger.ISSUES.c.id == issue_id)).scalar_one_or_none()
+
+
 class SendGuard:
     def __init__(self, engine, issue_id: int, day: date, owner: str, seconds: float, renew=None):
         self.engine, self.issue_id, self.day, self.owner = engine, issue_id, day, owner
@@ -38,6 +47,8 @@ class SendGuard:
         self.renew = renew or (lambda: ledger.renew_issue_lease(engine, issue_id, owner, self.seconds))
         self.seconds = max(float(seconds), 0.5)
         self.since_id = stops.newest_id(engine)
+        self.issue_key = _key_of(engine, issue_id)
+        self.left_to: list[str] = []  # a signalled node of a shared send: the live nodes it left the rest to
         self.valid_until = clock.monotonic() + self.seconds  # the lease was just taken
         self.lost = False
         self.requests: list[stops.StopRequest] = []
@@ -89,7 +100,7 @@ class SendGuard:
         now = clock.monotonic()
         if not self.requests and now - self._polled >= POLL:
             self._polled = now
-            self.requests = stops.pending_for(self.engine, self.day, self.since_id)
+            self.requests = stops.pending_for(self.engine, self.day, self.since_id, self.issue_key)
         if self.requests:
             return f"stopped by {self.requests[0].by}"
         return ""
@@ -99,10 +110,18 @@ class SendGuard:
         return bool(self.requests or self.signalled_by) and not self.lost
 
     def honour(self, issue_key: str, sent: int, total: int) -> stops.StopRequest | None:
-        """Record on the request(s) that the send stopped, and how far it got."""
+        """Record on the request(s) that the send stopped, and how far it got.  A signal
+        stops this process only: on a shared send with other live nodes nothing is
+        recorded (this node leaves, its unstarted rows go back to them, ``left_to``
+        names them); the last node records the stop for the day."""
         if self.requests:
             stops.honour(self.engine, [r.id for r in self.requests], issue_key, sent, total)
             return stops.stopped(self.engine, issue_key)
         if self.signalled_by:
+            others = [n for n in claims.live_nodes(self.engine, [self.issue_id]).get(self.issue_id, [])
+                      if n != self.owner]
+            if others:
+                self.left_to = others
+                return None
             return stops.record_signal(self.engine, self.day, self.signalled_by, issue_key, sent, total)
         return None

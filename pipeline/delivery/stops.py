@@ -12,9 +12,12 @@ then says when it was honoured and how far the send got, which ``status`` shows
 ``newsletter send --date D --resume`` releases that day's, ``newsletter resume``
 every one (and the daemon then finishes stopped days itself).
 
-Which requests apply to a send: an open one for its day, or an open one for every
-day (a pause) made after the send began, so an old pause does not stop a later
-hand send.
+Which requests apply to a send (``pending_for``): an open one for its day, or an open
+one for every day (a pause) made after the send began, so an old pause does not stop
+a later hand send.  On a shared send every node obeys a request another node already
+honoured (each records how far the send got as it leaves; the count only grows).  A
+signal's record applies to no other send and does not hold the daemon (``blocks``):
+a signal is a shutdown; ``newsletter stop`` and ``pause`` are the operator's stops.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import threading
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from sqlalchemy import Date, Engine, Integer, String, and_, func, insert, or_, select, update
+from sqlalchemy import Date, Engine, Integer, String, and_, case, func, insert, or_, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from pipeline import clock
@@ -104,21 +107,31 @@ def newest_id(engine: Engine) -> int:
         return int(conn.execute(select(func.coalesce(func.max(T.c.id), 0))).scalar_one())
 
 
-def pending_for(engine: Engine, day: date, since_id: int) -> list[StopRequest]:
-    """Open requests that stop a send of ``day`` begun when ``since_id`` was the newest."""
+def pending_for(engine: Engine, day: date, since_id: int, issue_key: str | None = None) -> list[StopRequest]:
+    """Open requests that stop a send of ``day`` (issue ``issue_key``) begun when ``since_id``
+    was the newest.  One already honoured still applies while it is open when it was made
+    after this send began or was honoured by this very issue: on a shared send the first
+    node to see a stop honours it, and every other node must stop for it too.  A signal's
+    record (``record_signal``) is for the signalled process alone and never applies."""
+    honoured_here = or_(T.c.honoured_at.is_(None), T.c.id > since_id)
+    if issue_key is not None:
+        honoured_here = or_(honoured_here, T.c.issue_key == issue_key)
     with engine.connect() as conn:
-        rows = conn.execute(select(T).where(T.c.released_at.is_(None), T.c.honoured_at.is_(None), or_(
+        rows = conn.execute(select(T).where(T.c.released_at.is_(None), T.c.reason != "signal", honoured_here, or_(
             T.c.day == day, and_(T.c.day.is_(None), T.c.id > since_id))).order_by(T.c.id)).all()
     return [_request(r) for r in rows]
 
 
 def honour(engine: Engine, ids: list[int], issue_key: str, sent: int, total: int) -> None:
-    """Record that the send of ``issue_key`` stopped for these requests, and how far it got."""
+    """Record that the send of ``issue_key`` stopped for these requests, and how far it got.
+    Every node of a shared send records it as it leaves; the count only grows, so the
+    last one to leave leaves the final figure whatever the order of their writes."""
     if not ids:
         return
+    more = case((T.c.sent.is_not(None) & (T.c.sent > sent) & (T.c.issue_key == issue_key), T.c.sent), else_=sent)
     with engine.begin() as conn:
         conn.execute(update(T).where(T.c.id.in_(ids)).values(honoured_at=clock.now(), issue_key=issue_key,
-                                                            sent=sent, total=total))
+                                                            sent=more, total=total))
 
 
 def record_signal(engine: Engine, day: date, by: str, issue_key: str, sent: int, total: int) -> StopRequest:
@@ -143,9 +156,11 @@ def open_requests(engine: Engine) -> list[StopRequest]:
 
 
 def blocks(engine: Engine, day: date) -> bool:
-    """Is an open request keeping the daemon from finishing ``day``'s stopped send?"""
+    """Is an open request keeping the daemon from finishing ``day``'s stopped send?  An
+    operator's ``stop`` or ``pause`` is; a signal's record is not: SIGTERM to a sender
+    is a shutdown (a restart, an upgrade), so the next daemon to wake finishes the day."""
     with engine.connect() as conn:
-        return conn.execute(select(T.c.id).where(T.c.released_at.is_(None),
+        return conn.execute(select(T.c.id).where(T.c.released_at.is_(None), T.c.reason != "signal",
                                                  or_(T.c.day == day, T.c.day.is_(None)))).first() is not None
 
 

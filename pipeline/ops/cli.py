@@ -213,13 +213,16 @@ def stop(obj, day: str | None, by: str | None, wait: float | None) -> None:
     pending = dict(requests)
     while pending and time.monotonic() < deadline:
         time.sleep(0.2)
+        running = sending_days(engine)
         for d, request in list(pending.items()):
             done = _honoured(engine, request.id)
+            if done is not None and done.issue_key in running.get(d, []):
+                continue  # one node stopped; the others of a shared send are still stopping
             if done is not None:
                 click.echo(f"{d.isoformat()}: issue {done.issue_key} {done.describe(tz)}; "
                            f"`newsletter send --date {d.isoformat()} --resume` finishes it")
                 del pending[d]
-            elif d not in sending_days(engine):
+            elif d not in running:
                 # it ended on its own first: nothing to stop, nothing to keep
                 stops.release(engine, d)
                 click.echo(f"{d.isoformat()}: the send had already ended; nothing was stopped")

@@ -323,11 +323,13 @@ def _hand_sends(engine: Engine, known: set[str], tz) -> tuple[list[RunInfo], lis
     records = [r for r in records if r.key not in known]
     live = ledger_states(engine, [r.key for r in records])
     stopped = {q.issue_key: q for q in stops.open_requests(engine) if q.honoured_at is not None and q.issue_key}
+    from pipeline.delivery import claims
+    nodes = claims.live_nodes(engine, [r.id for r in records])  # a shared send goes on after its first node
     infos, alerts = [], []
     for r in records:
         counts = live.get(r.key, {"total": 0})
-        held = bool(r.lease_owner and r.lease_expires_at and r.lease_expires_at > now
-                    and not holders.is_dead(r.lease_owner))
+        held = r.id in nodes or bool(r.lease_owner and r.lease_expires_at and r.lease_expires_at > now
+                                     and not holders.is_dead(r.lease_owner))
         finished = r.state == "sent" and not any(counts.get(s, 0)
                                                  for s in ("queued", "sending", "deferred", "uncertain"))
         state = "sent" if finished else "sending" if held else "stopped" if r.key in stopped else (

@@ -178,21 +178,26 @@ def resume(engine, *, actor: str, via: str = "cli", ip: str | None = None):
 
 
 def sending_days(engine) -> dict:
-    """Days with a send under way: an issue whose send lease is live, or a run ``running``
-    under a live send lease (composing, publishing)."""
+    """Days with a send under way: an issue whose send lease is live or that has a live
+    sender node (a shared send whose first node died goes on on the others), or a run
+    ``running`` under a live send lease (composing, publishing)."""
     from sqlalchemy import select
 
     from pipeline import clock, holders
-    from pipeline.delivery import leases, ledger
+    from pipeline.delivery import claims, leases, ledger
     from pipeline.scheduling import calendar
 
     now = clock.now()
     days: dict = {}
+    nodes = claims.live_nodes(engine)
     with engine.connect() as conn:
-        for row in conn.execute(select(ledger.ISSUES.c.date, ledger.ISSUES.c.key, ledger.ISSUES.c.lease_owner)
-                                .where(ledger.ISSUES.c.lease_owner.is_not(None),
-                                       ledger.ISSUES.c.lease_expires_at > now)).all():
-            if not holders.is_dead(row.lease_owner):
+        for row in conn.execute(select(ledger.ISSUES.c.id, ledger.ISSUES.c.date, ledger.ISSUES.c.key,
+                                       ledger.ISSUES.c.lease_owner, ledger.ISSUES.c.lease_expires_at)
+                                .where(ledger.ISSUES.c.lease_owner.is_not(None)
+                                       | ledger.ISSUES.c.id.in_(list(nodes)))).all():
+            leased = (row.lease_owner is not None and row.lease_expires_at is not None and row.lease_expires_at > now
+                      and not holders.is_dead(row.lease_owner))
+            if leased or row.id in nodes:
                 days.setdefault(row.date, []).append(row.key)
     if leases.lease_holder(engine, leases.SEND_LEASE) is not None:
         for run in calendar.recent_runs(engine, 10):

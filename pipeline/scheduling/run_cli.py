@@ -171,8 +171,9 @@ class Daemon:
                  self.settings.send_time, self.settings.timezone, self.settings.reconcile_seconds)
 
     def stop(self, why: str | None = None) -> None:
-        """Shut down: a send in progress stops at its next batch boundary (recorded
-        ``stopped``, finished later by ``newsletter resume``), then everything ends."""
+        """Shut down: a send in progress stops at its next batch boundary (on a shared send
+        with other live nodes this node just leaves it; else the day is recorded ``stopped``
+        and the next daemon to wake finishes it), then everything ends."""
         self._stopping.set()
         by = why or f"shutdown of newsletter run (pid {os.getpid()})"
         if self.sender.busy:
