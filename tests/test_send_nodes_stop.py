@@ -92,7 +92,8 @@ def test_which_stop_requests_a_send_obeys(days):
 def test_a_signal_to_one_node_leaves_its_rows_to_the_others_and_records_no_stop(days):
     """SIGTERM to one node of a shared send (docs/deploy.md, a rolling upgrade): that node
     leaves, nothing is recorded while another node is live, and only the last node's
-    signal is recorded; that record holds neither later sends nor the daemon."""
+    signal is recorded: like any stop it holds the daemon until `resume`, but it stops no
+    other send by itself."""
     engine = days.engine
     issue = ledger.record_issue(engine, _issue_of(days), "subject")
     a, b = "node-a.example:11:x:a", "node-b.example:12:x:b"
@@ -111,24 +112,28 @@ def test_a_signal_to_one_node_leaves_its_rows_to_the_others_and_records_no_stop(
         assert recorded is not None and recorded.reason == "signal" and (recorded.sent, recorded.total) == (5, 100)
     finally:
         stops.SIGNALLED.clear()
-    assert not stops.blocks(engine, DAY)
+    assert stops.blocks(engine, DAY)  # the last node's signal: the rest waits for an editor
     assert _guard(days, issue, "node-c.example:13:x:c").stop_reason() == ""
 
 
-def test_stopping_one_node_for_an_upgrade_does_not_hold_the_later_waves(days):
-    """docs/deploy.md, "Upgrading one node at a time": `systemctl stop` (SIGTERM) of the
-    daemon during a wave.  The day is recorded ``stopped``, but the signal is a
-    shutdown, not an operator's stop: the daemon back up (or another node) finishes
-    the wave and the later wave goes at its time (it used to wait for `resume`)."""
+def test_a_signal_to_the_only_sender_holds_the_rest_of_the_day_until_resume(days):
+    """SIGTERM of the only daemon during a wave (SQLite, one node).  The day is recorded
+    ``stopped`` and nothing more goes out, not even at the later wave's time or days
+    later, until an editor says `newsletter resume`; then the rest goes, each reader once.
+    (On a shared send a signal to one node leaves the rest to the live nodes:
+    test_a_signal_to_one_node_leaves_its_rows_to_the_others_and_records_no_stop.)"""
     stops.SIGNALLED.set("shutdown of newsletter run (pid 4242)")  # systemctl stop, as the wave begins
     try:
         days.wake_at(utc(2026, 3, 10, 7, 0))
     finally:
         stops.SIGNALLED.clear()
     assert days.run(DAY).state == "stopped"
-    days.wake_at(utc(2026, 3, 10, 7, 1))  # the upgraded node is back (or another node wakes)
-    days.wake_at(utc(2026, 3, 10, 11, 0))
-    days.wake_at(utc(2026, 3, 10, 11, 1))
+    for at in (utc(2026, 3, 10, 7, 1), utc(2026, 3, 10, 11, 0), utc(2026, 3, 10, 11, 1), utc(2026, 3, 12, 7, 30)):
+        days.wake_at(at)
+    assert arrivals(days) == {} or all(not t for t in arrivals(days).values()), arrivals(days)
+    assert days.run(DAY).state == "stopped"
+    assert days.cli("resume").exit_code == 0
+    days.wake_at(utc(2026, 3, 12, 7, 31))
     assert {a: len(t) for a, t in arrivals(days).items()} == {"london@example.com": 1, "tokyo@example.com": 1}
     assert days.run(DAY).state == "sent", days.run(DAY)
 

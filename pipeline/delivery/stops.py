@@ -156,11 +156,13 @@ def open_requests(engine: Engine) -> list[StopRequest]:
 
 
 def blocks(engine: Engine, day: date) -> bool:
-    """Is an open request keeping the daemon from finishing ``day``'s stopped send?  An
-    operator's ``stop`` or ``pause`` is; a signal's record is not: SIGTERM to a sender
-    is a shutdown (a restart, an upgrade), so the next daemon to wake finishes the day."""
+    """Is an open request keeping the daemon from finishing ``day``'s stopped send?  Any
+    open one is, a signal's record too: the last sender of a day that was signalled
+    (Ctrl-C of a hand send, SIGTERM of the only daemon) leaves the rest to an editor's
+    ``resume``, never to a daemon that may wake days later.  On a shared send a signal
+    to one node while others are live records nothing (``SendGuard.honour``)."""
     with engine.connect() as conn:
-        return conn.execute(select(T.c.id).where(T.c.released_at.is_(None), T.c.reason != "signal",
+        return conn.execute(select(T.c.id).where(T.c.released_at.is_(None),
                                                  or_(T.c.day == day, T.c.day.is_(None)))).first() is not None
 
 

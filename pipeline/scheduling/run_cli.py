@@ -22,9 +22,10 @@ calendar, the pause, the ``runs`` table), so each daemon rebuilds its plan from
 it every ``reconcile_seconds``.  Which daemon sends is settled by the send lease
 and the ``runs`` table, never by the scheduler.
 
-SIGTERM or SIGINT stops a running send the way ``newsletter stop`` does (at a
-batch boundary, with the replies in flight recorded: see ``pipeline.delivery.stops``),
-logs it, and exits 0; the day is recorded ``stopped`` for ``newsletter resume``.
+SIGTERM or SIGINT stops a running send the way ``newsletter stop`` does (no new
+message, the replies in flight recorded: see ``pipeline.delivery.stops``), logs it, and
+exits 0; the day is recorded ``stopped`` for ``newsletter resume`` (unless other live
+nodes share the send: then this node only leaves it).
 """
 from __future__ import annotations
 
@@ -171,13 +172,13 @@ class Daemon:
                  self.settings.send_time, self.settings.timezone, self.settings.reconcile_seconds)
 
     def stop(self, why: str | None = None) -> None:
-        """Shut down: a send in progress stops at its next batch boundary (on a shared send
-        with other live nodes this node just leaves it; else the day is recorded ``stopped``
-        and the next daemon to wake finishes it), then everything ends."""
+        """Shut down: a send in progress starts no new message and records the replies in
+        flight (on a shared send with other live nodes this node just leaves it; else the
+        day is recorded ``stopped`` until an editor resumes it), then everything ends."""
         self._stopping.set()
         by = why or f"shutdown of newsletter run (pid {os.getpid()})"
         if self.sender.busy:
-            log.warning("%s: stopping the send under way at the next batch boundary", by)
+            log.warning("%s: stopping the send under way (no new message; recording the replies in flight)", by)
         stops.SIGNALLED.set(by)
         with self._reconciling:
             pass

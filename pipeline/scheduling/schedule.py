@@ -186,7 +186,8 @@ def wake(engine: Engine, settings: Settings, content_dir: Path | str, holder: st
                 continue
             due, call = False, None
             if run is not None and run.state in ("waiting", "failed", "running") and run.issue_key is not None:
-                due = wave_sends.wave_due(engine, run.issue_key, run.started_at, now)
+                due = wave_sends.wave_due(engine, run.issue_key, run.started_at, now,
+                                         None if run.state == "waiting" else window)
                 call = wave_sends.last_open_wave(engine, run.issue_key, now)
             action = decide(slot, now, window, run, pause.covers(day), due, call)
             if action in ("wait", "done"):

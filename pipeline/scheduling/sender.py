@@ -53,7 +53,7 @@ class Sender:
                 self._busy.clear()
 
     def stop(self) -> None:
-        """Wait for the work under way (a send stops at its next batch boundary: the
+        """Wait for the work under way (a send starts no new message and records its replies in flight: the
         caller has set the stop flag) and end the thread."""
         self._done.set()
         self._poked.set()

@@ -104,15 +104,18 @@ def _issue_id(conn, key: str) -> int | None:
 OPEN = (ledger.QUEUED, ledger.DEFERRED, ledger.SENDING, ledger.UNCERTAIN)
 
 
-def wave_due(engine: Engine, key: str, since: datetime | None, now: datetime) -> bool:
+def wave_due(engine: Engine, key: str, since: datetime | None, now: datetime, window: timedelta | None) -> bool:
     """Has a wave of issue ``key`` been released after ``since`` (when the run's last attempt
     began: that attempt may have ended before the wave, or counted it unfinished as it came
-    in) with rows still queued?  Then the daemon sends it at once, whatever state the run
-    was left in and even past the day's grace window; the ledger skips whoever has it."""
+    in), within the last ``window`` when given (the grace window, counted from the wave's own
+    release: the rest of a run interrupted or failed days ago is not sent late; the daemon
+    passes None for a run ``waiting`` between waves, whose held wave goes when a pause is
+    lifted), with rows still queued?  Then the daemon sends it at once, whatever state the run was left in; the
+    ledger skips whoever has it."""
     with engine.connect() as conn:
         found = conn.execute(select(func.count()).select_from(D.join(I, I.c.id == D.c.issue_id))
                              .where(I.c.key == key, D.c.state == ledger.QUEUED, D.c.release_at.is_not(None),
-                                    D.c.release_at <= now,
+                                    D.c.release_at <= now, D.c.release_at >= now - window if window is not None else true(),
                                     D.c.release_at > since if since is not None else true())).scalar_one()
     return found > 0
 
