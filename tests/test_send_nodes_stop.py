@@ -7,37 +7,16 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
-from datetime import date
 
 import pytest
 
 from pipeline.delivery import claims, ledger, stops
 from pipeline.delivery.send_guard import SendGuard
-from pipeline.scheduling import calendar
 from test_schedule_days import Day, utc
 from test_waves_daemon import arrivals, place
+from test_waves_nodes import DAY, dead_holder, days  # noqa: F401  (days: the fixture)
 
-DAY = date(2026, 3, 10)
-
-
-def dead_holder() -> str:
-    """A holder name of a process on this host that has ended (as after kill -9)."""
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return f"{socket.gethostname()}:{proc.pid}:?:deadbeef"
-
-
-@pytest.fixture
-def days(content_dir, tmp_path, db_url):
-    from pipeline.clock import frozen_clock
-    with frozen_clock(utc(2026, 3, 10, 6, 59)) as clock:
-        day = Day(content_dir, tmp_path, db_url, clock)
-        place(day, "london@example.com", None, None)
-        place(day, "tokyo@example.com", "Asia/Tokyo", 20)  # 20:00 JST is 11:00Z, past the editors' grace
-        day.schedule("microneedling", DAY)
-        yield day
 
 
 def _issue_of(days):

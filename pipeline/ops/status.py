@@ -370,5 +370,5 @@ def senders(engine: Engine, issues: int = 3) -> tuple[SenderInfo, ...]:
                               .order_by(ledger.ISSUES.c.id.desc()).limit(issues)).all()
     keys = dict(newest)
     found = claims.shares(engine, list(keys))
-    return tuple(SenderInfo(keys[iid], n.node, n.host, n.pid, n.joined_at, n.live, n.ended, n.sent, n.holding)
+    return tuple(SenderInfo(keys[iid], **asdict(n))
                  for iid, _ in newest for n in found.get(iid, []))
