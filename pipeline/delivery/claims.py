@@ -108,13 +108,16 @@ def renew(engine: Engine, issue_id: int, node: str, seconds: float) -> bool:
                             .values(expires_at=clock.now() + timedelta(seconds=float(seconds)))).rowcount == 1
 
 
+def fence_node_statement(issue_id: int, node: str):
+    """A node's fence: a no-op update of its ``send_nodes`` row, matching only while it is live."""
+    return (update(NODES).where(NODES.c.issue_id == issue_id, NODES.c.node == node, NODES.c.left_at.is_(None))
+            .values(node=NODES.c.node))
+
+
 def fence_node(conn, issue_id: int, node: str) -> None:
     """Inside a write transaction, first: ``LeaseLost`` unless the node is still live
     (and no ``reap`` of it can commit until this transaction ends)."""
-    held = conn.execute(update(NODES).where(NODES.c.issue_id == issue_id, NODES.c.node == node,
-                                            NODES.c.left_at.is_(None))
-                        .values(node=NODES.c.node)).rowcount
-    if held != 1:
+    if conn.execute(fence_node_statement(issue_id, node)).rowcount != 1:
         raise LeaseLost(NODE_LOST)
 
 
@@ -260,6 +263,13 @@ class SharedLedgerRun(ledger.LedgerRun):
 
     def _fence(self, conn) -> None:
         fence_node(conn, self.issue_id, self.owner)
+
+    def _fast_statements(self) -> tuple:
+        d = self._d
+        hand = (update(d).where(d.c.id == bindparam("id"), d.c.claimed_by == self.owner,
+                                or_(d.c.state == QUEUED, d.c.state == DEFERRED))
+                .values(state=SENDING, updated_at=bindparam("now")))
+        return fence_node_statement(self.issue_id, self.owner), self._outcome, hand, NODE_LOST
 
     def claim_batch(self, phase: str, limit: int, max_attempts: int) -> tuple[list[Pending], int]:
         """Claim up to ``limit`` due rows of ``phase`` (queued, or deferred and due) in one

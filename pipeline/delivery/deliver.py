@@ -140,7 +140,10 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
                 (ProgressBar(pending, issue_key) if progress and pending else nullcontext()) as bar:
             run = SendRun(engine, settings, issue, template, signer, owner, max_attempts, summary, bar, guard,
                           notice=notice, max_wait=max_wait, shared=shared)
-            run_coroutine(drive(run))
+            try:
+                run_coroutine(drive(run))
+            finally:
+                run.ledger.close()
         summary.error = run.stop
         summary.pool = run.pool.describe(max(1, int(settings.smtp_connections)))
         after = ledger.state_counts(engine, issue.id)

@@ -199,13 +199,20 @@ def _owner_is_dead(owner: str) -> bool:
     return holders.is_dead(owner)
 
 
+LEASE_TAKEN = "the send lease expired and another process took the issue over"
+
+
+def fence_statement(issue_id: int, owner: str):
+    """The fence: a no-op update of the issue row, matching only while ``owner`` holds its lease."""
+    return (update(ISSUES).where(ISSUES.c.id == issue_id, ISSUES.c.lease_owner == owner)
+            .values(lease_owner=ISSUES.c.lease_owner))
+
+
 def fence(conn, issue_id: int, owner: str) -> None:
     """Inside a write transaction, before its writes: raise ``LeaseLost`` unless ``owner``
     still holds the issue's lease (and keep a takeover out until the transaction ends)."""
-    held = conn.execute(update(ISSUES).where(ISSUES.c.id == issue_id, ISSUES.c.lease_owner == owner)
-                        .values(lease_owner=ISSUES.c.lease_owner)).rowcount
-    if held != 1:
-        raise LeaseLost("the send lease expired and another process took the issue over")
+    if conn.execute(fence_statement(issue_id, owner)).rowcount != 1:
+        raise LeaseLost(LEASE_TAKEN)
 
 
 def acquire_lease(engine: Engine, issue_id: int, seconds: float = LEASE_SECONDS, owner: str | None = None) -> str:
@@ -413,6 +420,7 @@ class LedgerRun:
         self.fenced = fenced  # False only in tests of the row-level rules without a lease
         self.lease_seconds = float(lease_seconds)
         self._renewed = clock.monotonic()
+        self._fast = None  # the FastWriter of ``write``, made on first use
         sub, sup, d = Subscriber.__table__, Suppression.__table__, DELIVERIES
         eligible = and_(sub.c.status == "confirmed", ~exists().where(sup.c.email_hash == sub.c.email_hash))
         base = (select(d.c.id, d.c.subscriber_id, d.c.email, sub.c.name, d.c.attempts,
@@ -444,6 +452,19 @@ class LedgerRun:
 
     def _fence(self, conn) -> None:
         fence(conn, self.issue_id, self.owner)
+
+    def _fast_statements(self) -> tuple:
+        """(fence, outcome, mark one row sending, the LeaseLost words) for ``FastWriter``."""
+        d = DELIVERIES
+        hand = (update(d).where(d.c.id == bindparam("id"), or_(d.c.state == QUEUED, d.c.state == DEFERRED))
+                .values(state=SENDING, updated_at=bindparam("now")))
+        fence_ = fence_statement(self.issue_id, self.owner) if self.fenced else None
+        return fence_, self._outcome, hand, LEASE_TAKEN
+
+    def close(self) -> None:
+        """Give back the driver connection of the fast writes (the run is over)."""
+        if self._fast is not None:
+            self._fast.close()
 
     def page(self, phase: str, after: int, limit: int, max_attempts: int) -> list[Pending]:
         query = self._queued if phase == QUEUED else self._deferred
@@ -505,6 +526,11 @@ class LedgerRun:
         now = clock.now()
         for row in rows:
             row["now"] = now
+        if not bounced:  # the ledger alone: straight on the driver (pipeline/delivery/fast_write.py)
+            if self._fast is None:
+                from pipeline.delivery.fast_write import FastWriter
+                self._fast = FastWriter(self.engine, *self._fast_statements())
+            return self._fast.write(rows, hand, now)
         marked: set[int] = set()
         with self.engine.begin() as conn:
             if self.fenced:
