@@ -118,7 +118,7 @@ def child(args) -> None:
     elapsed = time.perf_counter() - started
     if args.profile:
         profiler.disable()
-        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats(os.environ.get("PROF_SORT", "tottime")).print_stats(int(os.environ.get("PROF_N", "25")))
     import gc
     gc.collect()  # the signer goes, and with it its worker processes (joined, so wait4 counts their CPU)
     import resource

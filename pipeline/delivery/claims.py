@@ -264,12 +264,15 @@ class SharedLedgerRun(ledger.LedgerRun):
     def _fence(self, conn) -> None:
         fence_node(conn, self.issue_id, self.owner)
 
-    def _fast_statements(self) -> tuple:
+    def _fast_statements(self) -> dict:
         d = self._d
-        hand = (update(d).where(d.c.id == bindparam("id"), d.c.claimed_by == self.owner,
-                                or_(d.c.state == QUEUED, d.c.state == DEFERRED))
-                .values(state=SENDING, updated_at=bindparam("now")))
-        return fence_node_statement(self.issue_id, self.owner), self._outcome, hand, NODE_LOST
+        return super()._fast_statements() | {
+            "fence": fence_node_statement(self.issue_id, self.owner),
+            "hand": update(d).where(d.c.id == bindparam("id"), d.c.claimed_by == self.owner,
+                                    or_(d.c.state == QUEUED, d.c.state == DEFERRED))
+                             .values(state=SENDING, updated_at=bindparam("now")),
+            "lost": NODE_LOST,
+        }
 
     def claim_batch(self, phase: str, limit: int, max_attempts: int) -> tuple[list[Pending], int]:
         """Claim up to ``limit`` due rows of ``phase`` (queued, or deferred and due) in one

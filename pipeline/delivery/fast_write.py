@@ -49,17 +49,24 @@ class Prepared:
 
 
 class FastWriter:
-    """The fence, the outcomes (many rows, one statement) and the rows marked
-    ``sending`` (one statement each, so each one's row count says whether it was still
-    open), in one transaction on a driver connection kept for the run."""
+    """The transactions a send run repeats per message and per batch, on a driver
+    connection kept for the run (``statements``: see ``LedgerRun._fast_statements``).
 
-    def __init__(self, engine: Engine, fence, outcome, hand, lost: str):
+    ``write``: the fence, the outcomes (many rows, one statement) and the rows marked
+    ``sending`` (one statement each, so each one's row count says whether it was still
+    open).  ``claim``: the fence and one read of a batch's rows (still eligible, still
+    open), and the rows no longer eligible marked skipped."""
+
+    def __init__(self, engine: Engine, statements: dict):
         dialect = engine.dialect
         self.engine = engine
-        self.fence = Prepared(fence, dialect) if fence is not None else None
-        self.outcome = Prepared(outcome, dialect)
-        self.hand = Prepared(hand, dialect)
-        self.lost = lost
+        self.fence = Prepared(statements["fence"], dialect) if statements["fence"] is not None else None
+        self.outcome = Prepared(statements["outcome"], dialect)
+        self.hand = Prepared(statements["hand"], dialect)
+        self.skip = Prepared(statements["skip"], dialect)
+        self._check = statements["check"]
+        self._checks: dict[int, Prepared] = {}  # by batch size
+        self.lost = statements["lost"]
         self._raw = None
 
     def _connection(self):
@@ -68,32 +75,62 @@ class FastWriter:
         return self._raw
 
     def write(self, rows: list[dict], hand, now) -> set[int]:
+        marked: set[int] = set()
+
+        def work(run) -> None:
+            if rows:
+                run(self.outcome, [self.outcome.params(row) for row in rows], many=True)
+            for row_id in hand:
+                if run(self.hand, self.hand.params({"id": row_id, "now": now})).rowcount == 1:
+                    marked.add(row_id)
+
+        self._transaction(work)
+        return marked
+
+    def claim(self, ids: list[int], skipped: list[int], now) -> tuple[list[int], list[int]]:
+        found: dict[int, tuple[int, int]] = {}
+        skipped = list(skipped)
+
+        def work(run) -> None:
+            if ids:
+                check = self._checks.get(len(ids))
+                if check is None:
+                    check = self._checks[len(ids)] = Prepared(self._check(len(ids)), self.engine.dialect)
+                cursor = run(check, check.params({f"id{k}": i for k, i in enumerate(ids)}))
+                found.update((row[0], (row[1], row[2])) for row in cursor.fetchall())
+                skipped.extend(i for i in ids if not found.get(i, (0, 0))[0])
+            if skipped:
+                run(self.skip, [self.skip.params({"id": i, "now": now}) for i in skipped], many=True)
+
+        self._transaction(work)
+        return [i for i in ids if found.get(i) == (1, 1)], skipped
+
+    def _transaction(self, work) -> None:
+        """``work(run)`` inside one fenced transaction, committed; ``run(prepared, params,
+        many=False)`` executes a statement and returns the cursor."""
         raw = self._connection()
         cursor = raw.cursor()
-        marked: set[int] = set()
-        statement, params = "", None
+        current: list = ["", None]
+
+        def run(prepared: Prepared, params, many: bool = False):
+            current[:] = [prepared.sql, params]
+            if many:
+                cursor.executemany(prepared.sql, params)
+            else:
+                cursor.execute(prepared.sql, params)
+            return cursor
+
         try:
-            if self.fence is not None:
-                statement, params = self.fence.sql, self.fence.params({})
-                cursor.execute(statement, params)
-                if cursor.rowcount != 1:
-                    raise LeaseLost(self.lost)
-            if rows:
-                prepared = self.outcome
-                statement, params = prepared.sql, [prepared.params(row) for row in rows]
-                cursor.executemany(statement, params)
-            for row_id in hand:
-                statement, params = self.hand.sql, self.hand.params({"id": row_id, "now": now})
-                cursor.execute(statement, params)
-                if cursor.rowcount == 1:
-                    marked.add(row_id)
+            if self.fence is not None and run(self.fence, self.fence.params({})).rowcount != 1:
+                raise LeaseLost(self.lost)
+            work(run)
             raw.commit()
         except LeaseLost:
             raw.rollback()
             raise
         except self.engine.dialect.loaded_dbapi.Error as exc:
             self.close(broken=True)
-            raise DBAPIError.instance(statement, params, exc, self.engine.dialect.loaded_dbapi.Error,
+            raise DBAPIError.instance(current[0], current[1], exc, self.engine.dialect.loaded_dbapi.Error,
                                       dialect=self.engine.dialect) from exc
         except BaseException:
             self.close(broken=True)
@@ -103,7 +140,6 @@ class FastWriter:
                 cursor.close()
             except Exception:  # the connection is already gone
                 pass
-        return marked
 
     def close(self, broken: bool = False) -> None:
         raw, self._raw = self._raw, None

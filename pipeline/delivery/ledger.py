@@ -199,6 +199,7 @@ def _owner_is_dead(owner: str) -> bool:
     return holders.is_dead(owner)
 
 
+SKIP_REPLY = "no longer confirmed, or suppressed, at send time"
 LEASE_TAKEN = "the send lease expired and another process took the issue over"
 
 
@@ -423,6 +424,7 @@ class LedgerRun:
         self._fast = None  # the FastWriter of ``write``, made on first use
         sub, sup, d = Subscriber.__table__, Suppression.__table__, DELIVERIES
         eligible = and_(sub.c.status == "confirmed", ~exists().where(sup.c.email_hash == sub.c.email_hash))
+        self._eligible, self._sub = eligible, sub
         base = (select(d.c.id, d.c.subscriber_id, d.c.email, sub.c.name, d.c.attempts,
                        case((eligible, 1), else_=0).label("eligible"))
                 .select_from(d.outerjoin(sub, sub.c.id == d.c.subscriber_id))
@@ -434,16 +436,9 @@ class LedgerRun:
         self._next_due = (select(func.min(d.c.next_attempt_at), func.count())
                           .where(d.c.issue_id == issue_id, d.c.state == DEFERRED,
                                  d.c.attempts < bindparam("max_attempts")))
-        self._open = select(d.c.id).where(d.c.id.in_(bindparam("ids", expanding=True)),
-                                          d.c.state.in_((QUEUED, DEFERRED)))
         self._hand = (update(d).where(d.c.id.in_(bindparam("ids", expanding=True)),
                                       d.c.state.in_((QUEUED, DEFERRED)))
                       .values(state=SENDING, updated_at=bindparam("now")).returning(d.c.id))
-        self._still_eligible = (select(d.c.id).select_from(d.join(sub, sub.c.id == d.c.subscriber_id))
-                                .where(d.c.id.in_(bindparam("ids", expanding=True)), eligible))
-        self._skip = (update(d).where(d.c.id.in_(bindparam("ids", expanding=True)))
-                      .values(state=SKIPPED, updated_at=bindparam("now"),
-                              last_reply="no longer confirmed, or suppressed, at send time"))
         self._outcome = (update(d).where(d.c.id == bindparam("row"))
                          .values(state=bindparam("new_state"), attempts=d.c.attempts + bindparam("tried"),
                                  uncertain=d.c.uncertain + bindparam("doubt"),
@@ -453,13 +448,29 @@ class LedgerRun:
     def _fence(self, conn) -> None:
         fence(conn, self.issue_id, self.owner)
 
-    def _fast_statements(self) -> tuple:
-        """(fence, outcome, mark one row sending, the LeaseLost words) for ``FastWriter``."""
-        d = DELIVERIES
-        hand = (update(d).where(d.c.id == bindparam("id"), or_(d.c.state == QUEUED, d.c.state == DEFERRED))
-                .values(state=SENDING, updated_at=bindparam("now")))
-        fence_ = fence_statement(self.issue_id, self.owner) if self.fenced else None
-        return fence_, self._outcome, hand, LEASE_TAKEN
+    def _fast_statements(self) -> dict:
+        """The statements of ``FastWriter`` (pipeline/delivery/fast_write.py): the fence,
+        an outcome, one row marked sending, a claim's check of ``n`` rows (still
+        eligible, still open) and one row skipped; and the words of ``LeaseLost``."""
+        d, sub = DELIVERIES, self._sub
+        open_ = or_(d.c.state == QUEUED, d.c.state == DEFERRED)
+        return {
+            "fence": fence_statement(self.issue_id, self.owner) if self.fenced else None,
+            "outcome": self._outcome,
+            "hand": update(d).where(d.c.id == bindparam("id"), open_).values(state=SENDING, updated_at=bindparam("now")),
+            "check": lambda n: (select(d.c.id, case((self._eligible, 1), else_=0), case((open_, 1), else_=0))
+                                .select_from(d.outerjoin(sub, sub.c.id == d.c.subscriber_id))
+                                .where(d.c.id.in_([bindparam(f"id{k}") for k in range(n)]))),
+            "skip": update(d).where(d.c.id == bindparam("id")).values(state=SKIPPED, updated_at=bindparam("now"),
+                                                                     last_reply=SKIP_REPLY),
+            "lost": LEASE_TAKEN,
+        }
+
+    def _writer(self):
+        if self._fast is None:
+            from pipeline.delivery.fast_write import FastWriter
+            self._fast = FastWriter(self.engine, self._fast_statements())
+        return self._fast
 
     def close(self) -> None:
         """Give back the driver connection of the fast writes (the run is over)."""
@@ -499,20 +510,7 @@ class LedgerRun:
         was suppressed) since the page was read is marked skipped, not mailed; a row
         another run moved since is not ours.  Nothing is marked ``sending`` here:
         ``write`` does that per message, right before its content goes out."""
-        now = clock.now()
-        open_: set[int] = set()
-        with self.engine.begin() as conn:
-            if self.fenced:
-                self._fence(conn)
-            if ids:
-                still = set(conn.execute(self._still_eligible, {"ids": ids}).scalars())
-                skipped = skipped + [i for i in ids if i not in still]
-                ids = [i for i in ids if i in still]
-            if ids:
-                open_ = set(conn.execute(self._open, {"ids": ids}).scalars())
-            if skipped:
-                conn.execute(self._skip, {"ids": skipped, "now": now})
-        return [i for i in ids if i in open_], skipped
+        return self._writer().claim(ids, skipped, clock.now())
 
     def write(self, rows: list[dict], hand: list[int] = (), bounced: list = (), settings=None) -> set[int]:
         """One fenced transaction: the outcomes ``rows`` (dicts with row, new_state, tried,
@@ -527,10 +525,7 @@ class LedgerRun:
         for row in rows:
             row["now"] = now
         if not bounced:  # the ledger alone: straight on the driver (pipeline/delivery/fast_write.py)
-            if self._fast is None:
-                from pipeline.delivery.fast_write import FastWriter
-                self._fast = FastWriter(self.engine, *self._fast_statements())
-            return self._fast.write(rows, hand, now)
+            return self._writer().write(rows, hand, now)
         marked: set[int] = set()
         with self.engine.begin() as conn:
             if self.fenced:
