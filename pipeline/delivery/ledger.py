@@ -72,7 +72,6 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("issue_id", "subscriber_id", name="uq_deliveries_issue_subscriber"),
-        Index("ix_deliveries_issue_state", "issue_id", "state"),
         Index("ix_deliveries_issue_release", "issue_id", "release_at"),
         Index("ix_deliveries_issue_state_id", "issue_id", "state", "id"),
         Index("ix_deliveries_claimed_by", "claimed_by"),

@@ -5,8 +5,8 @@
 writes them: each connection hands it the outcomes that ended since its last
 message, together with the row whose content is about to go to the relay (marked
 ``sending`` in the same transaction), and every connection ready at the same
-moment shares one transaction (a group commit), so per-message recording costs
-about one transaction per event-loop turn, not one per message.
+moment shares one transaction (a group commit: ``Recorder``), so per-message
+recording costs one transaction per group of connections, not one per message.
 
 The ledger states of an outcome:
 
@@ -94,12 +94,27 @@ def updates_for(triples, *, base_delay: float, policy: str, stopping: bool) -> t
     return updates, abort
 
 
-class Recorder:
-    """Group commit of the ledger writes of every connection (see the module docstring)."""
+HOPS = 3  # event-loop turns a group commit waits for more connections (replies already read join it)
 
-    def __init__(self, ledger_run: ledger.LedgerRun, settings):
+
+class Recorder:
+    """Group commit of the ledger writes of every connection (see the module docstring).
+
+    A connection that hands over a message waits until its write is committed.  The
+    write goes as soon as every connection expected (``expected()``: those in the
+    middle of a batch) has joined, else after ``HOPS`` turns of the event loop: time
+    enough for the replies already read to join, never a wait on the network (the loop
+    does not block while a turn is pending).  The bound on uncertain rows is unchanged:
+    a row is marked ``sending``, and its connection's previous outcome recorded, before
+    its content goes out."""
+
+    def __init__(self, ledger_run: ledger.LedgerRun, settings, expected=lambda: 0):
         self.ledger_run, self.settings = ledger_run, settings
+        self.expected = expected
         self._queue: list[tuple[list[dict], list[int], list, asyncio.Future]] = []
+        self._pending = False  # a flush is on its way through the loop's turns
+        self._full = False  # everyone expected has joined: flush at the next turn
+        self.commits = 0  # transactions written
 
     async def commit(self, updates: list[dict], hand: list[int] = (), bounced: list = ()) -> set[int]:
         """Write ``updates``, the ``bounced`` subscribers' suppression, and mark ``hand``
@@ -108,12 +123,25 @@ class Recorder:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._queue.append((updates, list(hand), list(bounced), future))
-        if len(self._queue) == 1:
-            loop.call_soon(self._flush)
+        if len(self._queue) >= self.expected():
+            self._full = True
+        if not self._pending:
+            self._pending = True
+            loop.call_soon(self._turn, HOPS)
         return await future
+
+    def _turn(self, hops: int) -> None:
+        if hops > 1 and not self._full:
+            asyncio.get_running_loop().call_soon(self._turn, hops - 1)
+            return
+        self._pending = self._full = False
+        self._flush()
 
     def _flush(self) -> None:
         queue, self._queue = self._queue, []
+        if not queue:
+            return
+        self.commits += 1
         rows = [{k: v for k, v in u.items() if k != "_pending"} for q in queue for u in q[0]]
         hand = [i for q in queue for i in q[1]]
         bounced = [b for q in queue for b in q[2]]

@@ -104,7 +104,8 @@ class SendRun:
         self.retry_delay = float(settings.smtp_retry_delay)
         self.message_id = MessageIds(settings, issue)
         self.policy = settings.uncertain_policy
-        self.recorder = Recorder(self.ledger, settings)
+        self.batches_now = 0  # connections in the middle of a batch (each will hand over its next message soon)
+        self.recorder = Recorder(self.ledger, settings, expected=lambda: self.batches_now)
         self.pool = Pool(self)
         self.waiting = RetryWait(self, max_wait)
 
@@ -338,8 +339,13 @@ class SendRun:
             if not await self.commit([(rows[i], o, ids[i]) for i, o in finished], hand=rows[index]):
                 raise Halt(self.stop or "the row is no longer due")
 
-        outcomes = (await conn.send_batch(self.sender, messages, before_each, dot_safe=True, handover=handover)
-                    if messages else [])
+        outcomes = []
+        if messages:
+            self.batches_now += 1
+            try:
+                outcomes = await conn.send_batch(self.sender, messages, before_each, dot_safe=True, handover=handover)
+            finally:
+                self.batches_now -= 1
         rest = [(rows[i], o, ids[i]) for i, o in enumerate(outcomes) if i not in recorded]
         await self.commit(rest + refused)
 
