@@ -268,9 +268,10 @@ class SharedLedgerRun(ledger.LedgerRun):
         d = self._d
         return super()._fast_statements() | {
             "fence": fence_node_statement(self.issue_id, self.owner),
-            "hand": update(d).where(d.c.id == bindparam("id"), d.c.claimed_by == self.owner,
-                                    or_(d.c.state == QUEUED, d.c.state == DEFERRED))
-                             .values(state=SENDING, updated_at=bindparam("now")),
+            "hand": lambda n: (update(d).where(d.c.id.in_([bindparam(f"id{k}") for k in range(n)]),
+                                               d.c.claimed_by == self.owner,
+                                               or_(d.c.state == QUEUED, d.c.state == DEFERRED))
+                               .values(state=SENDING, updated_at=bindparam("now")).returning(d.c.id)),
             "lost": NODE_LOST,
         }
 

@@ -53,8 +53,7 @@ class FastWriter:
     connection kept for the run (``statements``: see ``LedgerRun._fast_statements``).
 
     ``write``: the fence, the outcomes (many rows, one statement) and the rows marked
-    ``sending`` (one statement each, so each one's row count says whether it was still
-    open).  ``claim``: the fence and one read of a batch's rows (still eligible, still
+    ``sending`` (one statement, whose RETURNING names the rows that were still open).  ``claim``: the fence and one read of a batch's rows (still eligible, still
     open), and the rows no longer eligible marked skipped."""
 
     def __init__(self, engine: Engine, statements: dict):
@@ -62,10 +61,9 @@ class FastWriter:
         self.engine = engine
         self.fence = Prepared(statements["fence"], dialect) if statements["fence"] is not None else None
         self.outcome = Prepared(statements["outcome"], dialect)
-        self.hand = Prepared(statements["hand"], dialect)
         self.skip = Prepared(statements["skip"], dialect)
-        self._check = statements["check"]
-        self._checks: dict[int, Prepared] = {}  # by batch size
+        self._sized = {"hand": statements["hand"], "check": statements["check"]}
+        self._prepared: dict[tuple[str, int], Prepared] = {}  # (statement, number of rows)
         self.lost = statements["lost"]
         self._raw = None
 
@@ -74,15 +72,23 @@ class FastWriter:
             self._raw = self.engine.raw_connection()
         return self._raw
 
+    def _for(self, name: str, ids: list[int], values: dict | None = None) -> tuple["Prepared", object]:
+        """The statement ``name`` for ``len(ids)`` rows (prepared once per size) and its parameters."""
+        key = (name, len(ids))
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = self._prepared[key] = Prepared(self._sized[name](len(ids)), self.engine.dialect)
+        return prepared, prepared.params({f"id{k}": i for k, i in enumerate(ids)} | (values or {}))
+
     def write(self, rows: list[dict], hand, now) -> set[int]:
         marked: set[int] = set()
+        hand = list(hand)
 
         def work(run) -> None:
             if rows:
                 run(self.outcome, [self.outcome.params(row) for row in rows], many=True)
-            for row_id in hand:
-                if run(self.hand, self.hand.params({"id": row_id, "now": now})).rowcount == 1:
-                    marked.add(row_id)
+            if hand:
+                marked.update(row[0] for row in run(*self._for("hand", hand, {"now": now})).fetchall())
 
         self._transaction(work)
         return marked
@@ -93,10 +99,7 @@ class FastWriter:
 
         def work(run) -> None:
             if ids:
-                check = self._checks.get(len(ids))
-                if check is None:
-                    check = self._checks[len(ids)] = Prepared(self._check(len(ids)), self.engine.dialect)
-                cursor = run(check, check.params({f"id{k}": i for k, i in enumerate(ids)}))
+                cursor = run(*self._for("check", ids))
                 found.update((row[0], (row[1], row[2])) for row in cursor.fetchall())
                 skipped.extend(i for i in ids if not found.get(i, (0, 0))[0])
             if skipped:

@@ -449,14 +449,16 @@ class LedgerRun:
 
     def _fast_statements(self) -> dict:
         """The statements of ``FastWriter`` (pipeline/delivery/fast_write.py): the fence,
-        an outcome, one row marked sending, a claim's check of ``n`` rows (still
-        eligible, still open) and one row skipped; and the words of ``LeaseLost``."""
+        an outcome, ``n`` rows marked sending (those still open: RETURNING says which),
+        a claim's check of ``n`` rows (still eligible, still open) and one row skipped;
+        and the words of ``LeaseLost``."""
         d, sub = DELIVERIES, self._sub
         open_ = or_(d.c.state == QUEUED, d.c.state == DEFERRED)
         return {
             "fence": fence_statement(self.issue_id, self.owner) if self.fenced else None,
             "outcome": self._outcome,
-            "hand": update(d).where(d.c.id == bindparam("id"), open_).values(state=SENDING, updated_at=bindparam("now")),
+            "hand": lambda n: (update(d).where(d.c.id.in_([bindparam(f"id{k}") for k in range(n)]), open_)
+                               .values(state=SENDING, updated_at=bindparam("now")).returning(d.c.id)),
             "check": lambda n: (select(d.c.id, case((self._eligible, 1), else_=0), case((open_, 1), else_=0))
                                 .select_from(d.outerjoin(sub, sub.c.id == d.c.subscriber_id))
                                 .where(d.c.id.in_([bindparam(f"id{k}") for k in range(n)]))),
