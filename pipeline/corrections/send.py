@@ -5,7 +5,7 @@
 hands it to ``pipeline.delivery.deliver.send_issue``, unchanged: the same lease,
 batches, fencing, stop requests, ``uncertain_policy`` and summary.  So a second run
 sends nobody anything, ``--resume`` finishes an interrupted one, and a SIGKILL can
-duplicate at most the rows in flight (``delivery_batch_size`` x ``smtp_connections``),
+duplicate at most the rows in flight (one per connection: ``smtp_connections``),
 marked uncertain, as for issues.
 """
 from __future__ import annotations

@@ -5,9 +5,9 @@ The ledger (``pipeline/delivery/ledger.py``) sits between building and sending:
 1. The issue is recorded in ``issues`` and its recipients are written to
    ``deliveries`` in one INSERT ... SELECT (confirmed subscribers of the
    frequency and topic, never a suppressed address), before any message goes out.
-2. Rows are sent in batches of ``delivery_batch_size`` per connection.  A batch is
-   marked ``sending`` in one transaction BEFORE its SMTP transactions, and its
-   outcomes are written in one transaction after them:
+2. Each connection takes ``delivery_batch_size`` rows at a time, checked still due
+   and still eligible in one transaction (nothing is marked yet).  Each row then
+   goes through these states:
 
        queued -> sending -> sent
                          -> deferred  4xx, timeout, dropped connection: retried with
