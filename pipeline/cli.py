@@ -105,6 +105,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except Exception as exc:  # the database went away, or the like: one line, never a traceback
+        from sqlalchemy.exc import DBAPIError
+        if not isinstance(exc, DBAPIError):
+            raise
+        first = (str(exc.orig or "").strip().splitlines() or [""])[0]
+        click.echo(f"error: the database failed ({type(exc.orig).__name__}: {first}); "
+                   "run the command again once it is back (a send resumes from its ledger)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

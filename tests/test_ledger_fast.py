@@ -137,3 +137,142 @@ def test_a_group_does_not_wait_for_a_connection_whose_reply_is_late(db_url, s):
     assert recorder.commits == 2
     assert seen <= HOPS + 2  # a few turns, not the other seven connections
     run.close()
+
+
+def test_sqlite_stores_the_same_text_as_core_on_a_whole_second(db_url, s, monkeypatch):
+    """Review: the driver path passed datetimes to sqlite3 without SQLite's own format, so a
+    whole second was stored as '07:00:00', not Core's '07:00:00.000000' (text comparisons
+    of two equal instants then disagree)."""
+    from sqlalchemy import text
+    from pipeline import clock
+
+    engine = open_database(db_url)
+    iid, owner = sending_issue(engine, s, 2)
+    run = ledger.LedgerRun(engine, iid, owner)
+    ids = sorted(rows(engine, iid))
+    at = datetime(2026, 3, 2, 7, 0, 0, tzinfo=timezone.utc)
+    monkeypatch.setattr(clock, "now", lambda: at)
+    run.write([outcome(ids[0], ledger.DEFERRED, retry_at=at)], hand=[])  # driver path
+    run.write([outcome(ids[1], ledger.DEFERRED, retry_at=at)], hand=[], bounced=[-1], settings=s)  # Core
+    run.close()
+    with engine.connect() as conn:
+        raw = {r[0]: (r[1], r[2]) for r in conn.execute(text(
+            "SELECT id, updated_at, next_attempt_at FROM deliveries WHERE id IN (:a, :b)"), {"a": ids[0], "b": ids[1]})}
+    assert raw[ids[0]] == raw[ids[1]] == ("2026-03-02 07:00:00.000000", "2026-03-02 07:00:00.000000")
+
+
+def test_a_missing_value_is_refused_not_written_as_null(db_url, s):
+    engine = open_database(db_url)
+    iid, owner = sending_issue(engine, s, 1)
+    run = ledger.LedgerRun(engine, iid, owner)
+    (only,) = sorted(rows(engine, iid))
+    incomplete = outcome(only, ledger.DEFERRED)
+    del incomplete["retry_at"]
+    with pytest.raises(KeyError, match="retry_at"):
+        run.write([incomplete], hand=[])
+    assert rows(engine, iid)[only].state == ledger.QUEUED
+    run.close()
+
+
+def terminate_backends(url) -> None:
+    """Every other connection to the test database, cut by the server (a restart, a failover)."""
+    import psycopg
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname="postgres", autocommit=True) as c:
+        c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                  (url.database,))
+
+
+def test_a_connection_the_server_dropped_between_writes_is_replaced(postgres_database, s):
+    """Review: Core's checkout pings (pool_pre_ping) and reconnects; the connection held for
+    the send was used unchecked, so the next write failed after a restart or an idle timeout."""
+    engine = open_database(postgres_database)
+    iid, owner = sending_issue(engine, s, 3)
+    run = ledger.LedgerRun(engine, iid, owner)
+    ids = sorted(rows(engine, iid))
+    assert run.claim(ids, []) == (ids, [])
+    assert run.write([], hand=ids[:1]) == {ids[0]}
+    terminate_backends(engine.url)
+    assert run.write([outcome(ids[0], ledger.SENT)], hand=ids[1:2]) == {ids[1]}
+    terminate_backends(engine.url)
+    assert run.claim(ids[2:], []) == (ids[2:], [])
+    states = {i: r.state for i, r in rows(engine, iid).items()}
+    assert states == {ids[0]: ledger.SENT, ids[1]: ledger.SENDING, ids[2]: ledger.QUEUED}
+    run.close()
+
+
+def test_a_database_restart_mid_send_neither_fails_the_send_nor_mails_anyone_twice(postgres_database, settings):
+    """Review: PostgreSQL restarts while the relay holds the first message, and the relay says
+    250.  The send goes on, and each subscriber is mailed exactly once."""
+    from aiosmtpd.controller import Controller
+    from conftest import free_port
+    from pipeline.delivery.deliver import send_issue
+
+    s = settings.replace(secret_key="fast-ledger-secret")
+    engine = open_database(postgres_database)
+    add_subscribers(engine, s, 3)
+    received: list[str] = []
+
+    class Relay:
+        async def handle_DATA(self, _server, _session, envelope):
+            if not received:
+                await asyncio.to_thread(terminate_backends, engine.url)
+            received.append(envelope.rcpt_tos[0])
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(Relay(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        smtp = s.replace(transport="smtp", smtp_host="127.0.0.1", smtp_port=port, smtp_timeout=5.0,
+                         smtp_retry_delay=0.05, smtp_connections=1, delivery_batch_size=4)
+        summary = send_issue(engine, smtp, small_rendered(), progress=False)
+    finally:
+        controller.stop()
+    assert (summary.state, summary.sent, summary.error) == ("sent", 3, "")
+    assert len(received) == 3 == len(set(received))
+
+
+def test_rows_a_node_kept_when_it_left_are_taken_back(postgres_database, s):
+    """Review: a node whose run ended in an error between a row's mark and its outcome left
+    the send with that row still claimed and ``sending``; nothing ever took it back, and a
+    resumed send waited for it forever."""
+    from pipeline.delivery import claims
+
+    engine = open_database(postgres_database)
+    add_subscribers(engine, s, 6)
+    rendered = small_rendered()
+    iid = ledger.record_issue(engine, rendered.issue, rendered.subject).id
+    ledger.write_recipients(engine, iid, "daily")
+    node, other = "otherhost:7:x:aaaa", "otherhost:8:x:bbbb"
+    claims.join(engine, iid, node, 60)
+    claims.join(engine, iid, other, 60)
+    run = claims.SharedLedgerRun(engine, iid, node)
+    taken, _ = run.claim_batch(ledger.QUEUED, 4, 3)
+    assert run.write([], hand=[taken[0].id]) == {taken[0].id}
+    run.close()
+    claims.leave(engine, iid, node)  # the error path: the node leaves, its mark still open
+    assert claims.held_by_others(engine, iid, other) == 1
+    assert claims.reap(engine, iid, "resend") == 1
+    assert claims.held_by_others(engine, iid, other) == 0
+    row = rows(engine, iid)[taken[0].id]
+    assert (row.state, row.uncertain, row.claimed_by) == (ledger.DEFERRED, 1, None)
+    assert claims.reap(engine, iid, "resend") == 0  # once
+
+
+def test_a_database_failure_is_one_line_and_exit_1(monkeypatch, capsys):
+    from sqlalchemy.exc import OperationalError
+    import pipeline.cli as cli_module
+
+    class Shutdown(Exception):
+        pass
+
+    def failing(**_kw):
+        raise OperationalError("UPDATE deliveries ...", {}, Shutdown("terminating connection due to administrator "
+                                                                     "command\nSSL connection has been closed"))
+    monkeypatch.setattr(cli_module.cli, "main", failing)
+    with pytest.raises(SystemExit) as exited:
+        cli_module.main(["send"])
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: the database failed (Shutdown: terminating connection due to administrator command)")

@@ -128,6 +128,8 @@ def test_a_node_whose_claims_were_taken_back_writes_nothing_and_stops(postgres_d
     run_b = claims.SharedLedgerRun(engine, iid, b)
     got = run_b.claim_batch(ledger.QUEUED, 50, 3)[0] + run_b.claim_batch(ledger.DEFERRED, 50, 3)[0]
     assert sorted(r.id for r in got) == sorted(before)
+    run_a.close()  # the driver connections of their writes go back to the pool
+    run_b.close()
 
 
 def run_send(env: dict, content_dir: Path) -> subprocess.Popen:

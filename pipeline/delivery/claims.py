@@ -135,8 +135,9 @@ def leave(engine: Engine, issue_id: int, node: str) -> None:
 
 def reap(engine: Engine, issue_id: int, policy: str, *, orphans: bool = False) -> int:
     """Take back the rows of nodes whose lease expired (or whose process on this host is
-    gone): claimed rows return to the queue, ``sending`` ones become uncertain
-    (``resend``: deferred, due now; ``skip``: left uncertain).  ``orphans`` also
+    gone), and any a node kept when it left: claimed rows return to the queue,
+    ``sending`` ones become uncertain (``resend``: deferred, due now; ``skip``: left
+    uncertain).  ``orphans`` also
     recovers ``sending`` rows that no node claims (left by a single-node send); only
     the issue's lease holder passes it, before any row is claimed.  Returns the rows
     made uncertain."""
@@ -149,14 +150,16 @@ def reap(engine: Engine, issue_id: int, policy: str, *, orphans: bool = False) -
                             .where(NODES.c.issue_id == issue_id, NODES.c.left_at.is_(None))).all()
         gone_here = [r.node for r in live if holders.is_dead(r.node)]
         expired = [r.node for r in live if r.expires_at < now]
-        gone: list[str] = []
         if gone_here or expired:
-            gone = list(conn.execute(
-                update(NODES).where(NODES.c.issue_id == issue_id, NODES.c.left_at.is_(None),
-                                    or_(NODES.c.node.in_(gone_here), and_(NODES.c.node.in_(expired),
-                                                                          NODES.c.expires_at < now)))
-                .values(left_at=now, ended="expired").returning(NODES.c.node)).scalars())
-        whose = [d.c.claimed_by.in_(gone)] if gone else []
+            conn.execute(update(NODES).where(NODES.c.issue_id == issue_id, NODES.c.left_at.is_(None),
+                                             or_(NODES.c.node.in_(gone_here), and_(NODES.c.node.in_(expired),
+                                                                                   NODES.c.expires_at < now)))
+                         .values(left_at=now, ended="expired"))
+        # gone nodes, and any node that left with rows still claimed (an error ended its run
+        # between a row's mark and its outcome: it never comes back for them), are dead to the send
+        left = list(conn.execute(select(NODES.c.node).where(NODES.c.issue_id == issue_id,
+                                                            NODES.c.left_at.is_not(None))).scalars())
+        whose = [d.c.claimed_by.in_(left)] if left else []
         if orphans:
             whose.append(d.c.claimed_by.is_(None))
         if not whose:
@@ -166,8 +169,8 @@ def reap(engine: Engine, issue_id: int, policy: str, *, orphans: bool = False) -
             .values(state=DEFERRED if policy == "resend" else UNCERTAIN, uncertain=d.c.uncertain + 1,
                     claimed_by=None, next_attempt_at=None, updated_at=now,
                     last_reply="uncertain: in flight when its sending node died")).rowcount
-        if gone:
-            conn.execute(update(d).where(d.c.issue_id == issue_id, d.c.claimed_by.in_(gone),
+        if left:
+            conn.execute(update(d).where(d.c.issue_id == issue_id, d.c.claimed_by.in_(left),
                                          d.c.state.in_((QUEUED, DEFERRED))).values(claimed_by=None))
     return found
 
@@ -265,11 +268,11 @@ class SharedLedgerRun(ledger.LedgerRun):
         fence_node(conn, self.issue_id, self.owner)
 
     def _fast_statements(self) -> dict:
-        d = self._d
+        d, owner = self._d, self.owner  # locals: the lambda keeps no cycle to self
         return super()._fast_statements() | {
             "fence": fence_node_statement(self.issue_id, self.owner),
             "hand": lambda n: (update(d).where(d.c.id.in_([bindparam(f"id{k}") for k in range(n)]),
-                                               d.c.claimed_by == self.owner,
+                                               d.c.claimed_by == owner,
                                                or_(d.c.state == QUEUED, d.c.state == DEFERRED))
                                .values(state=SENDING, updated_at=bindparam("now")).returning(d.c.id)),
             "lost": NODE_LOST,

@@ -32,14 +32,20 @@ class Prepared:
     def __init__(self, statement, dialect):
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
-        self.defaults = dict(compiled.params)
-        types = {name: bind.type for bind, name in compiled.bind_names.items()}
-        self.processors = {name: t.bind_processor(dialect) for name, t in types.items()}
-        self.order = list(compiled.positiontup) if compiled.positional else None
         if "POSTCOMPILE" in self.sql:
             raise ValueError("a statement with expanding parameters cannot be prepared")
+        binds = compiled.bind_names.items()
+        # the values bound when the statement was built; a bindparam() without one must be given
+        self.required = frozenset(name for bind, name in binds if bind.required)
+        self.defaults = {name: value for name, value in compiled.params.items() if name not in self.required}
+        # the dialect's own form of each type, as Core uses it (on SQLite: datetimes as its text format)
+        self.processors = {name: bind.type.dialect_impl(dialect).bind_processor(dialect) for bind, name in binds}
+        self.order = list(compiled.positiontup) if compiled.positional else None
 
     def params(self, values: dict):
+        missing = self.required.difference(values)
+        if missing:  # as Core would refuse it: never a silent NULL
+            raise KeyError(f"a value is required for {', '.join(sorted(missing))}: {self.sql}")
         merged = self.defaults | values
         processed = {name: (proc(merged[name]) if proc is not None else merged[name])
                      for name, proc in self.processors.items() if name in merged}
@@ -69,7 +75,7 @@ class FastWriter:
 
     def _connection(self):
         if self._raw is None:
-            self._raw = self.engine.raw_connection()
+            self._raw = self.engine.raw_connection()  # checked by the pool's pre-ping
         return self._raw
 
     def _for(self, name: str, ids: list[int], values: dict | None = None) -> tuple["Prepared", object]:
@@ -84,7 +90,8 @@ class FastWriter:
         marked: set[int] = set()
         hand = list(hand)
 
-        def work(run) -> None:
+        def work(run) -> None:  # may run twice (``_transaction``): it starts from nothing each time
+            marked.clear()
             if rows:
                 run(self.outcome, [self.outcome.params(row) for row in rows], many=True)
             if hand:
@@ -95,9 +102,12 @@ class FastWriter:
 
     def claim(self, ids: list[int], skipped: list[int], now) -> tuple[list[int], list[int]]:
         found: dict[int, tuple[int, int]] = {}
-        skipped = list(skipped)
+        given = list(skipped)
+        skipped = []
 
-        def work(run) -> None:
+        def work(run) -> None:  # may run twice (``_transaction``): it starts from nothing each time
+            found.clear()
+            skipped[:] = given
             if ids:
                 cursor = run(*self._for("check", ids))
                 found.update((row[0], (row[1], row[2])) for row in cursor.fetchall())
@@ -110,39 +120,60 @@ class FastWriter:
 
     def _transaction(self, work) -> None:
         """``work(run)`` inside one fenced transaction, committed; ``run(prepared, params,
-        many=False)`` executes a statement and returns the cursor."""
-        raw = self._connection()
-        cursor = raw.cursor()
-        current: list = ["", None]
+        many=False)`` executes a statement and returns the cursor.
 
-        def run(prepared: Prepared, params, many: bool = False):
-            current[:] = [prepared.sql, params]
-            if many:
-                cursor.executemany(prepared.sql, params)
-            else:
-                cursor.execute(prepared.sql, params)
-            return cursor
+        The connection is held for the run, so the pool's pre-ping does not check it
+        before each transaction as it checks Core's: when the server dropped it since
+        the last one (a restart, a failover, an idle timeout), the first statement fails
+        as a disconnect, nothing of the transaction has happened, and it runs once more
+        on a fresh connection.  A disconnect during the commit is raised: whether the
+        commit happened is not known, as with Core."""
+        for attempt in (1, 2):
+            committing = False
+            raw = self._connection()
+            cursor = raw.cursor()
+            current: list = ["", None]
 
-        try:
-            if self.fence is not None and run(self.fence, self.fence.params({})).rowcount != 1:
-                raise LeaseLost(self.lost)
-            work(run)
-            raw.commit()
-        except LeaseLost:
-            raw.rollback()
-            raise
-        except self.engine.dialect.loaded_dbapi.Error as exc:
-            self.close(broken=True)
-            raise DBAPIError.instance(current[0], current[1], exc, self.engine.dialect.loaded_dbapi.Error,
-                                      dialect=self.engine.dialect) from exc
-        except BaseException:
-            self.close(broken=True)
-            raise
-        finally:
+            def run(prepared: Prepared, params, many: bool = False):
+                current[:] = [prepared.sql, params]
+                if many:
+                    cursor.executemany(prepared.sql, params)
+                else:
+                    cursor.execute(prepared.sql, params)
+                return cursor
+
             try:
-                cursor.close()
-            except Exception:  # the connection is already gone
-                pass
+                if self.fence is not None and run(self.fence, self.fence.params({})).rowcount != 1:
+                    raise LeaseLost(self.lost)
+                work(run)
+                committing = True
+                raw.commit()
+                return
+            except LeaseLost:
+                raw.rollback()
+                raise
+            except self.engine.dialect.loaded_dbapi.Error as exc:
+                dropped = self._is_disconnect(exc, raw, cursor)
+                self.close(broken=True)
+                if dropped and not committing and attempt == 1:
+                    continue
+                raise DBAPIError.instance(current[0], current[1], exc, self.engine.dialect.loaded_dbapi.Error,
+                                          dialect=self.engine.dialect,
+                                          connection_invalidated=dropped) from exc
+            except BaseException:
+                self.close(broken=True)
+                raise
+            finally:
+                try:
+                    cursor.close()
+                except Exception:  # the connection is already gone
+                    pass
+
+    def _is_disconnect(self, exc, raw, cursor) -> bool:
+        try:
+            return bool(self.engine.dialect.is_disconnect(exc, raw.dbapi_connection, cursor))
+        except Exception:
+            return False
 
     def close(self, broken: bool = False) -> None:
         raw, self._raw = self._raw, None

@@ -452,14 +452,14 @@ class LedgerRun:
         an outcome, ``n`` rows marked sending (those still open: RETURNING says which),
         a claim's check of ``n`` rows (still eligible, still open) and one row skipped;
         and the words of ``LeaseLost``."""
-        d, sub = DELIVERIES, self._sub
+        d, sub, eligible = DELIVERIES, self._sub, self._eligible  # locals: the lambdas keep no cycle to self
         open_ = or_(d.c.state == QUEUED, d.c.state == DEFERRED)
         return {
             "fence": fence_statement(self.issue_id, self.owner) if self.fenced else None,
             "outcome": self._outcome,
             "hand": lambda n: (update(d).where(d.c.id.in_([bindparam(f"id{k}") for k in range(n)]), open_)
                                .values(state=SENDING, updated_at=bindparam("now")).returning(d.c.id)),
-            "check": lambda n: (select(d.c.id, case((self._eligible, 1), else_=0), case((open_, 1), else_=0))
+            "check": lambda n: (select(d.c.id, case((eligible, 1), else_=0), case((open_, 1), else_=0))
                                 .select_from(d.outerjoin(sub, sub.c.id == d.c.subscriber_id))
                                 .where(d.c.id.in_([bindparam(f"id{k}") for k in range(n)]))),
             "skip": update(d).where(d.c.id == bindparam("id")).values(state=SKIPPED, updated_at=bindparam("now"),
