@@ -321,8 +321,9 @@ class SendRun:
                     refused.append((rows.pop(i), _refused(signatures.pop(i)), None))
                     parts.pop(i)
                     ids.pop(i)
-        messages = [(rcpt, sig + layout.message(head, values), verp.return_path(self.settings, "d", row.id))
-                    for (rcpt, head, values), sig, row in zip(parts, signatures, rows)]  # VERP: bounces name the row
+        messages = [(rcpt, layout.message(head, values, before=sig, after=b".\r\n"),
+                     verp.return_path(self.settings, "d", row.id))  # VERP: bounces name the row
+                    for (rcpt, head, values), sig, row in zip(parts, signatures, rows)]
         # MessageTemplate never starts a line with "." (and a DKIM header cannot), so no dot-stuffing scan
         recorded: set[int] = set()
 
@@ -343,7 +344,7 @@ class SendRun:
         if messages:
             self.batches_now += 1
             try:
-                outcomes = await conn.send_batch(self.sender, messages, before_each, dot_safe=True, handover=handover)
+                outcomes = await conn.send_batch(self.sender, messages, before_each, dot_safe="ended", handover=handover)
             finally:
                 self.batches_now -= 1
         rest = [(rows[i], o, ids[i]) for i, o in enumerate(outcomes) if i not in recorded]

@@ -126,9 +126,11 @@ class Layout:
     head: bytes = field(repr=False)
     body: tuple = field(repr=False)  # bytes (fixed) or int (the index of a per-message value)
 
-    def message(self, head: bytes, values: Sequence[bytes]) -> bytes:
-        return b"".join([self.head, head, b"\r\n"]
-                        + [piece if piece.__class__ is bytes else values[piece] for piece in self.body])
+    def message(self, head: bytes, values: Sequence[bytes], *, before: bytes = b"", after: bytes = b"") -> bytes:
+        """The message; ``before`` (signature headers) and ``after`` (the end of DATA) joined in
+        the same pass, so a send copies its 40 KB once, not three times."""
+        return b"".join([before, self.head, head, b"\r\n"]
+                        + [piece if piece.__class__ is bytes else values[piece] for piece in self.body] + [after])
 
 
 class Prepared:
