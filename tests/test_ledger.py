@@ -238,3 +238,28 @@ def test_two_senders_reading_a_free_lease_at_once_do_not_both_take_it(postgres_d
     assert raced
     with engine.connect() as conn:
         assert conn.execute(select(ledger.ISSUES.c.lease_owner)).scalar_one() == "otherhost:1"
+
+
+def test_a_send_waits_out_the_lease_of_a_holder_that_missed_its_heartbeat(engine, s):
+    """A daemon that takes a day over from a stalled one finds the issue's lease a moment
+    from its end (the stalled holder stopped renewing it): it waits that moment and
+    sends, rather than failing the day until a retry minutes later.  A holder that
+    renews on time (more than a third of its lease left) is refused at once."""
+    import time
+    from pipeline.delivery.deliver import take_lease
+
+    iid = issue_id(engine)
+    elsewhere = "otherhost:4242:1:stalled"  # on another host: only its lease's end frees it
+    with engine.begin() as conn:
+        conn.execute(update(ledger.ISSUES).where(ledger.ISSUES.c.id == iid).values(
+            lease_owner=elsewhere, lease_expires_at=clock.now() + timedelta(seconds=0.6)))
+    started = time.monotonic()
+    mine = take_lease(engine, iid, 3.0, "thishost:1:1:new")
+    assert mine == "thishost:1:1:new" and 0.5 < time.monotonic() - started < 3.0
+    with engine.begin() as conn:  # a live holder renewing on time: 2.5 s of a 3 s lease left
+        conn.execute(update(ledger.ISSUES).where(ledger.ISSUES.c.id == iid).values(
+            lease_owner=elsewhere, lease_expires_at=clock.now() + timedelta(seconds=2.5)))
+    started = time.monotonic()
+    with pytest.raises(DeliveryError, match="being sent by otherhost"):
+        take_lease(engine, iid, 3.0, "thishost:1:1:new")
+    assert time.monotonic() - started < 0.5

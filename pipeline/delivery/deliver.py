@@ -115,7 +115,7 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
     if shared:
         leading = lead(engine, issue.id, seconds, owner)
     else:
-        leading = bool(ledger.acquire_lease(engine, issue.id, seconds, owner))
+        leading = bool(take_lease(engine, issue.id, seconds, owner))
     summary = SendSummary(issue_key)
     renew = None
     if shared:
@@ -175,6 +175,22 @@ def send_issue(engine, settings, rendered: RenderedIssue, *, frequency: str = "d
         ledger.release_lease(engine, issue.id, owner)
         summary.elapsed = clock.monotonic() - started
     return summary
+
+
+def take_lease(engine, issue_id: int, seconds: float, owner: str) -> str:
+    """The issue's send lease (``ledger.acquire_lease``).  When a live holder's lease
+    ends within a third of its length, that holder has missed a heartbeat (they come
+    every third): it stalled, and the daemon that took the day over from it would
+    otherwise fail the day until its next retry minutes later.  So wait for that lease
+    to run out (at most a third of a lease) and take it then."""
+    try:
+        return ledger.acquire_lease(engine, issue_id, seconds, owner)
+    except DeliveryError:
+        left = ledger.lease_left(engine, issue_id)
+        if left is None or left > seconds / 3:
+            raise
+        time.sleep(max(left, 0.0) + 0.05)
+        return ledger.acquire_lease(engine, issue_id, seconds, owner)
 
 
 # -- a node of a shared send (PostgreSQL: pipeline/delivery/claims.py) ----------------------------

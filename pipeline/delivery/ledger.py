@@ -243,6 +243,15 @@ def acquire_lease(engine: Engine, issue_id: int, seconds: float = LEASE_SECONDS,
     return owner
 
 
+def lease_left(engine: Engine, issue_id: int) -> float | None:
+    """Seconds until the issue's send lease runs out (negative: already out); None when nobody holds it."""
+    with engine.connect() as conn:
+        row = conn.execute(select(ISSUES.c.lease_owner, ISSUES.c.lease_expires_at).where(ISSUES.c.id == issue_id)).one()
+    if not row.lease_owner or row.lease_expires_at is None:
+        return None
+    return (row.lease_expires_at - clock.now()).total_seconds()
+
+
 def renew_issue_lease(engine: Engine, issue_id: int, owner: str, seconds: float) -> bool:
     """Push our lease's expiry ``seconds`` ahead; False when it is no longer ours."""
     with engine.begin() as conn:
