@@ -35,6 +35,13 @@ def sending_issue(engine, s, n: int) -> tuple[int, str]:
     return iid, owner
 
 
+def started(url: str, s, n: int):
+    """(engine, issue id, owner, its LedgerRun, the row ids) of an issue being sent to ``n`` subscribers."""
+    engine = open_database(url)
+    iid, owner = sending_issue(engine, s, n)
+    return engine, iid, owner, ledger.LedgerRun(engine, iid, owner), sorted(rows(engine, iid))
+
+
 def rows(engine, iid):
     with engine.connect() as conn:
         return {r.id: r for r in conn.execute(select(D).where(D.c.issue_id == iid).order_by(D.c.id))}
@@ -48,10 +55,7 @@ def outcome(row_id: int, state: str, retry_at=None, reply="250 2.0.0 Ok: queued 
 def test_the_driver_path_writes_what_core_writes(store_url, s):
     """Two runs record the same outcomes, one through the driver path, one through
     Core (a bounce sends a write there); the stored rows are the same, times included."""
-    engine = open_database(store_url)
-    iid, owner = sending_issue(engine, s, 4)
-    run = ledger.LedgerRun(engine, iid, owner)
-    ids = sorted(rows(engine, iid))
+    engine, iid, owner, run, ids = started(store_url, s, 4)
     retry = datetime(2026, 3, 2, 7, 0, 1, 250000, tzinfo=timezone(timedelta(hours=5, minutes=30)))  # not UTC
     assert run.claim(ids, []) == (ids, [])
     assert run.write([], hand=ids) == set(ids)
@@ -72,10 +76,7 @@ def test_the_driver_path_writes_what_core_writes(store_url, s):
 
 
 def test_a_lost_lease_writes_nothing_and_a_driver_error_is_sqlalchemys(postgres_database, s):
-    engine = open_database(postgres_database)
-    iid, owner = sending_issue(engine, s, 3)
-    run = ledger.LedgerRun(engine, iid, owner)
-    ids = sorted(rows(engine, iid))
+    engine, iid, owner, run, ids = started(postgres_database, s, 3)
     assert run.write([], hand=ids[:1]) == {ids[0]}
     # a reply longer than the column: PostgreSQL refuses it; the transaction is rolled back
     with pytest.raises(DBAPIError):
@@ -93,10 +94,7 @@ def test_a_lost_lease_writes_nothing_and_a_driver_error_is_sqlalchemys(postgres_
 
 
 def test_connections_ready_together_share_one_commit(db_url, s):
-    engine = open_database(db_url)
-    iid, owner = sending_issue(engine, s, 8)
-    run = ledger.LedgerRun(engine, iid, owner)
-    ids = sorted(rows(engine, iid))
+    engine, iid, owner, run, ids = started(db_url, s, 8)
     recorder = Recorder(run, s, expected=lambda: 8)
 
     async def all_at_once():
@@ -112,10 +110,7 @@ def test_connections_ready_together_share_one_commit(db_url, s):
 def test_a_group_does_not_wait_for_a_connection_whose_reply_is_late(db_url, s):
     """Eight connections are expected, one hands over: its write goes after a few
     turns of the loop, never waiting for the seven (their replies may take seconds)."""
-    engine = open_database(db_url)
-    iid, owner = sending_issue(engine, s, 2)
-    run = ledger.LedgerRun(engine, iid, owner)
-    ids = sorted(rows(engine, iid))
+    engine, iid, owner, run, ids = started(db_url, s, 2)
     recorder = Recorder(run, s, expected=lambda: 8)
     turns = []
 
@@ -146,10 +141,7 @@ def test_sqlite_stores_the_same_text_as_core_on_a_whole_second(db_url, s, monkey
     from sqlalchemy import text
     from pipeline import clock
 
-    engine = open_database(db_url)
-    iid, owner = sending_issue(engine, s, 2)
-    run = ledger.LedgerRun(engine, iid, owner)
-    ids = sorted(rows(engine, iid))
+    engine, iid, owner, run, ids = started(db_url, s, 2)
     at = datetime(2026, 3, 2, 7, 0, 0, tzinfo=timezone.utc)
     monkeypatch.setattr(clock, "now", lambda: at)
     run.write([outcome(ids[0], ledger.DEFERRED, retry_at=at)], hand=[])  # driver path
@@ -162,10 +154,7 @@ def test_sqlite_stores_the_same_text_as_core_on_a_whole_second(db_url, s, monkey
 
 
 def test_a_missing_value_is_refused_not_written_as_null(db_url, s):
-    engine = open_database(db_url)
-    iid, owner = sending_issue(engine, s, 1)
-    run = ledger.LedgerRun(engine, iid, owner)
-    (only,) = sorted(rows(engine, iid))
+    engine, iid, owner, run, (only,) = started(db_url, s, 1)
     incomplete = outcome(only, ledger.DEFERRED)
     del incomplete["retry_at"]
     with pytest.raises(KeyError, match="retry_at"):
@@ -185,10 +174,7 @@ def terminate_backends(url) -> None:
 def test_a_connection_the_server_dropped_between_writes_is_replaced(postgres_database, s):
     """Review: Core's checkout pings (pool_pre_ping) and reconnects; the connection held for
     the send was used unchecked, so the next write failed after a restart or an idle timeout."""
-    engine = open_database(postgres_database)
-    iid, owner = sending_issue(engine, s, 3)
-    run = ledger.LedgerRun(engine, iid, owner)
-    ids = sorted(rows(engine, iid))
+    engine, iid, owner, run, ids = started(postgres_database, s, 3)
     assert run.claim(ids, []) == (ids, [])
     assert run.write([], hand=ids[:1]) == {ids[0]}
     terminate_backends(engine.url)

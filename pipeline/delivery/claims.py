@@ -260,23 +260,19 @@ class SharedLedgerRun(ledger.LedgerRun):
                                  claimed_by=None, sent_by=node))
         self._skip_claimed = (update(d).where(d.c.id.in_(bindparam("ids", expanding=True)), d.c.claimed_by == node)
                               .values(state=SKIPPED, updated_at=bindparam("now"), claimed_by=None, sent_by=node,
-                                      last_reply="no longer confirmed, or suppressed, at send time"))
+                                      last_reply=ledger.SKIP_REPLY))
         self._d, self._sub = d, sub
         self._eligible = and_(sub.c.status == "confirmed", ~exists().where(sup.c.email_hash == sub.c.email_hash))
 
     def _fence(self, conn) -> None:
         fence_node(conn, self.issue_id, self.owner)
 
+    def _mine(self) -> list:
+        return [self._d.c.claimed_by == self.owner]  # only the rows this node claimed
+
     def _fast_statements(self) -> dict:
-        d, owner = self._d, self.owner  # locals: the lambda keeps no cycle to self
-        return super()._fast_statements() | {
-            "fence": fence_node_statement(self.issue_id, self.owner),
-            "hand": lambda n: (update(d).where(d.c.id.in_([bindparam(f"id{k}") for k in range(n)]),
-                                               d.c.claimed_by == owner,
-                                               or_(d.c.state == QUEUED, d.c.state == DEFERRED))
-                               .values(state=SENDING, updated_at=bindparam("now")).returning(d.c.id)),
-            "lost": NODE_LOST,
-        }
+        return super()._fast_statements() | {"fence": fence_node_statement(self.issue_id, self.owner),
+                                             "lost": NODE_LOST}
 
     def claim_batch(self, phase: str, limit: int, max_attempts: int) -> tuple[list[Pending], int]:
         """Claim up to ``limit`` due rows of ``phase`` (queued, or deferred and due) in one

@@ -463,10 +463,11 @@ class LedgerRun:
         and the words of ``LeaseLost``."""
         d, sub, eligible = DELIVERIES, self._sub, self._eligible  # locals: the lambdas keep no cycle to self
         open_ = or_(d.c.state == QUEUED, d.c.state == DEFERRED)
+        mine = self._mine()
         return {
             "fence": fence_statement(self.issue_id, self.owner) if self.fenced else None,
             "outcome": self._outcome,
-            "hand": lambda n: (update(d).where(d.c.id.in_([bindparam(f"id{k}") for k in range(n)]), open_)
+            "hand": lambda n: (update(d).where(d.c.id.in_([bindparam(f"id{k}") for k in range(n)]), open_, *mine)
                                .values(state=SENDING, updated_at=bindparam("now")).returning(d.c.id)),
             "check": lambda n: (select(d.c.id, case((eligible, 1), else_=0), case((open_, 1), else_=0))
                                 .select_from(d.outerjoin(sub, sub.c.id == d.c.subscriber_id))
@@ -475,6 +476,10 @@ class LedgerRun:
                                                                      last_reply=SKIP_REPLY),
             "lost": LEASE_TAKEN,
         }
+
+    def _mine(self) -> list:
+        """The conditions that make a row this run's to mark (none: the lease covers the issue)."""
+        return []
 
     def _writer(self):
         if self._fast is None:
